@@ -8,13 +8,16 @@ per weights and vocabulary), the classification, the fusion and the resize back.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ovseg.data.image import to_rgb_array
 from ovseg.data.transforms import resize_shortest_edge
-from ovseg.modeling.fusion import semantic_fusion
+from ovseg.inference import InferenceOptions, compiled, prepare_model
+from ovseg.modeling.fusion import proposal_class_probs, semantic_fusion
 from ovseg.modeling.ovseg import ClipImageFeatures, OVSeg
 from ovseg.modeling.proposals import ProposalGenerator, Proposals
 from ovseg.segmentation import Segmentation
@@ -24,20 +27,37 @@ class Predictor:
     """Segment images with an ``OVSeg`` model.
 
     Args:
-        model: the model (moved to eval mode).
+        model: the model (moved to eval mode; ``options`` are applied to it in place, e.g.
+            bf16 weights for its image side).
         proposal_generator: mask source; None means the model's own MaskFormer head.
+        options: ``InferenceOptions``; the default is the fast fp32 path, equal to the
+            official outputs up to float rounding. ``InferenceOptions(fast=False)`` is the
+            reference path.
+        clip_encoder: ``(crops, region_masks) -> (B, C)`` replacing the CLIP image tower
+            (e.g. ``ovseg.export.OnnxClipEncoder``); default the model's own.
     """
 
-    def __init__(self, model: OVSeg, proposal_generator: ProposalGenerator | None = None):
-        self.model = model.eval()
+    def __init__(
+        self,
+        model: OVSeg,
+        proposal_generator: ProposalGenerator | None = None,
+        options: InferenceOptions | None = None,
+        clip_encoder: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
+    ):
+        self.options = InferenceOptions() if options is None else options
+        self.model = prepare_model(model, self.options)
         self.proposal_generator = proposal_generator
+        encoder = model.clip_adapter.encode_masked if clip_encoder is None else clip_encoder
+        if self.options.compile and proposal_generator is None:
+            self.model.backbone.compile(dynamic=True)
+        self.clip_encoder = compiled(encoder, self.options) if clip_encoder is None else encoder
         self.reset_image()
 
     def reset_image(self) -> None:
         self.original_size: tuple[int, int] | None = None
         self.input_image: torch.Tensor | None = None
         self.proposals: Proposals | None = None
-        self._clip_cache: dict[float, ClipImageFeatures] = {}
+        self._clip_cache: dict[tuple, ClipImageFeatures] = {}
 
     @property
     def is_image_set(self) -> bool:
@@ -61,16 +81,46 @@ class Predictor:
         self.proposals = generate(self.input_image)
         self.original_size = rgb.shape[:2]
 
-    def clip_features(self, mask_threshold: float | None = None) -> ClipImageFeatures:
-        """CLIP image features of the masked crops at ``mask_threshold`` (cached)."""
+    def clip_features(
+        self, mask_threshold: float | None = None, queries: torch.Tensor | None = None
+    ) -> ClipImageFeatures:
+        """CLIP image features of the masked crops at ``mask_threshold`` (cached).
+
+        Args:
+            queries: (k,) indices of the proposals to encode; None for all of them.
+        """
         self._require_image()
         thr = self.model.config.mask_threshold if mask_threshold is None else float(mask_threshold)
-        if thr not in self._clip_cache:
+        key = (thr, None if queries is None else tuple(queries.tolist()))
+        if key not in self._clip_cache:
+            masks = self.proposals.masks if queries is None else self.proposals.masks[queries]
             with torch.inference_mode():
-                self._clip_cache[thr] = self.model.clip_image_features(
-                    self.input_image, self.proposals.masks, thr
+                self._clip_cache[key] = self.model.clip_image_features(
+                    self.input_image,
+                    masks,
+                    thr,
+                    fast=self.options.fast,
+                    encoder=self.clip_encoder,
+                    batch_size=self.options.clip_batch_size,
                 )
-        return self._clip_cache[thr]
+        return self._clip_cache[key]
+
+    def top_k_queries(self, text: torch.Tensor) -> torch.Tensor | None:
+        """Indices (ascending) of the ``options.top_k`` proposals with the highest proposal
+        score (max class probability of the proposal branch), or None to keep all."""
+        k, proposals = self.options.top_k, self.proposals
+        if k is None or k >= len(proposals):
+            return None
+        if proposals.embeddings is None:
+            raise ValueError(
+                "top_k needs proposal scores, but this proposal generator gives no class "
+                "embeddings; use top_k=None"
+            )
+        logits = self.model.clip_adapter.similarity_logits(
+            proposals.embeddings, self.model.clip_adapter.with_void(text)
+        )
+        scores = proposal_class_probs(logits).amax(dim=1)
+        return scores.topk(k).indices.sort().values
 
     @torch.inference_mode()
     def predict(
@@ -95,9 +145,13 @@ class Predictor:
         text = self.model.encode_text(class_names)
         names = [n.strip() for n in class_names]
         cfg = self.model.config
-        needs_clip = cfg.clip_ensemble or clip_only or self.proposals.embeddings is None
-        clip = self.clip_features(mask_threshold) if needs_clip else None
-        probs, masks = self.model.classify(self.proposals, clip, text, ensemble_weight, clip_only)
+        proposals = self.proposals
+        queries = self.top_k_queries(text)
+        if queries is not None:
+            proposals = Proposals(proposals.masks[queries], proposals.embeddings[queries])
+        needs_clip = cfg.clip_ensemble or clip_only or proposals.embeddings is None
+        clip = self.clip_features(mask_threshold, queries) if needs_clip else None
+        probs, masks = self.model.classify(proposals, clip, text, ensemble_weight, clip_only)
         sem_seg = semantic_fusion(probs, masks)
         sem_seg = F.interpolate(
             sem_seg[None], size=self.original_size, mode="bilinear", align_corners=False

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ovseg.modeling.clip_branch import CLIP_MEAN, CLIP_STD
 
 MEAN_FILL = tuple(255.0 * m for m in CLIP_MEAN)  # (122.7709, 116.7460, 104.0937)
+CROP_METHODS = ("reference", "fast")
 
 
 @dataclass
@@ -36,7 +37,8 @@ class MaskedCrops:
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     """(N, H, W) bool, all non-empty -> (N, 4) float tight boxes (x0, y0, x1 + 1, y1 + 1)."""
     h, w = masks.shape[-2:]
-    rows, cols = masks.any(dim=2), masks.any(dim=1)
+    bytes_ = masks.to(torch.uint8)  # uint8 max-reductions are far faster than bool any()
+    rows, cols = bytes_.amax(dim=2).bool(), bytes_.amax(dim=1).bool()
     ar_h = torch.arange(h, device=masks.device)
     ar_w = torch.arange(w, device=masks.device)
     y0 = torch.where(rows, ar_h, h).amin(1)
@@ -62,6 +64,7 @@ def masked_crops(
     size: int = 224,
     fill: tuple[float, float, float] = MEAN_FILL,
     expand_ratio: float = 1.0,
+    method: str = "reference",
 ) -> MaskedCrops:
     """Crop every non-empty mask's region for CLIP.
 
@@ -70,9 +73,14 @@ def masked_crops(
         masks: (N, H, W) binary masks (bool, or {0, 1}).
         size: CLIP input size S.
         fill: value of pixels outside the mask, per channel, 0-255 scale.
+        method: "reference" (the official per-mask crop, normalise and resize loop) or
+            "fast" (all crops at once by gathering the 4x4 bicubic taps; equal to the
+            reference up to float rounding, region masks identical).
     Returns:
         ``MaskedCrops`` for the V valid masks, in query order.
     """
+    if method not in CROP_METHODS:
+        raise ValueError(f"masked_crops method must be one of {CROP_METHODS}, got {method!r}")
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be (3, H, W), got {tuple(image.shape)}")
     if masks.dim() != 3 or masks.shape[-2:] != image.shape[-2:]:
@@ -81,13 +89,18 @@ def masked_crops(
             f"got {tuple(masks.shape)}"
         )
     masks = masks.bool()
-    valid = masks.flatten(1).any(dim=1)
+    valid = masks.flatten(1).to(torch.uint8).amax(dim=1).bool()
     h, w = image.shape[-2:]
     boxes = expand_boxes(mask_boxes(masks[valid]), expand_ratio, h, w)
     image = image.float()
     mean = image.new_tensor(CLIP_MEAN).view(3, 1, 1) * 255.0
     std = image.new_tensor(CLIP_STD).view(3, 1, 1) * 255.0
     fill_t = image.new_tensor(fill).view(3, 1, 1)
+    if method == "fast":
+        from ovseg.data.fast_crops import batched_masked_crops
+
+        crops, regions = batched_masked_crops(image, masks[valid], boxes, size, mean, std, fill_t)
+        return MaskedCrops(crops, regions, valid, boxes)
     crops, regions = [], []
     for mask, (l, t, r, b) in zip(masks[valid], boxes.tolist()):
         m = mask[t:b, l:r].to(image.dtype)

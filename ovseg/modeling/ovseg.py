@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ovseg.config import OVSegConfig
+from ovseg.data.fast_crops import unique_masks
 from ovseg.data.masked_crops import MEAN_FILL, masked_crops
 from ovseg.data.transforms import normalize_and_pad
 from ovseg.modeling.clip_branch import MaskAdaptedCLIP
@@ -84,10 +86,17 @@ class OVSeg(nn.Module):
             ``(embeddings (B, Q, C), mask_logits (B, Q, Hp/4, Wp/4))``; lists over layers
             when ``all_layers``.
         """
-        features = self.backbone(image)
+        features = self.backbone(_as_input_of(self.backbone, image))
         names = sorted(features)
-        mask_features = self.sem_seg_head.pixel_decoder([features[n] for n in names])
-        return self.sem_seg_head.predictor(features[names[-1]], mask_features, all_layers)
+        decoder = self.sem_seg_head.pixel_decoder
+        mask_features = decoder([_as_input_of(decoder, features[n]) for n in names])
+        # the transformer predictor always runs at its own (fp32) precision
+        predictor = self.sem_seg_head.predictor
+        return predictor(
+            _as_input_of(predictor, features[names[-1]]),
+            _as_input_of(predictor, mask_features),
+            all_layers,
+        )
 
     def propose(self, image: torch.Tensor) -> Proposals:
         """Proposals for one (3, H, W) 0-255 model-input image.
@@ -107,24 +116,54 @@ class OVSeg(nn.Module):
 
     # ---- stage 2: CLIP branch (vocabulary-free image side) ----------------------------
     def clip_image_features(
-        self, image: torch.Tensor, masks: torch.Tensor, mask_threshold: float | None = None
+        self,
+        image: torch.Tensor,
+        masks: torch.Tensor,
+        mask_threshold: float | None = None,
+        fast: bool = False,
+        encoder: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
+        batch_size: int = 0,
     ) -> ClipImageFeatures:
         """Encode the masked crops of ``masks > mask_threshold``.
 
         Args:
             image: (3, H, W) 0-255 model input. masks: (N, H, W) in [0, 1].
+            fast: batched crops, and identical binary masks encoded once (the outputs equal
+                the reference path up to float rounding); False: the reference path.
+            encoder: ``(crops (B, 3, S, S), region_masks (B, 1, S, S) or None) -> (B, C)``;
+                default ``clip_adapter.encode_masked`` (e.g. an onnxruntime session instead).
+            batch_size: crops per encoder call; 0 means all in one call.
         """
         cfg = self.config
         thr = cfg.mask_threshold if mask_threshold is None else mask_threshold
         fill = MEAN_FILL if cfg.mask_fill == "mean" else (0.0, 0.0, 0.0)
+        encoder = self.clip_adapter.encode_masked if encoder is None else encoder
+        binary = masks.to(self.device) > thr
+        image = image.to(self.device)
+        inverse = None
+        if fast:
+            valid = binary.flatten(1).to(torch.uint8).amax(1).bool()
+            first, inverse = unique_masks(binary[valid])
+            binary = binary[valid][first]
         crops = masked_crops(
-            image.to(self.device), masks > thr, cfg.clip.image_size, fill, cfg.mask_expand_ratio
+            image, binary, cfg.clip.image_size, fill, cfg.mask_expand_ratio, crops_method(fast)
         )
+        if not fast:
+            valid = crops.valid
         if crops.crops.shape[0] == 0:
             empty = crops.crops.new_zeros(0, cfg.clip.embed_dim)
-            return ClipImageFeatures(empty, crops.valid)
+            return ClipImageFeatures(empty, valid)
         region = crops.region_masks if cfg.mask_prompt_fwd else None
-        return ClipImageFeatures(self.clip_adapter.encode_masked(crops.crops, region), crops.valid)
+        step = batch_size if batch_size > 0 else crops.crops.shape[0]
+        features = torch.cat(
+            [
+                encoder(crops.crops[i : i + step], None if region is None else region[i : i + step])
+                for i in range(0, crops.crops.shape[0], step)
+            ]
+        ).float()
+        if inverse is not None:
+            features = features[inverse]
+        return ClipImageFeatures(features, valid)
 
     # ---- vocabulary ------------------------------------------------------------------------
     def encode_text(self, class_names: list[str]) -> torch.Tensor:
@@ -186,6 +225,18 @@ class OVSeg(nn.Module):
             proposals, clip_features, self.encode_text(class_names), ensemble_weight, clip_only
         )
         return semantic_fusion(probs, masks)
+
+
+def crops_method(fast: bool) -> str:
+    return "fast" if fast else "reference"
+
+
+def _as_input_of(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the dtype of ``module``'s first floating weight (bf16 models take bf16)."""
+    for p in module.parameters():
+        if p.is_floating_point():
+            return x.to(p.dtype) if x.is_floating_point() else x
+    return x
 
 
 def validate_class_names(class_names) -> list[str]:
