@@ -117,9 +117,17 @@ class Segmentation:
             raise ValueError(f"at most 65536 classes fit a 16-bit label PNG, got {k}")
         return Image.fromarray(self.label_map.astype(np.uint16))
 
-    def save(self, directory: str | os.PathLike, stem: str = "segmentation", image=None) -> dict:
+    def save(
+        self,
+        directory: str | os.PathLike,
+        stem: str = "segmentation",
+        image=None,
+        alpha: float = 0.5,
+        extra: dict | None = None,
+    ) -> dict:
         """Write ``<stem>.png`` (label map, see ``label_image``), ``<stem>_overlay.png`` and
-        ``<stem>.json`` (``to_json``) into ``directory``; returns their paths by kind.
+        ``<stem>.json`` (``to_json``, plus the keys of ``extra``) into ``directory``; returns
+        their paths by kind. ``image`` and ``alpha`` are passed to ``overlay``.
 
         Each file is written to a temporary name in the same folder and then renamed, so a
         reader never sees a partial file. The JSON is written last: its presence means the
@@ -133,9 +141,10 @@ class Segmentation:
             "json": directory / f"{stem}.json",
         }
         _atomic_write(paths["label_map"], lambda f: self.label_image().save(f, format="PNG"))
-        overlay = self.overlay(image)
+        overlay = self.overlay(image, alpha=alpha)
         _atomic_write(paths["overlay"], lambda f: overlay.save(f, format="PNG"))
-        text = json.dumps(self.to_json(), separators=(",", ":")).encode()
+        record = {**self.to_json(), **(extra or {})}
+        text = json.dumps(record, separators=(",", ":")).encode()
         _atomic_write(paths["json"], lambda f: f.write(text))
         return paths
 
