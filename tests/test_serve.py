@@ -144,6 +144,26 @@ def test_too_large_body_gets_413(client):
     assert "limit" in response.json()["error"]
 
 
+def test_too_large_streamed_body_gets_413(client):
+    boundary = "xyz"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
+
+    def chunks():  # no Content-Length: the server must count the bytes itself
+        yield head
+        for _ in range(40):
+            yield b"\0" * 10_000
+
+    response = client.post(
+        "/segment",
+        content=chunks(),
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert response.status_code == 413
+
+
 def test_not_multipart_gets_400(client):
     response = client.post("/segment", content=b"{}", headers={"content-type": "application/json"})
     assert response.status_code == 400

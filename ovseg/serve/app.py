@@ -20,6 +20,7 @@ from importlib import resources
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ovseg.serve.images import ImageRejected, decode_image
 from ovseg.serve.limits import BodySizeLimit
@@ -123,10 +124,8 @@ def create_app(
             return busy()
         try:
             form = await request.form(max_files=1, max_fields=8)
-        except Exception as exc:  # malformed multipart, wrong content type
-            if getattr(exc, "status_code", None) == 413:
-                raise
-            return error(400, f"expected a multipart/form-data body: {exc}")
+        except StarletteHTTPException as exc:  # malformed multipart body
+            return error(exc.status_code, f"expected a multipart/form-data body: {exc.detail}")
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
             return error(400, "missing the multipart file field 'image'")
