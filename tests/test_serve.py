@@ -93,18 +93,27 @@ def test_segment_returns_json_masks_and_images(client):
     assert overlay.height == 48 and overlay.width > 64  # legend to the right
 
 
-def test_32_concurrent_requests_get_200_or_503_only():
-    predictor = FakePredictor(delay_s=0.1)
+def _tiny_predictor():
+    import ovseg
+
+    return ovseg.Predictor(ovseg.build_model("ovseg-test-tiny"))
+
+
+@pytest.mark.parametrize("kind", ["fake", "tiny"])
+def test_32_concurrent_requests_get_200_or_503_only(kind):
+    predictor = FakePredictor(delay_s=0.1) if kind == "fake" else _tiny_predictor()
     app = create_app(predictor, max_pending=4)
-    data = _png(_gradient())
-    with running_server(app) as url, httpx.Client(base_url=url, timeout=60) as c:
+    data = _png(_noise(96, 128))
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=120) as c:
         with ThreadPoolExecutor(32) as pool:
             codes = list(pool.map(lambda _: _post(c, data).status_code, range(32)))
         assert set(codes) <= {200, 503}, codes
-        assert codes.count(200) >= 1 and codes.count(503) >= 1, codes
-        assert predictor.calls == codes.count(200)
-        busy = _post(c, data)  # the queue drained: served again
-        assert busy.status_code == 200
+        assert codes.count(200) >= 1, codes
+        if kind == "fake":  # 0.1 s per request: 32 at once cannot all fit in a queue of 4
+            assert codes.count(503) >= 1, codes
+            assert predictor.calls == codes.count(200)
+        again = _post(c, data)  # the queue drained: served again
+        assert again.status_code == 200
 
 
 @pytest.mark.parametrize(

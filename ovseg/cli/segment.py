@@ -100,10 +100,9 @@ def make_predictor(args):
 
 
 def run(args) -> int:
-    from PIL import Image
     from tqdm import tqdm
 
-    from ovseg.serve.images import ImageRejected, decode_image
+    from ovseg.data.image import read_image
 
     class_names = read_vocabulary(args)
     out = Path(args.out)
@@ -128,8 +127,8 @@ def run(args) -> int:
     for image_path, folder, stem in bar:
         bar.set_postfix_str(image_path.name, refresh=False)
         try:
-            image = decode_image(image_path.read_bytes(), max_pixels=Image.MAX_IMAGE_PIXELS)
-        except (ImageRejected, OSError) as error:
+            image = read_image(image_path)
+        except (ValueError, OSError) as error:
             failed.append(f"{image_path}: {error}")
             tqdm.write(f"ovseg segment: skipping {image_path}: {error}", file=sys.stderr)
             continue

@@ -6,7 +6,9 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
+
+from ovseg.data.image import pil_to_rgb
 
 ACCEPTED = "JPEG, PNG, WebP, BMP, GIF or TIFF"
 
@@ -17,27 +19,6 @@ class ImageRejected(ValueError):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Explicit conversion of every Pillow mode to 8-bit RGB."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if values.max(initial=0) > 255 else 255.0
-        gray = np.clip(values * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(gray).convert("RGB")
-    if image.mode == "F":
-        values = np.asarray(image, dtype=np.float64)
-        lo, hi = float(values.min(initial=0)), float(values.max(initial=1))
-        gray = ((values - lo) / max(hi - lo, 1e-12) * 255 + 0.5).astype(np.uint8)
-        return Image.fromarray(gray).convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")  # L, P, CMYK, YCbCr, LAB, HSV, 1
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
@@ -61,8 +42,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
                     f"server's limit of {max_pixels}; send a smaller image",
                 )
             image.load()
-            image = _to_rgb(ImageOps.exif_transpose(image))
-            return np.asarray(image, dtype=np.uint8).copy()
+            return pil_to_rgb(image)
     except ImageRejected:
         raise
     except UnidentifiedImageError:
