@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,10 +150,13 @@ class Segmentation:
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Call ``write(binary_file)`` on a temp file next to ``path``, then rename it to ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Call ``write(binary_file)`` on a temp file next to ``path``, then rename it to ``path``.
+
+    The temp file is created with ``open(..., "xb")`` so it gets the usual umask permissions.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             write(f)
         os.replace(tmp, path)
     except BaseException:
