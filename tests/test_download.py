@@ -184,3 +184,15 @@ def test_find_cached(home):
     (home / "ovseg_swinbase_vitL14_ft_mpt.pth").write_bytes(b"x")
     assert hub.find_cached("ovseg-swinB-vitL14") == home / "ovseg_swinbase_vitL14_ft_mpt.pth"
     assert hub.find_cached("no-such-model") is None
+
+
+def test_download_command(server, home, monkeypatch, capsys):
+    from ovseg.cli import main
+
+    monkeypatch.setattr(hub, "REGISTRY", _registry(server))
+    assert main(["download", "w"]) == 0
+    assert capsys.readouterr().out.strip() == str(home / "weights.bin")
+    assert main(["download", "--list"]) == 0
+    assert "cached" in capsys.readouterr().out
+    assert main(["download", "nope"]) == 2
+    assert "unknown name" in capsys.readouterr().err

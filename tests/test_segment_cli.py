@@ -146,3 +146,19 @@ def test_usage_errors(fake, tmp_path, capsys):
     assert main(["segment", str(a), str(twin / a.name), "--classes", "a", "--out", "o"]) == 2
     assert "would both write" in capsys.readouterr().err
     assert fake.calls == 0
+
+
+def test_missing_released_weights_say_how_to_get_them(tmp_path, monkeypatch, capsys):
+    (a,) = _photos(1)
+    monkeypatch.setenv("OVSEG_HOME", str(tmp_path / "empty-cache"))
+    argv = ["segment", str(a), "--classes", "a", "--model", "ovseg-R101c-vitB16"]
+    assert main(argv + ["--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "ovseg download ovseg-R101c-vitB16" in err and "--checkpoint" in err
+
+
+def test_serve_binds_localhost_by_default():
+    from ovseg.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--model", "ovseg-test-tiny"])
+    assert args.host == "127.0.0.1" and args.port == 8000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -81,6 +82,9 @@ def test_save_writes_three_files_atomically(tmp_path):
     assert np.array_equal(np.asarray(label), seg.label_map)
     assert Image.open(paths["overlay"]).mode == "RGB"
     assert json.loads(paths["json"].read_text()) == json.loads(json.dumps(seg.to_json()))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in paths.values())
 
 
 def test_label_png_for_more_than_256_classes(tmp_path):
