@@ -99,10 +99,21 @@ def make_predictor(args):
     return Predictor(model, proposal_generator=proposal_generator_from_args(args, model))
 
 
-def run(args) -> int:
-    from tqdm import tqdm
-
+def _read(path: Path):
+    """(image, None) or (None, error) for one input file; runs in the read-ahead thread."""
     from ovseg.data.image import read_image
+
+    try:
+        return read_image(path), None
+    except (ValueError, OSError) as error:
+        return None, error
+
+
+def run(args) -> int:
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
 
     class_names = read_vocabulary(args)
     out = Path(args.out)
@@ -123,18 +134,34 @@ def run(args) -> int:
         if value is not None
     }
     failed: list[str] = []
-    bar = tqdm(todo, unit="img", disable=len(todo) < 2, file=sys.stderr)
-    for image_path, folder, stem in bar:
-        bar.set_postfix_str(image_path.name, refresh=False)
-        try:
-            image = read_image(image_path)
-        except (ValueError, OSError) as error:
-            failed.append(f"{image_path}: {error}")
-            tqdm.write(f"ovseg segment: skipping {image_path}: {error}", file=sys.stderr)
-            continue
-        predictor.set_image(image)
-        seg = predictor.predict(class_names, **options)
-        seg.save(folder, stem, image=image, alpha=args.alpha, extra={"source": str(image_path)})
+    # Decoding the next images and writing finished ones overlap with the model; both queues
+    # are short, so memory stays bounded however many images there are.
+    with (
+        ThreadPoolExecutor(1, "ovseg-read") as reader,
+        ThreadPoolExecutor(1, "ovseg-write") as writer,
+    ):
+        reads = deque(reader.submit(_read, job[0]) for job in todo[:2])
+        writes: deque = deque()
+        bar = tqdm(todo, unit="img", disable=len(todo) < 2, file=sys.stderr)
+        for i, (image_path, folder, stem) in enumerate(bar):
+            bar.set_postfix_str(image_path.name, refresh=False)
+            image, error = reads.popleft().result()
+            if i + 2 < len(todo):
+                reads.append(reader.submit(_read, todo[i + 2][0]))
+            if error is not None:
+                failed.append(f"{image_path}: {error}")
+                tqdm.write(f"ovseg segment: skipping {image_path}: {error}", file=sys.stderr)
+                continue
+            predictor.set_image(image)
+            seg = predictor.predict(class_names, **options)
+            extra = {"source": str(image_path)}
+            writes.append(
+                writer.submit(seg.save, folder, stem, image=image, alpha=args.alpha, extra=extra)
+            )
+            while len(writes) > 2:
+                writes.popleft().result()
+        for write in writes:
+            write.result()
     done = len(todo) - len(failed)
     print(f"{done} segmented, {skipped} already done, {len(failed)} failed -> {out}")
     return 1 if failed else 0
