@@ -51,7 +51,9 @@ def _png_header_only(width: int, height: int) -> bytes:
 @pytest.fixture(scope="module")
 def client():
     predictor = FakePredictor()
-    app = create_app(predictor, max_upload_bytes=300_000, max_pixels=1_000_000)
+    app = create_app(
+        predictor, max_upload_bytes=300_000, max_pixels=1_000_000, max_class_pixels=10_000_000
+    )
     with running_server(app) as url, httpx.Client(base_url=url, timeout=30) as c:
         c.predictor = predictor
         yield c
@@ -124,6 +126,12 @@ def test_32_concurrent_requests_get_200_or_503_only(kind):
         (_png(_noise())[:3000], "a, b", 400, "corrupt or truncated"),
         (_png_header_only(30_000, 30_000), "a, b", 413, "pixels"),
         (_png(np.zeros((1100, 1000, 3), np.uint8)), "a", 413, "1100000 pixels"),
+        (
+            _png(np.zeros((500, 500, 3), np.uint8)),
+            ", ".join(f"c{i}" for i in range(41)),
+            413,
+            "for 41 classes",
+        ),
         (_png(_gradient()), "", 400, "empty vocabulary"),
         (_png(_gradient()), " , ;  ,", 400, "empty vocabulary"),
         (_png(_gradient()), None, 400, "empty vocabulary"),
@@ -135,6 +143,7 @@ def test_32_concurrent_requests_get_200_or_503_only(kind):
         "truncated-png",
         "decompression-bomb",
         "too-many-pixels",
+        "too-many-class-pixels",
         "empty-classes",
         "only-separators",
         "no-classes-field",

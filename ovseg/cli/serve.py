@@ -29,8 +29,14 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--max-pixels",
         type=int,
-        default=40_000_000,
-        help="largest image in pixels; bigger ones get 413 (default 40e6)",
+        default=4096 * 4096,
+        help="largest image in pixels; bigger ones get 413 (default 4096*4096)",
+    )
+    parser.add_argument(
+        "--max-class-pixels",
+        type=int,
+        default=500_000_000,
+        help="bound on classes x pixels, the size of the score tensor (default 5e8 = 2 GB)",
     )
     parser.set_defaults(func=run)
 
@@ -48,6 +54,7 @@ def run(args) -> int:
         max_pending=args.max_pending,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_pixels=args.max_pixels,
+        max_class_pixels=args.max_class_pixels,
         model_name=args.model or args.config,
     )
     print(f"ovseg serve: open http://{args.host}:{args.port}/ in a browser")

@@ -27,8 +27,10 @@ from ovseg.serve.limits import BodySizeLimit
 from ovseg.vocabulary import parse_class_names
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_PIXELS = 4096 * 4096
 DEFAULT_MAX_CLASSES = 1000
+# the scores are (classes, H, W) float32 at the image size: 5e8 class-pixels is 2 GB
+DEFAULT_MAX_CLASS_PIXELS = 500_000_000
 
 
 def _png_base64(image) -> str:
@@ -58,6 +60,7 @@ def create_app(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_classes: int = DEFAULT_MAX_CLASSES,
+    max_class_pixels: int = DEFAULT_MAX_CLASS_PIXELS,
     model_name: str = "ovseg",
 ):
     """Build the FastAPI app around a ready ``predictor``.
@@ -69,6 +72,8 @@ def create_app(
         max_upload_bytes: request bodies larger than this get 413.
         max_pixels: images with more pixels get 413 (decompression bombs included).
         max_classes: vocabularies longer than this get 400.
+        max_class_pixels: bound on classes x pixels (the size of the score tensor); images
+            over ``max_class_pixels // len(classes)`` pixels get 413.
         model_name: reported by ``GET /health``.
     """
     if max_pending < 1:
@@ -96,7 +101,12 @@ def create_app(
 
     def run_model(data: bytes, class_names: list[str]) -> dict:
         start = time.perf_counter()
-        image = decode_image(data, max_pixels)
+        per_class = max_class_pixels // len(class_names)
+        if per_class < max_pixels:
+            why = f"for {len(class_names)} classes (at most {max_class_pixels} class-pixels)"
+            image = decode_image(data, per_class, why)
+        else:
+            image = decode_image(data, max_pixels)
         predictor.set_image(image)
         seg = predictor.predict(class_names)
         return _segment_response(seg, image, time.perf_counter() - start)
@@ -116,6 +126,8 @@ def create_app(
             "served": state["served"],
             "max_upload_bytes": max_upload_bytes,
             "max_pixels": max_pixels,
+            "max_classes": max_classes,
+            "max_class_pixels": max_class_pixels,
         }
 
     @app.post("/segment")

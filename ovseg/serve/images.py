@@ -21,8 +21,11 @@ class ImageRejected(ValueError):
         self.status = status
 
 
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int, limit_reason: str = "") -> np.ndarray:
     """(H, W, 3) uint8 RGB of an uploaded file, EXIF orientation applied.
+
+    The size is checked from the header, before any pixel is decoded; ``limit_reason`` is
+    added to the message when the limit applies for a particular reason.
 
     Raises:
         ImageRejected: 400 empty or corrupt/truncated file, 415 not an image,
@@ -39,7 +42,8 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
                 raise ImageRejected(
                     413,
                     f"image is {width}x{height} = {width * height} pixels, more than this "
-                    f"server's limit of {max_pixels}; send a smaller image",
+                    f"server's limit of {max_pixels}{' ' + limit_reason if limit_reason else ''}; "
+                    "send a smaller image",
                 )
             image.load()
             return pil_to_rgb(image)
