@@ -142,6 +142,10 @@ def _hash_file(path: Path, hashers: list) -> None:
                 h.update(chunk)
 
 
+class _NotTheFile(Exception):
+    """The server answered, but with something other than the file (an HTML page)."""
+
+
 def _fetch(url: str, part: Path, timeout: float, progress: bool, desc: str) -> None:
     """Append the rest of ``url`` to ``part``, resuming from its size with an HTTP Range."""
     from tqdm import tqdm
@@ -161,6 +165,11 @@ def _fetch(url: str, part: Path, timeout: float, progress: bool, desc: str) -> N
             return _fetch(url, part, timeout, progress, desc)
         raise
     with response:
+        if response.headers.get_content_type() == "text/html":
+            raise _NotTheFile(
+                "the server sent a web page instead of the file (a sign-in, quota or "
+                "virus-scan page); open the URL in a browser to download it by hand"
+            )
         length = response.headers.get("Content-Length")
         if start and response.status != 206:  # server ignored the Range: start over
             start = 0
@@ -240,6 +249,9 @@ def _fetch_with_retries(
         except urllib.error.HTTPError as error:
             failures.append(f"{url}: HTTP {error.code} {error.reason}")
             return False  # the server answered: asking again will not help
+        except _NotTheFile as error:
+            failures.append(f"{url}: {error}")
+            return False
         except (OSError, http.client.HTTPException) as error:
             reason = getattr(error, "reason", None) or error
             failures.append(f"{url}: {type(reason).__name__}: {reason} (attempt {attempt + 1})")

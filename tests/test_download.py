@@ -24,6 +24,7 @@ class _Server(http.server.ThreadingHTTPServer):
         self.files: dict[str, bytes] = {"/weights.bin": DATA}
         self.cut_after: int | None = None  # the next GET sends only this many bytes, then drops
         self.ranges: list[str | None] = []  # Range header of every GET, in order
+        self.honour_range = True
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -38,7 +39,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(404, "Not Found")
             return
         start = 0
-        rng = self.headers.get("Range")
+        rng = self.headers.get("Range") if server.honour_range else None
+        if path_is_html := self.path.endswith(".html"):
+            body = b"<html>please sign in</html>"
         if rng:
             start = int(rng.removeprefix("bytes=").split("-")[0])
             if start >= len(body):
@@ -52,6 +55,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         payload = body[start:]
+        self.send_header(
+            "Content-Type", "text/html" if path_is_html else "application/octet-stream"
+        )
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         if server.cut_after is not None:
@@ -67,7 +73,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     srv = _Server()
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield srv
     srv.shutdown()
@@ -128,6 +134,20 @@ def test_complete_part_file_is_not_fetched_again(server, home):
     path = download("w", progress=False, registry=_registry(server))
     assert path.read_bytes() == DATA
     assert server.ranges == [f"bytes={len(DATA)}-"]  # answered 416 "bytes */N": already complete
+
+
+def test_server_ignoring_range_restarts_cleanly(server, home):
+    server.cut_after = 50_000
+    server.honour_range = False
+    path = download("w", progress=False, retries=1, registry=_registry(server))
+    assert path.read_bytes() == DATA  # the 200 answer replaced the part instead of appending
+
+
+def test_html_page_instead_of_the_file(server, home):
+    server.files["/page.html"] = b""
+    with pytest.raises(DownloadError, match="web page instead of the file"):
+        download("w", progress=False, registry=_registry(server, path="/page.html"))
+    assert server.ranges == [None]
 
 
 def test_404_names_the_url_and_what_to_do(server, home):
