@@ -11,7 +11,8 @@ import base64
 from pathlib import Path
 
 import pytest
-from serve_helpers import FakePredictor, running_server
+
+from tests.serve_helpers import FakePredictor, running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -44,23 +45,21 @@ def _photo() -> Path:
     return sorted(COCO.glob("*.jpg"))[0]
 
 
-def _predictor(kind: str):
+def _predictor(kind: str, request):
     if kind == "fake":
         return FakePredictor()
     import ovseg
 
-    if not hasattr(ovseg, "build_model"):
-        pytest.skip("ovseg.build_model is not available yet (the model has not landed)")
-    return ovseg.Predictor(ovseg.build_model("ovseg-test-tiny"))
+    return ovseg.Predictor(request.getfixturevalue("tiny_model"))
 
 
 @pytest.mark.parametrize("kind, upload", [("fake", "drop"), ("tiny", "picker")])
-def test_upload_segment_overlay_legend_hover(browser, kind, upload):
+def test_upload_segment_overlay_legend_hover(browser, kind, upload, request):
     from ovseg.serve import create_app
 
     photo = _photo()
     classes = ["person", "grass", "sky"]
-    app = create_app(_predictor(kind), model_name=f"test-{kind}")
+    app = create_app(_predictor(kind, request), model_name=f"test-{kind}")
     with running_server(app) as url:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         errors: list[str] = []

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
-from serve_helpers import FakePredictor
 
 from ovseg.cli import main
 from ovseg.cli import segment as segment_cli
+from tests.serve_helpers import FakePredictor
 
 COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-mini" / "train2017"
 
@@ -59,9 +59,6 @@ def _check_outputs(out: Path, image: Path, class_names: list[str]) -> None:
 
 
 def test_segment_real_photos_with_tiny_model(photo_dir, tmp_path, capsys):
-    ovseg = pytest.importorskip("ovseg")
-    if not hasattr(ovseg, "build_model"):
-        pytest.skip("ovseg.build_model is not available yet (the model has not landed)")
     out = tmp_path / "out"
     argv = ["segment", str(photo_dir), "--classes", "person, dog; sky", "--out", str(out)]
     argv += ["--model", "ovseg-test-tiny"]

@@ -16,9 +16,8 @@ from pycocotools import mask as mask_utils
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from serve_helpers import FakePredictor, running_server  # noqa: E402
-
 from ovseg.serve import create_app  # noqa: E402
+from tests.serve_helpers import FakePredictor, running_server  # noqa: E402
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -95,15 +94,14 @@ def test_segment_returns_json_masks_and_images(client):
     assert overlay.height == 48 and overlay.width > 64  # legend to the right
 
 
-def _tiny_predictor():
-    import ovseg
-
-    return ovseg.Predictor(ovseg.build_model("ovseg-test-tiny"))
-
-
 @pytest.mark.parametrize("kind", ["fake", "tiny"])
-def test_32_concurrent_requests_get_200_or_503_only(kind):
-    predictor = FakePredictor(delay_s=0.1) if kind == "fake" else _tiny_predictor()
+def test_32_concurrent_requests_get_200_or_503_only(kind, request):
+    if kind == "fake":
+        predictor = FakePredictor(delay_s=0.1)
+    else:
+        import ovseg
+
+        predictor = ovseg.Predictor(request.getfixturevalue("tiny_model"))
     app = create_app(predictor, max_pending=4)
     data = _png(_noise(96, 128))
     with running_server(app) as url, httpx.Client(base_url=url, timeout=120) as c:
