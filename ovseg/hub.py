@@ -57,6 +57,8 @@ def _gdrive(file_id: str) -> str:
     return f"https://drive.usercontent.google.com/download?id={file_id}&export=download&confirm=t"
 
 
+# The authors' demo space first fetched the Swin-B checkpoint from Google Drive with gdown;
+# its later app.py reads a copy stored in the space itself (as it does the SAM checkpoints).
 _HF_SPACE = "https://huggingface.co/spaces/facebook/ov-seg/resolve/main/"
 _OPENAI = "https://openaipublic.azureedge.net/clip/models/"
 
