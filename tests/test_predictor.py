@@ -98,3 +98,20 @@ def test_image_inputs(tiny_model):
     assert p.predict(["x"]).sem_seg.shape == (1, 20, 30)
     p.set_image(Image.fromarray(np.zeros((20, 30, 4), dtype=np.uint8), "RGBA"))
     assert p.original_size == (20, 30)
+
+
+def test_text_cache_is_keyed_by_weights(tiny_model):
+    import copy
+
+    model = copy.deepcopy(tiny_model)
+    clip = model.clip_adapter
+    first = clip.text_features(["cat", "dog"])
+    assert clip.text_features(["cat", "dog"]) is first  # cached
+    key = clip.weights_fingerprint()
+    with torch.no_grad():
+        clip.clip_model.token_embedding.weight.mul_(1.5)
+    assert clip.weights_fingerprint() != key
+    second = clip.text_features(["cat", "dog"])
+    assert second is not first and not torch.allclose(second, first)
+    clip.clip_model.visual.conv1.weight.data.add_(1.0)  # the image tower is not in the key
+    assert clip.text_features(["cat", "dog"]) is second
