@@ -11,7 +11,7 @@ from torch import nn
 
 from ovseg.config import OVSegConfig
 from ovseg.data.fast_crops import unique_masks
-from ovseg.data.masked_crops import MEAN_FILL, masked_crops
+from ovseg.data.masked_crops import MEAN_FILL, MaskedCrops, masked_crops
 from ovseg.data.transforms import normalize_and_pad
 from ovseg.modeling.clip_branch import MaskAdaptedCLIP
 from ovseg.modeling.fusion import (
@@ -134,36 +134,52 @@ class OVSeg(nn.Module):
                 default ``clip_adapter.encode_masked`` (e.g. an onnxruntime session instead).
             batch_size: crops per encoder call; 0 means all in one call.
         """
-        cfg = self.config
-        thr = cfg.mask_threshold if mask_threshold is None else mask_threshold
-        fill = MEAN_FILL if cfg.mask_fill == "mean" else (0.0, 0.0, 0.0)
         encoder = self.clip_adapter.encode_masked if encoder is None else encoder
-        binary = masks.to(self.device) > thr
-        image = image.to(self.device)
-        inverse = None
-        if fast:
-            valid = binary.flatten(1).to(torch.uint8).amax(1).bool()
-            first, inverse = unique_masks(binary[valid])
-            binary = binary[valid][first]
-        crops = masked_crops(
-            image, binary, cfg.clip.image_size, fill, cfg.mask_expand_ratio, crops_method(fast)
-        )
-        if not fast:
-            valid = crops.valid
+        crops, valid, inverse = self.clip_crops(image, masks, mask_threshold, fast)
         if crops.crops.shape[0] == 0:
-            empty = crops.crops.new_zeros(0, cfg.clip.embed_dim)
+            empty = crops.crops.new_zeros(0, self.config.clip.embed_dim)
             return ClipImageFeatures(empty, valid)
-        region = crops.region_masks if cfg.mask_prompt_fwd else None
-        step = batch_size if batch_size > 0 else crops.crops.shape[0]
+        region = crops.region_masks if self.config.mask_prompt_fwd else None
+        n = crops.crops.shape[0]
+        step = batch_size if batch_size > 0 else n
         features = torch.cat(
             [
                 encoder(crops.crops[i : i + step], None if region is None else region[i : i + step])
-                for i in range(0, crops.crops.shape[0], step)
+                for i in range(0, n, step)
             ]
         ).float()
         if inverse is not None:
             features = features[inverse]
         return ClipImageFeatures(features, valid)
+
+    def clip_crops(
+        self,
+        image: torch.Tensor,
+        masks: torch.Tensor,
+        mask_threshold: float | None = None,
+        fast: bool = False,
+    ) -> tuple[MaskedCrops, torch.Tensor, torch.Tensor | None]:
+        """The masked crops of ``masks > mask_threshold`` (see ``clip_image_features``).
+
+        Returns:
+            ``(crops, valid (N,) bool, inverse)``. Reference path: ``crops`` of the V valid
+            masks, ``inverse`` None. Fast path: ``crops`` of the U distinct valid masks and
+            ``inverse`` (V,) mapping each valid mask to its crop.
+        """
+        cfg = self.config
+        thr = cfg.mask_threshold if mask_threshold is None else mask_threshold
+        fill = MEAN_FILL if cfg.mask_fill == "mean" else (0.0, 0.0, 0.0)
+        binary = masks.to(self.device) > thr
+        image = image.to(self.device)
+        if not fast:
+            crops = masked_crops(image, binary, cfg.clip.image_size, fill, cfg.mask_expand_ratio)
+            return crops, crops.valid, None
+        valid = binary.flatten(1).to(torch.uint8).amax(1).bool()
+        first, inverse = unique_masks(binary[valid])
+        crops = masked_crops(
+            image, binary[valid][first], cfg.clip.image_size, fill, cfg.mask_expand_ratio, "fast"
+        )
+        return crops, valid, inverse
 
     # ---- vocabulary ------------------------------------------------------------------------
     def encode_text(self, class_names: list[str]) -> torch.Tensor:
@@ -225,10 +241,6 @@ class OVSeg(nn.Module):
             proposals, clip_features, self.encode_text(class_names), ensemble_weight, clip_only
         )
         return semantic_fusion(probs, masks)
-
-
-def crops_method(fast: bool) -> str:
-    return "fast" if fast else "reference"
 
 
 def _as_input_of(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,328 @@
+"""Latency of one 640-px image through a full-size OVSeg variant, fast path vs reference.
+
+    PYTHONPATH=. python benchmarks/latency.py --model ovseg-swinB-vitL14 --dtype bf16 \\
+        --json out.json [--device cpu|cuda] [--repeats 3] [--top-k 30]
+
+Random weights (``build_ovseg(MODELS[name]())``, seed 0), no checkpoint needed. The image is
+a real photo from ../shared/data when present (else seeded noise), resized to a 640-px
+short side. Random weights give few non-empty masks, so by default (``--masks boxes``) the
+proposal model runs as usual and its masks are then replaced by ``--num-masks`` seeded
+random ellipses in random boxes (all valid, all distinct): the CLIP branch sees 100 crops of
+realistic sizes. ``--masks model`` keeps the model's own masks.
+
+Stages, each timed per run (median over ``--repeats`` runs after ``--warmup``):
+``backbone_proposals`` (backbone, pixel decoder, decoder, mask upsampling), ``crops``
+(binarise, skip empty/duplicate masks, masked crops), ``clip`` (CLIP image tower with mask
+prompts), ``fusion`` (classification, ensemble, semantic fusion, resize back). Text features
+are cached per vocabulary, so they are outside the end-to-end time (``text_s``: first call).
+
+Reported in the JSON (seconds): ``end_to_end_s`` (fast path, chosen dtype), ``reference_s``
+(fp32 reference path: per-mask crop loop, CLIP on every crop, official computation),
+``floor_s`` (FLOPs of the fast path, counted with FlopCounterMode, over the matmul peak of the
+same dtype measured in this run), ``stages`` and more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import ovseg  # noqa: E402
+from ovseg.data.transforms import resize_shortest_edge  # noqa: E402
+from ovseg.inference import InferenceOptions, prepare_model  # noqa: E402
+from ovseg.modeling.fusion import proposal_class_probs, semantic_fusion  # noqa: E402
+from ovseg.modeling.ovseg import ClipImageFeatures  # noqa: E402
+from ovseg.modeling.proposals import Proposals  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+STAGES = ("backbone_proposals", "crops", "clip", "fusion")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def load_photo(index: int = 0) -> np.ndarray:
+    """A real photo (H, W, 3) uint8 from ../shared/data, or seeded noise when absent."""
+    photos = sorted((DATA / "ade20k-150-sample").rglob("*.jpg")) + sorted(
+        (DATA / "coco-mini").rglob("*.jpg")
+    )
+    if photos:
+        from PIL import Image
+
+        return np.array(Image.open(photos[index % len(photos)]).convert("RGB"))
+    return np.random.default_rng(index).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+
+
+def ade150_names() -> list[str]:
+    csv = DATA / "ade20k-150-sample" / "objectInfo150.csv"
+    if csv.exists():
+        lines = csv.read_text().splitlines()[1:]
+        names = [line.rsplit(",", 1)[-1].split(";")[0].strip().strip('"') for line in lines]
+        if len(set(names)) == len(names):
+            return names
+    return [f"class {i}" for i in range(150)]
+
+
+def random_box_masks(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """(n, h, w) float {0, 1}: a filled ellipse inside a random box, per mask."""
+    g = torch.Generator().manual_seed(seed)
+    ys, xs = torch.arange(h)[:, None].float(), torch.arange(w)[None].float()
+    out = torch.zeros(n, h, w)
+    for i in range(n):
+        bh = int(torch.randint(8, h + 1, (1,), generator=g))
+        bw = int(torch.randint(8, w + 1, (1,), generator=g))
+        y0 = int(torch.randint(0, h - bh + 1, (1,), generator=g))
+        x0 = int(torch.randint(0, w - bw + 1, (1,), generator=g))
+        cy, cx, ry, rx = y0 + bh / 2, x0 + bw / 2, bh / 2, bw / 2
+        out[i] = (((ys + 0.5 - cy) / ry) ** 2 + ((xs + 0.5 - cx) / rx) ** 2 <= 1).float()
+    return out
+
+
+class PeakRSS:
+    """Peak resident memory (bytes) of this process while the context is open (sampled)."""
+
+    def __enter__(self):
+        self.peak, self._stop = self._rss(), threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def run_pipeline(model, image, names, text, options, masks_override, original_size, top_k=None):
+    """One image through the pipeline, stage by stage. Returns (label map, stage times)."""
+    device = model.device
+    times = {}
+    t = time.perf_counter()
+    proposals = model.propose(image)
+    if masks_override is not None:
+        proposals = Proposals(masks_override.to(device), proposals.embeddings)
+    text_void = model.clip_adapter.with_void(text)
+    if top_k is not None and top_k < len(proposals):
+        logits = model.clip_adapter.similarity_logits(proposals.embeddings, text_void)
+        keep = proposal_class_probs(logits).amax(1).topk(top_k).indices.sort().values
+        proposals = Proposals(proposals.masks[keep], proposals.embeddings[keep])
+    sync(device)
+    times["backbone_proposals"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    crops, valid, inverse = model.clip_crops(image, proposals.masks, fast=options.fast)
+    sync(device)
+    times["crops"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    region = crops.region_masks if model.config.mask_prompt_fwd else None
+    features = model.clip_adapter.encode_masked(crops.crops, region).float()
+    if inverse is not None:
+        features = features[inverse]
+    sync(device)
+    times["clip"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    probs, masks = model.classify(proposals, ClipImageFeatures(features, valid), text)
+    sem_seg = semantic_fusion(probs, masks)
+    sem_seg = F.interpolate(sem_seg[None], size=original_size, mode="bilinear")[0]
+    label = sem_seg.argmax(0).cpu()
+    sync(device)
+    times["fusion"] = time.perf_counter() - t
+    times["crops_encoded"] = int(crops.crops.shape[0])
+    times["masks_valid"] = int(valid.sum())
+    return label, times
+
+
+def measure(fn, repeats: int, warmup: int, device, flops: bool = False):
+    """Run ``fn`` warmup + repeats times; median stage times, peak memory, FLOPs, last output."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    total_flops = None
+    for i in range(warmup):
+        if flops and i == 0:
+            counter = FlopCounterMode(display=False)
+            with counter:
+                out, _ = fn()
+            total_flops = counter.get_total_flops()
+        else:
+            out, _ = fn()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    runs = []
+    with PeakRSS() as rss:
+        for _ in range(repeats):
+            out, times = fn()
+            runs.append(times)
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else rss.peak
+    stages = {k: statistics.median(r[k] for r in runs) for k in STAGES}
+    e2e = statistics.median(sum(r[k] for k in STAGES) for r in runs)
+    extra = {k: runs[-1][k] for k in ("crops_encoded", "masks_valid")}
+    return out, {"end_to_end_s": e2e, "stages": stages, "peak_memory_bytes": peak, **extra}, (
+        total_flops
+    )
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device) -> float:
+    """Best measured FLOP/s of a square matmul in ``dtype`` on ``device``."""
+    n = 4096 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = float("inf")
+    for i in range(8):
+        sync(device)
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        if i:
+            best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, choices=list(ovseg.build.MODELS))
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--json", required=True, help="write the results here")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--reference-repeats", type=int, default=1)
+    parser.add_argument("--masks", default="boxes", choices=["boxes", "model"])
+    parser.add_argument(
+        "--num-masks", type=int, default=0, help="masks for --masks boxes (0: one per query)"
+    )
+    parser.add_argument("--top-k", type=int, default=30, help="0 skips the top-k measurement")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the fast path")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--photo", type=int, default=0, help="index of the photo to use")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    reference_model = ovseg.build_ovseg(ovseg.build.MODELS[args.model]()).to(device).eval()
+    model = copy.deepcopy(reference_model)
+    options = InferenceOptions(dtype=args.dtype, compile=args.compile)
+    prepare_model(model, options)
+    if args.compile:
+        model.backbone.compile(dynamic=True)
+        model.clip_adapter.clip_model.visual.compile(dynamic=True)
+    prepare_model(reference_model, InferenceOptions(fast=False, channels_last=False))
+
+    photo = load_photo(args.photo)
+    cfg = model.config
+    resized = resize_shortest_edge(photo, cfg.min_size_test, cfg.max_size_test)
+    image = torch.from_numpy(np.array(resized, copy=True)).permute(2, 0, 1).to(device)
+    h, w = image.shape[-2:]
+    num_masks = args.num_masks or cfg.num_queries
+    if args.masks == "boxes" and num_masks != cfg.num_queries:
+        raise ValueError(f"--num-masks must equal the {cfg.num_queries} queries of {args.model}")
+    override = random_box_masks(num_masks, h, w) if args.masks == "boxes" else None
+    names = ade150_names()
+    t = time.perf_counter()
+    with torch.inference_mode():
+        text = model.encode_text(names)
+    text_s = time.perf_counter() - t
+    original = photo.shape[:2]
+
+    def fast(top_k=None):
+        with torch.inference_mode():
+            return run_pipeline(model, image, names, text, options, override, original, top_k)
+
+    def reference():
+        with torch.no_grad():
+            return run_pipeline(
+                reference_model, image, names, text, InferenceOptions(fast=False), override, original
+            )
+
+    print(f"{args.model} {args.dtype} on {device}, image {h}x{w}, threads {torch.get_num_threads()}")
+    peak = matmul_peak(options.torch_dtype, device)
+    fast_label, fast_stats, flops = measure(fast, args.repeats, max(1, args.warmup), device, True)
+    print("fast", json.dumps(fast_stats))
+    ref_label, ref_stats, _ = measure(reference, args.reference_repeats, 0, device)
+    print("reference", json.dumps(ref_stats))
+    result = {
+        "model": args.model,
+        "dtype": args.dtype,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name() if device.type == "cuda" else cpu_name(),
+        "threads": torch.get_num_threads(),
+        "image_hw": [h, w],
+        "masks": args.masks,
+        "num_masks": num_masks,
+        "vocabulary_size": len(names),
+        "end_to_end_s": fast_stats["end_to_end_s"],
+        "images_per_s": 1.0 / fast_stats["end_to_end_s"],
+        "stages": fast_stats["stages"],
+        "peak_memory_bytes": fast_stats["peak_memory_bytes"],
+        "crops_encoded": fast_stats["crops_encoded"],
+        "masks_valid": fast_stats["masks_valid"],
+        "reference_s": ref_stats["end_to_end_s"],
+        "reference_stages": ref_stats["stages"],
+        "reference_peak_memory_bytes": ref_stats["peak_memory_bytes"],
+        "speedup_over_reference": ref_stats["end_to_end_s"] / fast_stats["end_to_end_s"],
+        "flops": flops,
+        "matmul_peak_flops_per_s": peak,
+        "floor_s": flops / peak,
+        "ratio_to_floor": fast_stats["end_to_end_s"] / (flops / peak),
+        "argmax_agreement_with_reference": float((fast_label == ref_label).float().mean()),
+        "text_s": text_s,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "compile": args.compile,
+    }
+    if args.top_k:
+        top_label, top_stats, _ = measure(
+            lambda: fast(args.top_k), args.repeats, args.warmup, device
+        )
+        result["top_k"] = {
+            "k": args.top_k,
+            "end_to_end_s": top_stats["end_to_end_s"],
+            "stages": top_stats["stages"],
+            "speedup_over_all": fast_stats["end_to_end_s"] / top_stats["end_to_end_s"],
+            "argmax_agreement_with_all": float((top_label == fast_label).float().mean()),
+        }
+    path = Path(args.json)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, path)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
