@@ -119,7 +119,8 @@ class PatchMerging(nn.Module):
 
 def shifted_window_mask(h: int, w: int, window: int, shift: int, device) -> torch.Tensor:
     """(nW, w*w, w*w) additive mask (0 / -100) keeping shifted windows within their region."""
-    hp, wp = -(-h // window) * window, -(-w // window) * window
+    # positive-only arithmetic: traced ONNX integer division truncates toward zero
+    hp, wp = (h + window - 1) // window * window, (w + window - 1) // window * window
     region = torch.zeros(1, hp, wp, 1, device=device)
     spans = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
     label = 0
