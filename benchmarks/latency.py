@@ -181,8 +181,10 @@ def measure(fn, repeats: int, warmup: int, device, flops: bool = False):
     stages = {k: statistics.median(r[k] for r in runs) for k in STAGES}
     e2e = statistics.median(sum(r[k] for k in STAGES) for r in runs)
     extra = {k: runs[-1][k] for k in ("crops_encoded", "masks_valid")}
-    return out, {"end_to_end_s": e2e, "stages": stages, "peak_memory_bytes": peak, **extra}, (
-        total_flops
+    return (
+        out,
+        {"end_to_end_s": e2e, "stages": stages, "peak_memory_bytes": peak, **extra},
+        (total_flops),
     )
 
 
@@ -256,10 +258,18 @@ def main(argv=None) -> int:
     def reference():
         with torch.no_grad():
             return run_pipeline(
-                reference_model, image, names, text, InferenceOptions(fast=False), override, original
+                reference_model,
+                image,
+                names,
+                text,
+                InferenceOptions(fast=False),
+                override,
+                original,
             )
 
-    print(f"{args.model} {args.dtype} on {device}, image {h}x{w}, threads {torch.get_num_threads()}")
+    print(
+        f"{args.model} {args.dtype} on {device}, image {h}x{w}, threads {torch.get_num_threads()}"
+    )
     peak = matmul_peak(options.torch_dtype, device)
     fast_label, fast_stats, flops = measure(fast, args.repeats, max(1, args.warmup), device, True)
     print("fast", json.dumps(fast_stats))

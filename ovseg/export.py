@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -65,16 +66,18 @@ def _export(module: nn.Module, args: tuple, path: Path, names: dict, dynamic: di
     """Export (TorchScript tracing) to ``path`` atomically: a temporary file, then a rename."""
     tmp = path.with_name(path.name + ".tmp")
     module.eval()  # the exporter restores the wrapper's mode recursively afterwards
-    torch.onnx.export(
-        module,
-        args,
-        str(tmp),
-        input_names=names["inputs"],
-        output_names=names["outputs"],
-        dynamic_axes=dynamic,
-        opset_version=18,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            module,
+            args,
+            str(tmp),
+            input_names=names["inputs"],
+            output_names=names["outputs"],
+            dynamic_axes=dynamic,
+            opset_version=18,
+            dynamo=False,
+        )
     os.replace(tmp, path)
 
 
@@ -221,3 +224,35 @@ def onnx_predictor(model, folder: str | Path, providers: list[str] | None = None
         options=options,
         clip_encoder=OnnxClipEncoder(folder, providers),
     )
+
+
+@torch.no_grad()
+def verify_onnx(model, folder: str | Path, seed: int = 0) -> dict[str, float]:
+    """Max abs difference between onnxruntime and PyTorch on seeded random inputs.
+
+    Returns ``{"proposals.embeddings", "proposals.mask_logits", "proposals.class_logits",
+    "clip.features", "clip.logits": max |ort - torch|}``.
+    """
+    folder = Path(folder)
+    meta = json.loads((folder / META_FILE).read_text())
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    c, s, b = cfg.clip.embed_dim, cfg.clip.image_size, meta["crop_batch"]
+    text = F.normalize(torch.randn(7, c, generator=g), dim=-1)
+    image = torch.randn(1, 3, *meta["image_size"], generator=g)
+    crops = torch.randn(b, 3, s, s, generator=g)
+    regions = (torch.rand(b, 1, s, s, generator=g) > 0.4).float()
+    diffs = {}
+    for name, graph, inputs in (
+        ("proposals", ProposalGraph(model), {"image": image, "text": text}),
+        ("clip", ClipGraph(model), {"crops": crops, "region_masks": regions, "text": text}),
+    ):
+        was_training = model.training
+        expected = graph.eval()(*inputs.values())
+        model.train(was_training)
+        session = _session(folder / (PROPOSALS_FILE if name == "proposals" else CLIP_FILE), None)
+        got = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+        outputs = [o.name for o in session.get_outputs()]
+        for key, e, o in zip(outputs, expected, got):
+            diffs[f"{name}.{key}"] = (e.float() - torch.from_numpy(o)).abs().max().item()
+    return diffs

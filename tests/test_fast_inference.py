@@ -1,0 +1,193 @@
+"""Each fast path equals the reference path (official-equivalent computation)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ovseg
+from ovseg.data.fast_crops import bicubic_taps, nearest_index, tap_matrix, unique_masks
+from ovseg.data.masked_crops import MEAN_FILL, masked_crops
+from ovseg.inference import InferenceOptions
+from ovseg.modeling.fusion import clip_class_probs, semantic_fusion
+from tests.test_official_fixture import assert_close_to_scale, max_abs
+
+
+def fresh_tiny():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        return ovseg.build_ovseg(ovseg.build.MODELS["ovseg-test-tiny"]())
+
+
+def random_masks(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """(n, h, w) bool with edge cases: empty, duplicate, one pixel, full image, borders."""
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(n, h, w, dtype=torch.bool)
+    for i in range(n):
+        y0, x0 = (int(torch.randint(0, s - 1, (1,), generator=g)) for s in (h, w))
+        bh = int(torch.randint(1, h - y0 + 1, (1,), generator=g))
+        bw = int(torch.randint(1, w - x0 + 1, (1,), generator=g))
+        masks[i, y0 : y0 + bh, x0 : x0 + bw] = torch.rand(bh, bw, generator=g) > 0.3
+    masks[0] = False
+    masks[1] = masks[4]
+    masks[2] = False
+    masks[2, h - 1, w - 1] = True
+    masks[3] = True
+    masks[5] = False
+    masks[5, :, 0] = True  # one column: box width 1
+    return masks
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 100, 223, 224, 225, 500, 853, 1000])
+def test_bicubic_taps_are_pytorchs(size):
+    index, weight = bicubic_taps(torch.tensor([size]), 224)
+    dense = tap_matrix(index, weight, size)[0]
+    eye = torch.eye(size)[None, None]
+    expected = F.interpolate(eye, size=(224, size), mode="bicubic", align_corners=False)[0, 0]
+    assert max_abs(dense, expected) < 1e-6
+    nearest = F.interpolate(eye, size=(224, size), mode="nearest")[0, 0].argmax(1)
+    assert torch.equal(nearest_index(torch.tensor([size]), 224)[0], nearest)
+
+
+@pytest.mark.parametrize("fill", [MEAN_FILL, (0.0, 0.0, 0.0)])
+@pytest.mark.parametrize("expand", [1.0, 1.3])
+def test_fast_crops_equal_reference(fill, expand):
+    g = torch.Generator().manual_seed(1)
+    image = torch.randint(0, 256, (3, 61, 97), dtype=torch.uint8, generator=g)
+    masks = random_masks(12, 61, 97)
+    ref = masked_crops(image, masks, 224, fill, expand, method="reference")
+    fast = masked_crops(image, masks, 224, fill, expand, method="fast")
+    assert torch.equal(fast.valid, ref.valid) and torch.equal(fast.boxes, ref.boxes)
+    assert torch.equal(fast.region_masks, ref.region_masks)
+    assert max_abs(fast.crops, ref.crops) < 2e-5
+
+
+def test_fast_crops_small_chunks_and_no_masks():
+    from ovseg.data.fast_crops import batched_masked_crops
+
+    image = torch.rand(3, 40, 50) * 255
+    masks = random_masks(8, 40, 50, seed=3)
+    ref = masked_crops(image, masks, 32, method="reference")
+    boxes, valid = ref.boxes, ref.valid
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1) * 255
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1) * 255
+    fill = torch.tensor(MEAN_FILL).view(3, 1, 1)
+    crops, regions = batched_masked_crops(image, masks[valid], boxes, 32, mean, std, fill, 1)
+    assert max_abs(crops, ref.crops) < 2e-5 and torch.equal(regions, ref.region_masks)
+    none = masked_crops(image, torch.zeros(3, 40, 50, dtype=torch.bool), 32, method="fast")
+    assert none.crops.shape == (0, 3, 32, 32) and not none.valid.any()
+    with pytest.raises(ValueError, match="method"):
+        masked_crops(image, masks, method="roi")
+
+
+def test_unique_masks_maps_duplicates():
+    masks = random_masks(10, 9, 11)[1:]  # index 0 of this slice equals index 3
+    first, inverse = unique_masks(masks)
+    assert len(first) == len(masks) - 1
+    assert torch.equal(first, first.sort().values)
+    for i in range(len(masks)):
+        assert torch.equal(masks[i], masks[first[inverse[i]]])
+    assert unique_masks(masks[:0])[0].numel() == 0
+
+
+@torch.no_grad()
+def test_fast_clip_features_equal_reference():
+    model = fresh_tiny()
+    g = torch.Generator().manual_seed(2)
+    image = torch.randint(0, 256, (3, 64, 80), dtype=torch.uint8, generator=g)
+    soft = random_masks(10, 64, 80).float() * 0.9  # > 0.4 where the mask is on
+    ref = model.clip_image_features(image, soft, fast=False)
+    fast = model.clip_image_features(image, soft, fast=True)
+    assert torch.equal(fast.valid, ref.valid)
+    assert max_abs(fast.features, ref.features) < 1e-4
+    crops, _, inverse = model.clip_crops(image, soft, fast=True)
+    assert crops.crops.shape[0] == int(ref.valid.sum()) - 1  # one duplicate encoded once
+    batched = model.clip_image_features(image, soft, fast=True, batch_size=3)
+    assert max_abs(batched.features, ref.features) < 1e-4
+
+
+@torch.no_grad()
+def test_fast_path_matches_official_fixture(official_tiny):
+    model, out, image, names = official_tiny
+    proposals = model.propose(image)
+    clip = model.clip_image_features(image, proposals.masks, fast=True)
+    assert torch.equal(clip.valid, out["clip.valid_flag"].bool())
+    text = model.encode_text(names)
+    logits = model.clip_adapter.similarity_logits(clip.features, model.clip_adapter.with_void(text))
+    assert_close_to_scale(logits, out["clip.logits"])
+    assert max_abs(clip_class_probs(logits), out["clip.cls_probs"]) < 1e-4
+    probs, masks = model.classify(proposals, clip, text)
+    sem_seg = semantic_fusion(probs, masks)
+    ref_probs, _ = model.classify(
+        proposals, model.clip_image_features(image, proposals.masks), text
+    )
+    assert max_abs(probs, ref_probs) < 1e-5
+    assert torch.equal(sem_seg.argmax(0), out["sem_seg_argmax"])
+
+
+def photo() -> np.ndarray:
+    g = np.random.default_rng(0)
+    base = g.integers(0, 256, (6, 8, 3)).astype(np.uint8)
+    return np.kron(base, np.ones((20, 20, 1), np.uint8))  # 120 x 160 blocks
+
+
+NAMES = ["sky", "tree", "road", "car"]
+
+
+def predict(options: InferenceOptions, names=NAMES):
+    predictor = ovseg.Predictor(fresh_tiny(), options=options)
+    predictor.set_image(photo())
+    return predictor, predictor.predict(names, mask_threshold=0.3)
+
+
+def test_predictor_fast_fp32_equals_reference():
+    _, ref = predict(InferenceOptions(fast=False, channels_last=False))
+    _, fast = predict(InferenceOptions())  # fast crops, dedup, channels_last
+    assert_close_to_scale(fast.sem_seg, ref.sem_seg, rel=1e-4)
+    assert (fast.label_map == ref.label_map).mean() > 0.999
+
+
+def test_predictor_bf16_runs_with_fp32_outputs():
+    predictor, seg = predict(InferenceOptions(dtype="bf16"))
+    assert predictor.model.backbone.patch_embed.proj.weight.dtype == torch.bfloat16
+    assert predictor.model.clip_adapter.clip_model.visual.conv1.weight.dtype == torch.bfloat16
+    assert predictor.model.sem_seg_head.predictor.query_embed.weight.dtype == torch.float32
+    assert seg.sem_seg.dtype == torch.float32 and torch.isfinite(seg.sem_seg).all()
+    _, ref = predict(InferenceOptions(fast=False))
+    assert (seg.label_map == ref.label_map).mean() > 0.5  # a loose sanity bound, not accuracy
+
+
+def test_top_k_keeps_k_proposals():
+    predictor, full = predict(InferenceOptions())
+    text = predictor.model.encode_text(NAMES)
+    predictor.options = InferenceOptions(top_k=4)
+    queries = predictor.top_k_queries(text)
+    assert queries.tolist() == sorted(queries.tolist()) and len(queries) == 4
+    seg = predictor.predict(NAMES, mask_threshold=0.3)
+    assert seg.sem_seg.shape == full.sem_seg.shape
+    predictor.options = InferenceOptions(top_k=10)  # k = all queries: the full result
+    same = predictor.predict(NAMES, mask_threshold=0.3)
+    assert torch.equal(same.sem_seg, full.sem_seg)
+    with pytest.raises(ValueError, match="top_k"):
+        InferenceOptions(top_k=0)
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError, match="dtype"):
+        InferenceOptions(dtype="fp16")
+
+
+@pytest.mark.slow
+def test_compiled_clip_tower_equals_eager():
+    model = fresh_tiny()
+    crops = torch.randn(3, 3, 224, 224)
+    regions = (torch.rand(3, 1, 224, 224) > 0.5).float()
+    with torch.inference_mode():
+        eager = model.clip_adapter.encode_masked(crops, regions)
+        compiled = torch.compile(model.clip_adapter.encode_masked, dynamic=True)(crops, regions)
+    assert max_abs(compiled, eager) < 1e-4
