@@ -1,0 +1,91 @@
+"""Argmax agreement of bf16 with fp32, and of top-k with all proposals, on real photos.
+
+    PYTHONPATH=. python benchmarks/agreement.py --model ovseg-R101c-vitB16 --photos 3 \\
+        --json agreement.json [--top-k 30]
+
+Same setting as ``latency.py`` (random weights, seed 0; 100 random-ellipse masks through
+the proposal interface unless ``--masks model``; the 150 ADE20K class names), on the first
+``--photos`` photos of ../shared/data (ADE20K validation samples, then COCO). Agreement is the
+fraction of pixels whose label (argmax) is the same as in the fp32 fast path with all
+proposals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from latency import ade150_names, load_photo, random_box_masks, run_pipeline  # noqa: E402
+
+import ovseg  # noqa: E402
+from ovseg.data.transforms import resize_shortest_edge  # noqa: E402
+from ovseg.inference import InferenceOptions, prepare_model  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, choices=list(ovseg.build.MODELS))
+    parser.add_argument("--photos", type=int, default=3)
+    parser.add_argument("--top-k", type=int, default=30)
+    parser.add_argument("--masks", default="boxes", choices=["boxes", "model"])
+    parser.add_argument("--json", required=True)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    fp32 = ovseg.build_ovseg(ovseg.build.MODELS[args.model]()).eval()
+    bf16 = prepare_model(copy.deepcopy(fp32), InferenceOptions(dtype="bf16"))
+    names = ade150_names()
+    with torch.inference_mode():
+        text = fp32.encode_text(names)
+    rows = []
+    for index in range(args.photos):
+        photo = load_photo(index)
+        cfg = fp32.config
+        resized = resize_shortest_edge(photo, cfg.min_size_test, cfg.max_size_test)
+        image = torch.from_numpy(np.array(resized, copy=True)).permute(2, 0, 1)
+        h, w = image.shape[-2:]
+        masks = (
+            random_box_masks(cfg.num_queries, h, w, seed=index) if args.masks == "boxes" else None
+        )
+        size = photo.shape[:2]
+        with torch.inference_mode():
+            opts = InferenceOptions()
+            full32, _ = run_pipeline(fp32, image, names, text, opts, masks, size)
+            full16, _ = run_pipeline(bf16, image, names, text, opts, masks, size)
+            top16, _ = run_pipeline(bf16, image, names, text, opts, masks, size, args.top_k)
+            top32, _ = run_pipeline(fp32, image, names, text, opts, masks, size, args.top_k)
+        row = {
+            "photo": index,
+            "size": list(size),
+            "bf16_vs_fp32": float((full16 == full32).float().mean()),
+            f"top{args.top_k}_vs_all_fp32": float((top32 == full32).float().mean()),
+            f"top{args.top_k}_vs_all_bf16": float((top16 == full16).float().mean()),
+        }
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    result = {"model": args.model, "masks": args.masks, "top_k": args.top_k, "photos": rows}
+    for key in rows[0]:
+        if key not in ("photo", "size"):
+            result[f"mean_{key}"] = float(np.mean([r[key] for r in rows]))
+    path = Path(args.json)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, path)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
