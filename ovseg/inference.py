@@ -1,9 +1,10 @@
 """Inference options: the fast path, bf16, channels_last, ``torch.compile`` and top-k.
 
-``InferenceOptions()`` (the default) keeps the official fp32 outputs: crops are made for all
-masks at once, empty and duplicate binary masks are skipped (identical masks are encoded
-once), everything runs under ``torch.inference_mode``. These change nothing but float
-rounding. ``fast=False`` selects the reference path: the official per-mask crop loop and
+``InferenceOptions()`` (the default) keeps the official fp32 outputs: empty and duplicate
+binary masks are skipped (identical masks are encoded once), all crops go through CLIP in
+one call, crops are made for all masks at once with tensor ops on CUDA (on a CPU the official
+per-mask loop is faster), everything runs under ``torch.inference_mode``. These change
+nothing but float rounding. ``fast=False`` selects the reference path: the official per-mask crop loop and
 CLIP on every non-empty crop. Opt-in knobs that do change outputs: ``dtype="bf16"`` and
 ``top_k``.
 """
@@ -24,7 +25,7 @@ class InferenceOptions:
     """How a ``Predictor`` runs the model.
 
     Attributes:
-        fast: batched crops and duplicate-mask skipping (False: the reference path).
+        fast: duplicate-mask skipping, batched crops on CUDA (False: the reference path).
         dtype: "fp32" (official) or "bf16": the backbone, pixel decoder and CLIP image tower
             get bf16 weights (autocast alone leaves most of the time in fp32 on CPU); the
             transformer decoder, text tower, classification and fusion stay fp32.

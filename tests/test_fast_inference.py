@@ -107,6 +107,9 @@ def test_fast_clip_features_equal_reference():
     assert max_abs(fast.features, ref.features) < 1e-4
     crops, _, inverse = model.clip_crops(image, soft, fast=True)
     assert crops.crops.shape[0] == int(ref.valid.sum()) - 1  # one duplicate encoded once
+    batched, _, _ = model.clip_crops(image, soft, fast=True, crop_method="fast")  # as on CUDA
+    assert max_abs(batched.crops, crops.crops) < 2e-5
+    assert torch.equal(batched.region_masks, crops.region_masks)
     batched = model.clip_image_features(image, soft, fast=True, batch_size=3)
     assert max_abs(batched.features, ref.features) < 1e-4
 

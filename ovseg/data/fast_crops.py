@@ -2,12 +2,17 @@
 
 The reference (``masked_crops(..., method="reference")``) loops over masks: slice the box,
 blend with the fill, normalise, then ``F.interpolate(bicubic)`` and ``F.interpolate(nearest)``.
-Here all crops are made at once. Bicubic resizing is separable with 4 taps per axis, so each
-output pixel is ``sum_a wy[a] * sum_b wx[b] * src[iy[a], ix[b]]`` with PyTorch's own tap
-indices (clamped to the box) and weights (cubic convolution, A = -0.75), summed in the same
-order as PyTorch's CPU kernel. The masked, normalised source is never materialised per box:
-``(img * m + (1 - m) * fill - mean) / std = fill_n + m * (img - fill) / std`` and the bicubic
-weights of a row sum to one, so only the gathered taps of ``m * (img - fill) / std`` are needed.
+Here all crops are made at once, with no per-mask kernel launches (what a GPU wants).
+Bicubic resizing is separable with 4 taps per axis, so each output pixel is
+``sum_a wy[a] * sum_b wx[b] * src[iy[a], ix[b]]`` with PyTorch's own tap indices (clamped to
+the box) and weights (cubic convolution, A = -0.75), x first as PyTorch's kernel does. The
+image is normalised once: ``(img * m + (1 - m) * fill - mean) / std = fill_n + m * (img -
+fill) / std``, and the bicubic weights of a row sum to one, so each box window is just
+``m * (img - fill) / std``.
+
+On a CPU the official per-mask loop is faster (PyTorch's native bicubic kernel over each box:
+1.2 s against 2.2 s for 100 large boxes on a 640 x 854 image, one thread), so the fast
+inference path picks this method on CUDA devices only (see ``OVSeg.clip_crops``).
 
 Nearest resizing of the region masks uses PyTorch's index rule, so region masks are identical.
 """
@@ -15,20 +20,8 @@ Nearest resizing of the region masks uses PyTorch's index rule, so region masks 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 CUBIC_A = -0.75  # PyTorch's (and OpenCV's) bicubic convolution constant
-
-
-def source_coordinates(in_sizes: torch.Tensor, out_size: int) -> torch.Tensor:
-    """(B,) lengths -> (B, S) float32 source coordinates ``scale * (dst + 0.5) - 0.5``.
-
-    PyTorch computes these in float32 with a fused multiply-add; the float64 evaluation of
-    the float32 scale, rounded once, is that value.
-    """
-    scale = (in_sizes.to(torch.float32) / out_size).to(torch.float64)[:, None]
-    dst = torch.arange(out_size, device=in_sizes.device, dtype=torch.float64)[None]
-    return (scale * (dst + 0.5) - 0.5).to(torch.float32)
 
 
 def bicubic_taps(in_sizes: torch.Tensor, out_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,8 +82,8 @@ def batched_masked_crops(
     """All masked crops at once.
 
     Crops are grouped by size; each group gathers its boxes into one padded (n, 3, h, w)
-    window batch and resizes it with two batched matmuls against banded bicubic matrices
-    (zero beyond each box, so the padding never contributes), x first, then y.
+    window batch and resizes it in two gather-and-weight passes over PyTorch's bicubic taps
+    (clamped to each box, so the padding is never read), x first, then y.
 
     Args:
         image: (3, H, W) float, 0-255 scale.
@@ -112,25 +105,24 @@ def batched_masked_crops(
     fill_n = (fill - mean) / std  # (3, 1, 1); ~0 for the CLIP-mean fill
     flat_masks = masks.reshape(v, -1)
     crops = image.new_empty(v, 3, size, size)
-    sy, sx = source_coordinates(heights, size), source_coordinates(widths, size)
+    iy, wy = bicubic_taps(heights, size)  # (V, S, 4), indices within each box
+    ix, wx = bicubic_taps(widths, size)
     for group in _size_groups(heights, widths, chunk_elements // 3):
         n, hm, wm = len(group), int(heights[group].max()), int(widths[group].max())
-        # replicate-padded windows: indices clamped to each box, as interpolate clamps taps
         ar_h, ar_w = torch.arange(hm, device=image.device), torch.arange(wm, device=image.device)
-        rows = top[group, None] + torch.minimum(ar_h, heights[group, None] - 1)
-        cols = left[group, None] + torch.minimum(ar_w, widths[group, None] - 1)
+        rows = (top[group, None] + ar_h).clamp(max=height - 1)
+        cols = (left[group, None] + ar_w).clamp(max=width - 1)
         lin = (rows[:, :, None] * width + cols[:, None, :]).reshape(n, -1)
         window = source.index_select(1, lin.flatten()).view(3, n, hm, wm).transpose(0, 1)
         window = window * flat_masks[group].gather(1, lin).view(n, 1, hm, wm)
-        # sampling grid in float64 so grid_sample recovers PyTorch's float32 source
-        # coordinates exactly; the border mode clamps taps to the window
-        gx = (2 * sx[group].double() + 1) / wm - 1  # (n, S)
-        gy = (2 * sy[group].double() + 1) / hm - 1
-        grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
-        resized = F.grid_sample(
-            window.double(), grid, mode="bicubic", padding_mode="border", align_corners=False
-        )
-        crops[group] = resized.to(image.dtype) + fill_n
+        # x pass: 4 taps per output column, on every window row
+        taps = ix[group].view(n, 1, 1, size * 4).expand(n, 3, hm, size * 4)
+        x = window.gather(3, taps).view(n, 3, hm, size, 4)
+        x = (x * wx[group].view(n, 1, 1, size, 4)).sum(-1)  # (n, 3, hm, S)
+        # y pass: 4 taps per output row
+        taps = iy[group].view(n, 1, size * 4, 1).expand(n, 3, size * 4, size)
+        y = x.gather(2, taps).view(n, 3, size, 4, size)
+        crops[group] = (y * wy[group].view(n, 1, size, 4, 1)).sum(3) + fill_n
     ny = nearest_index(heights, size) + top[:, None]
     nx = nearest_index(widths, size) + left[:, None]
     n = torch.arange(v, device=image.device)[:, None, None]

@@ -128,8 +128,9 @@ class OVSeg(nn.Module):
 
         Args:
             image: (3, H, W) 0-255 model input. masks: (N, H, W) in [0, 1].
-            fast: batched crops, and identical binary masks encoded once (the outputs equal
-                the reference path up to float rounding); False: the reference path.
+            fast: empty and duplicate binary masks skipped (identical masks encoded once),
+                batched crops on CUDA (the outputs equal the reference path up to float
+                rounding); False: the reference path.
             encoder: ``(crops (B, 3, S, S), region_masks (B, 1, S, S) or None) -> (B, C)``;
                 default ``clip_adapter.encode_masked`` (e.g. an onnxruntime session instead).
             batch_size: crops per encoder call; 0 means all in one call.
@@ -158,8 +159,12 @@ class OVSeg(nn.Module):
         masks: torch.Tensor,
         mask_threshold: float | None = None,
         fast: bool = False,
+        crop_method: str | None = None,
     ) -> tuple[MaskedCrops, torch.Tensor, torch.Tensor | None]:
         """The masked crops of ``masks > mask_threshold`` (see ``clip_image_features``).
+
+        ``crop_method`` (fast path only): ``masked_crops`` method; None picks "fast" (batched
+        tensor ops) on CUDA and "reference" (the per-mask loop, faster there) on CPU.
 
         Returns:
             ``(crops, valid (N,) bool, inverse)``. Reference path: ``crops`` of the V valid
@@ -176,8 +181,9 @@ class OVSeg(nn.Module):
             return crops, crops.valid, None
         valid = binary.flatten(1).to(torch.uint8).amax(1).bool()
         first, inverse = unique_masks(binary[valid])
+        method = crop_method or ("fast" if image.is_cuda else "reference")
         crops = masked_crops(
-            image, binary[valid][first], cfg.clip.image_size, fill, cfg.mask_expand_ratio, "fast"
+            image, binary[valid][first], cfg.clip.image_size, fill, cfg.mask_expand_ratio, method
         )
         return crops, valid, inverse
 
