@@ -194,3 +194,13 @@ def test_compiled_clip_tower_equals_eager():
         eager = model.clip_adapter.encode_masked(crops, regions)
         compiled = torch.compile(model.clip_adapter.encode_masked, dynamic=True)(crops, regions)
     assert max_abs(compiled, eager) < 1e-4
+
+
+@torch.no_grad()
+def test_truncated_text_encoding_equals_open_clip():
+    from open_clip.tokenizer import tokenize
+
+    clip = fresh_tiny().clip_adapter
+    tokens = tokenize(["a photo of a rocket.", "There is a large traffic light in the scene."])
+    full = clip.clip_model.encode_text(tokens)
+    assert max_abs(clip.encode_tokens(tokens), full) < 1e-5
