@@ -277,6 +277,10 @@ def main(argv=None) -> int:
         raise ValueError(f"--num-masks must equal the {cfg.num_queries} queries of {args.model}")
     override = random_box_masks(num_masks, h, w) if args.masks == "boxes" else None
     names = ade150_names()
+    if args.flops_only:
+        counts = count_flops(reference_model, (h, w), cfg.num_queries, cfg.num_queries, len(names))
+        print(json.dumps(counts))
+        return 0
     t = time.perf_counter()
     with torch.inference_mode():
         text = model.encode_text(names)
