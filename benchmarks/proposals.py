@@ -101,6 +101,7 @@ def main() -> None:
         generators = {"maskformer": (model.propose, "ovseg-test-tiny random"), **generators}
     with_predictor = model is not None and hasattr(ovseg, "Predictor") and not args.no_predictor
 
+    hwc = image.permute(1, 2, 0).numpy()
     print(f"photo: {path} -> model input {tuple(image.shape[1:])} (H, W)")
     print(f"torch threads: {torch.get_num_threads()}, median of {args.repeats} after a warm-up")
     header = "| generator | masks | proposals (s) |"
@@ -118,7 +119,6 @@ def main() -> None:
             predictor = ovseg.Predictor(
                 model, proposal_generator=None if name == "maskformer" else generator
             )
-            hwc = image.permute(1, 2, 0).numpy()
             _, set_seconds = timed(lambda p=predictor: p.set_image(hwc), args.repeats)
             row += f" {set_seconds:.2f} |"
         print(f"{row} {setting} |", flush=True)
