@@ -10,12 +10,14 @@ as the (3, H, W) uint8 model input. Generators: the MaskFormer head of ``ovseg-t
 masks all fail the default filters, which times SAM's own work) and the weight-free
 superpixels. Time is the median of
 ``--repeats`` runs after one warm-up run. When ``ovseg.Predictor`` is available, the table also
-shows ``Predictor.set_image`` with that generator (proposals + CLIP on every masked crop).
+shows ``Predictor.set_image`` + ``clip_features()`` with that generator: the resize, the
+proposals and the CLIP image tower on every masked crop (all but the text tower).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -40,13 +42,19 @@ def load_input(path: Path, short: int = 640, long: int = 2560) -> torch.Tensor:
 
 
 def timed(fn, repeats: int):
+    """(result, median wall seconds, median process CPU seconds) over ``repeats`` runs.
+
+    CPU seconds of a one-thread run are what the wall time would be on an idle machine; they
+    are shown because the benchmark machine is often shared.
+    """
     result = fn()  # warm-up
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         result = fn()
-        times.append(time.perf_counter() - start)
-    return result, statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return result, statistics.median(wall), statistics.median(cpu)
 
 
 def main() -> None:
@@ -104,23 +112,26 @@ def main() -> None:
     hwc = image.permute(1, 2, 0).numpy()
     print(f"photo: {path} -> model input {tuple(image.shape[1:])} (H, W)")
     print(f"torch threads: {torch.get_num_threads()}, median of {args.repeats} after a warm-up")
-    header = "| generator | masks | proposals (s) |"
+    print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    header = "| generator | masks | proposals, wall / CPU (s) |"
     rule = "|---|---:|---:|"
     if with_predictor:
-        header += " set_image (s) |"
+        header += " set_image + CLIP crops, wall / CPU (s) |"
         rule += "---:|"
     print(header + " setting |")
     print(rule + "---|")
     for name, (generator, setting) in generators.items():
         with torch.no_grad():
-            proposals, seconds = timed(lambda g=generator: g(image), args.repeats)
-        row = f"| {name} | {len(proposals)} | {seconds:.2f} |"
+            proposals, seconds, cpu = timed(lambda g=generator: g(image), args.repeats)
+        row = f"| {name} | {len(proposals)} | {seconds:.2f} / {cpu:.2f} |"
         if with_predictor:
             predictor = ovseg.Predictor(
                 model, proposal_generator=None if name == "maskformer" else generator
             )
-            _, set_seconds = timed(lambda p=predictor: p.set_image(hwc), args.repeats)
-            row += f" {set_seconds:.2f} |"
+            _, set_seconds, set_cpu = timed(
+                lambda p=predictor: (p.set_image(hwc), p.clip_features()), args.repeats
+            )
+            row += f" {set_seconds:.2f} / {set_cpu:.2f} |"
         print(f"{row} {setting} |", flush=True)
 
 

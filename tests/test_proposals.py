@@ -198,6 +198,9 @@ def test_load_sam_reads_the_type_from_the_checkpoint(tmp_path):
         load_sam(path, model_type="vit_x")
     with pytest.raises(FileNotFoundError):
         load_sam(tmp_path / "missing.pth")
+    torch.save({"args": argparse.Namespace(x=1)}, tmp_path / "pickled.pth")
+    with pytest.raises(ValueError, match="cannot read SAM checkpoint"):
+        load_sam(tmp_path / "pickled.pth")  # arbitrary objects are never unpickled
     torch.save({"weight": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="not a SAM checkpoint"):
         load_sam(tmp_path / "other.pth")
