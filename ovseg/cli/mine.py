@@ -40,7 +40,9 @@ def register(subparsers) -> None:
         "proposals + caption nouns (default, the paper's choice)",
     )
     parser.add_argument(
-        "--captions-per-image", default="1", choices=["1", "all"],
+        "--captions-per-image",
+        default="1",
+        choices=["1", "all"],
         help="use the first caption of each image, or all of them (default: 1)",
     )
     parser.add_argument("--out", required=True, help="output folder (resumed if it exists)")
@@ -48,7 +50,9 @@ def register(subparsers) -> None:
         "--images-per-shard", type=int, default=1000, help="images per tar shard (default 1000)"
     )
     parser.add_argument(
-        "--mask-threshold", type=float, default=None,
+        "--mask-threshold",
+        type=float,
+        default=None,
         help="binarisation threshold of the masks (default: the model's, 0.4 for eval)",
     )
     parser.add_argument("--seed", type=int, default=0, help="torch seed set before model building")
@@ -75,7 +79,8 @@ def _distributed() -> tuple[int, int]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ovseg.train.mining import CocoCaptions, mine
+    from ovseg.data.coco_captions import CocoCaptions
+    from ovseg.train.mining import mine
     from ovseg.train.pair_shards import merge_shards
 
     if not os.path.isdir(args.images):
@@ -85,19 +90,31 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{option} file not found: {path}")
     if args.mode != "proposal-caption" and args.instances is None:
         raise ValueError(f"--mode {args.mode} needs --instances (COCO instance JSON)")
+    dataset = CocoCaptions(
+        args.captions, args.instances if args.mode != "proposal-caption" else None
+    )
     rank, world = _distributed()
     torch.manual_seed(args.seed)  # a randomly initialised test model is the same on every rank
     model = load_model_from_args(args)
     generator = proposal_generator_from_args(args, model)
-    dataset = CocoCaptions(args.captions, args.instances if args.mode != "proposal-caption" else None)
     run_info = {
         "model": args.model or args.config,
         "checkpoint": args.checkpoint or args.weights,
         "proposals": args.proposals if args.mode == "proposal-caption" else None,
     }
     num_shards = mine(
-        model, dataset, args.images, args.out, args.mode, args.captions_per_image,
-        args.images_per_shard, generator, args.mask_threshold, run_info, rank, world,
+        model,
+        dataset,
+        args.images,
+        args.out,
+        args.mode,
+        args.captions_per_image,
+        args.images_per_shard,
+        generator,
+        args.mask_threshold,
+        run_info,
+        rank,
+        world,
         progress=not args.no_progress,
     )
     if world > 1:

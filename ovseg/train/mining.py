@@ -1,4 +1,4 @@
-"""Mask-category pairs mined from captions (paper section 3.2), the training data of CLIP adaptation.
+"""Mask-category pairs mined from captions (paper section 3.2): CLIP adaptation's training data.
 
 Three modes, as in the paper's ablation:
 
@@ -24,9 +24,6 @@ decoded size differs from the annotation's], ``crowd_masks`` [GT crowd region, n
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -37,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ovseg.data.coco_captions import CocoCaptions
 from ovseg.data.image import read_image
 from ovseg.data.masked_crops import MEAN_FILL, masked_crops
 from ovseg.data.transforms import resize_shortest_edge
@@ -56,50 +54,6 @@ SKIP_REASONS = (
     "crowd_masks",
     "repeated_noun",
 )
-
-
-class CocoCaptions:
-    """COCO caption JSON (and, for the GT modes, instance JSON) indexed by image.
-
-    Images are those of the caption file, in increasing id order. Captions of an image are in
-    increasing caption-id order.
-    """
-
-    def __init__(self, captions_json: str | Path, instances_json: str | Path | None = None):
-        data = json.loads(Path(captions_json).read_text())
-        if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
-            raise ValueError(
-                f"{captions_json}: not a COCO caption file (need 'images' and 'annotations')"
-            )
-        self.images = {img["id"]: img for img in data["images"]}
-        self.image_ids = sorted(self.images)
-        self._captions: dict[int, list[tuple[int, str]]] = {}
-        for ann in sorted(data["annotations"], key=lambda a: a["id"]):
-            self._captions.setdefault(ann["image_id"], []).append((ann["id"], ann["caption"]))
-        self.coco = None
-        if instances_json is not None:
-            from pycocotools.coco import COCO
-
-            with contextlib.redirect_stdout(io.StringIO()):
-                self.coco = COCO(str(instances_json))
-
-    def captions(self, image_id: int) -> list[tuple[int, str]]:
-        return self._captions.get(image_id, [])
-
-    def instances(self, image_id: int) -> list[dict]:
-        if self.coco is None:
-            raise ValueError("the GT modes need the instance annotations (--instances JSON)")
-        return sorted(self.coco.imgToAnns.get(image_id, []), key=lambda a: a["id"])
-
-    def category_name(self, category_id: int) -> str:
-        return self.coco.cats[category_id]["name"]
-
-    def digest(self) -> str:
-        """sha1 of the ordered image ids and file names: identifies the image list."""
-        h = hashlib.sha1()
-        for image_id in self.image_ids:
-            h.update(f"{image_id}:{self.images[image_id]['file_name']}\n".encode())
-        return h.hexdigest()
 
 
 @dataclass
@@ -159,7 +113,9 @@ class PairMiner:
     def encode(self, crops) -> torch.Tensor:
         """(V, C) normalised CLIP-branch features of ``MaskedCrops``."""
         region = crops.region_masks if self.model.config.mask_prompt_fwd else None
-        return F.normalize(self.model.clip_adapter.encode_masked(crops.crops, region).float(), dim=-1)
+        return F.normalize(
+            self.model.clip_adapter.encode_masked(crops.crops, region).float(), dim=-1
+        )
 
     @torch.no_grad()
     def image_pairs(
@@ -179,7 +135,9 @@ class PairMiner:
         """
         cfg = self.model.config
         resized = resize_shortest_edge(image, cfg.min_size_test, cfg.max_size_test)
-        tensor = torch.from_numpy(resized.copy()).permute(2, 0, 1).contiguous().to(self.model.device)
+        tensor = (
+            torch.from_numpy(resized.copy()).permute(2, 0, 1).contiguous().to(self.model.device)
+        )
         h, w = tensor.shape[-2:]
         if gt is None:
             binary = self.generator(tensor).masks.to(self.model.device) > self.mask_threshold
@@ -398,8 +356,16 @@ def mine(
             writer = ShardWriter(out_dir, k)
             try:
                 shard_ids = ids[k * images_per_shard : (k + 1) * images_per_shard]
-                stats = mine_shard(miner, dataset, Path(images_dir), shard_ids,
-                                   captions_per_image, writer, nouns, bar)
+                stats = mine_shard(
+                    miner,
+                    dataset,
+                    Path(images_dir),
+                    shard_ids,
+                    captions_per_image,
+                    writer,
+                    nouns,
+                    bar,
+                )
             except BaseException:
                 writer.abort()
                 raise

@@ -37,8 +37,12 @@ def shard_stem(index: int) -> str:
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically.
+
+    The temporary name carries the process id: ranks that write the same file at once (the
+    run's ``config.json``) never share a temporary file.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)
 
@@ -120,8 +124,14 @@ def shard_done(out_dir: Path, index: int) -> bool:
 
 def empty_stats() -> dict:
     """Per-shard statistics; ``skipped`` counts are keyed by reason (see ``mining``)."""
-    return {"images": 0, "images_with_pairs": 0, "captions": 0, "pairs": 0,
-            "skipped": {}, "noun_counts": {}}
+    return {
+        "images": 0,
+        "images_with_pairs": 0,
+        "captions": 0,
+        "pairs": 0,
+        "skipped": {},
+        "noun_counts": {},
+    }
 
 
 def merge_shards(out_dir: Path, num_shards: int, top_k: int = 50) -> dict:
