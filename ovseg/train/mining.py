@@ -19,6 +19,7 @@ is not paired again (counted as ``repeated_noun``). Skips, by reason (unit in br
 ``no_nouns`` [caption], ``no_valid_masks`` [image: no proposal or GT mask survives
 binarisation], ``no_gt_instances`` [image, GT modes], ``gt_size_mismatch`` [image, GT modes:
 decoded size differs from the annotation's], ``crowd_masks`` [GT crowd region, not used],
+``empty_gt_masks`` [GT region empty at the model-input size],
 ``repeated_noun`` [noun].
 """
 
@@ -52,6 +53,7 @@ SKIP_REASONS = (
     "no_gt_instances",
     "gt_size_mismatch",
     "crowd_masks",
+    "empty_gt_masks",
     "repeated_noun",
 )
 
@@ -148,6 +150,8 @@ class PairMiner:
             binary = binary.to(self.model.device)
             ids = [ann_id for ann_id, _, _ in gt]
         crops = self.masked_crops(tensor, binary)
+        if gt is not None:
+            skipped["empty_gt_masks"] += int((~crops.valid).sum())
         if crops.crops.shape[0] == 0:
             skipped["no_valid_masks"] += 1
             return []
