@@ -55,7 +55,6 @@ def register(subparsers) -> None:
         default=None,
         help="binarisation threshold of the masks (default: the model's, 0.4 for eval)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="torch seed set before model building")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_model_args(parser)
     add_proposal_args(parser)
@@ -77,8 +76,6 @@ def _distributed() -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ovseg.data.coco_captions import CocoCaptions
     from ovseg.train.mining import mine
     from ovseg.train.pair_shards import merge_shards
@@ -94,7 +91,6 @@ def run(args: argparse.Namespace) -> int:
         args.captions, args.instances if args.mode != "proposal-caption" else None
     )
     rank, world = _distributed()
-    torch.manual_seed(args.seed)  # a randomly initialised test model is the same on every rank
     model = load_model_from_args(args)
     generator = proposal_generator_from_args(args, model)
     run_info = {
