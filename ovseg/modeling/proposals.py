@@ -23,7 +23,9 @@ class Proposals:
 
     def __post_init__(self) -> None:
         if self.masks.dim() != 3:
-            raise ValueError(f"Proposals.masks must be (N, H, W), got shape {tuple(self.masks.shape)}")
+            raise ValueError(
+                f"Proposals.masks must be (N, H, W), got shape {tuple(self.masks.shape)}"
+            )
         if self.embeddings is not None and (
             self.embeddings.dim() != 2 or self.embeddings.shape[0] != self.masks.shape[0]
         ):

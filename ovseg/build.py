@@ -1,0 +1,168 @@
+"""Model registry: variant name -> ``OVSegConfig``, and ``build_model(name, checkpoint=None)``."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from ovseg.config import OVSegConfig
+from ovseg.modeling.clip_branch import ClipArch, MaskAdaptedCLIP
+from ovseg.modeling.ovseg import OVSeg, SemSegHead
+from ovseg.modeling.pixel_decoder import PixelDecoder
+from ovseg.modeling.resnet import ResNetDeepLab
+from ovseg.modeling.swin import SwinTransformer
+from ovseg.modeling.transformer_decoder import OpenVocabPredictor
+
+VIT_L14 = ClipArch(
+    embed_dim=768,
+    image_size=224,
+    patch_size=14,
+    vision_width=1024,
+    vision_layers=24,
+    text_width=768,
+    text_layers=12,
+)
+VIT_B16 = ClipArch(
+    embed_dim=512,
+    image_size=224,
+    patch_size=16,
+    vision_width=768,
+    vision_layers=12,
+    text_width=512,
+    text_layers=12,
+)
+SWIN_B = {
+    "type": "swin",
+    "embed_dim": 128,
+    "depths": [2, 2, 18, 2],
+    "num_heads": [4, 8, 16, 32],
+    "window_size": 12,
+}
+R101C = {"type": "resnet", "depth": 101, "stem_channels": 128, "res5_multi_grid": [1, 2, 4]}
+
+
+def swinb_vitl14_config() -> OVSegConfig:
+    """Swin-B + ViT-L/14, the released ``ovseg_swinbase_vitL14_ft_mpt.pth``."""
+    return OVSegConfig(backbone=dict(SWIN_B), embed_hidden_dim=1024, clip=VIT_L14)
+
+
+def r101c_vitb16_config() -> OVSegConfig:
+    """ResNet-101c + ViT-B/16, the released ``ovseg_R101c_vitB16_ft_mpt.pth``."""
+    return OVSegConfig(
+        backbone=dict(R101C), embed_hidden_dim=1024, clip=VIT_B16, mask_threshold=0.5
+    )
+
+
+def test_tiny_config() -> OVSegConfig:
+    """Same architecture as Swin-B + ViT, tiny sizes (the official-fixture configuration)."""
+    return OVSegConfig(
+        backbone={
+            "type": "swin",
+            "embed_dim": 16,
+            "depths": [2, 2, 2, 2],
+            "num_heads": [2, 2, 4, 8],
+            "window_size": 7,
+        },
+        conv_dim=64,
+        mask_dim=64,
+        hidden_dim=64,
+        nheads=4,
+        dim_feedforward=128,
+        dec_layers=3,
+        num_queries=10,
+        embed_hidden_dim=64,
+        clip=ClipArch(
+            embed_dim=32,
+            image_size=224,
+            patch_size=16,
+            vision_width=128,
+            vision_layers=3,
+            text_width=64,
+            text_layers=2,
+        ),
+    )
+
+
+MODELS = {
+    "ovseg-swinB-vitL14": swinb_vitl14_config,
+    "ovseg-R101c-vitB16": r101c_vitb16_config,
+    "ovseg-test-tiny": test_tiny_config,
+}
+RANDOM_OK = {"ovseg-test-tiny"}  # variants that may be built with seeded random weights
+
+
+def list_models() -> list[str]:
+    return list(MODELS)
+
+
+def build_ovseg(config: OVSegConfig) -> OVSeg:
+    """Construct an ``OVSeg`` (random weights) from a config: the one config -> modules step."""
+    bb = dict(config.backbone)
+    kind = bb.pop("type")
+    if kind == "swin":
+        backbone = SwinTransformer(**bb)
+    elif kind == "resnet":
+        backbone = ResNetDeepLab(**bb)
+    else:
+        raise ValueError(f"backbone type must be 'swin' or 'resnet', got {kind!r}")
+    channels = [backbone.out_channels[f"res{i}"] for i in range(2, 6)]
+    head = SemSegHead(
+        PixelDecoder(channels, config.conv_dim, config.mask_dim),
+        OpenVocabPredictor(
+            channels[-1],
+            config.hidden_dim,
+            config.nheads,
+            config.dim_feedforward,
+            config.dec_layers,
+            config.num_queries,
+            config.mask_dim,
+            config.clip.embed_dim,
+            config.embed_hidden_dim,
+            config.embed_layers,
+            config.dropout,
+            config.enforce_input_proj,
+        ),
+    )
+    clip = MaskAdaptedCLIP(config.clip, config.prompt_depth)
+    return OVSeg(backbone, head, clip, config).eval()
+
+
+def build_model(name: str, checkpoint: str | Path | None = None) -> OVSeg:
+    """Build the named variant in eval mode.
+
+    Args:
+        name: one of ``list_models()``.
+        checkpoint: weights: our ``.safetensors`` format or an official ``.pth``/``.pt``.
+            None: the cached released weights (``ovseg download NAME``); ``ovseg-test-tiny``
+            alone falls back to seeded random weights, with a warning.
+    """
+    from ovseg import checkpoints, hub
+
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {list_models()}")
+    if checkpoint is None:
+        cached = hub.find_cached(name)
+        if cached is not None:
+            checkpoint = cached
+        elif name in RANDOM_OK:
+            warnings.warn(
+                f"{name}: no checkpoint given, using seeded random weights (for tests and "
+                "smoke runs only; its outputs mean nothing)",
+                stacklevel=2,
+            )
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                return build_ovseg(MODELS[name]())
+        else:
+            raise FileNotFoundError(
+                f"no weights for {name!r} in {hub.ovseg_home()}: run `ovseg download {name}` "
+                "or pass checkpoint=PATH (CLI: --checkpoint PATH)"
+            )
+    path = Path(checkpoint)
+    if path.suffix == ".safetensors":
+        return checkpoints.load_checkpoint(path)
+    model = build_ovseg(MODELS[name]())
+    checkpoints.load_official_state_dict(model, checkpoints.read_state_dict(path), source=path)
+    return model

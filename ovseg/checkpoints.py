@@ -1,0 +1,215 @@
+"""Checkpoints: official OVSeg files, OpenAI/OpenCLIP CLIP weights, and our own format.
+
+Checkpoints are untrusted: ``.pth``/``.pt`` are read with ``torch.load(weights_only=True)``,
+our own format is safetensors with the model config as JSON in the file's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from ovseg.config import config_from_official, read_official_yaml
+from ovseg.modeling.clip_branch import ClipArch
+
+FORMAT = "ovseg/1"
+CLIP_PREFIX = "clip_adapter.clip_model."
+# Training-only buffers that official state dicts carry; checked, then set aside.
+TRAINING_ONLY = {"criterion.empty_weight"}
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read tensors from ``.safetensors`` or a ``.pth``/``.pt`` (bare or ``{"model": ...}``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable checkpoint ({error})") from error
+    except Exception as error:  # weights_only refusals raise UnpicklingError and others
+        raise ValueError(
+            f"{path}: refused or unreadable (only plain tensors are loaded): {error}"
+        ) from error
+    for key in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: expected a state dict of tensors (bare or under 'model')")
+    return obj
+
+
+def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    """Raise ``ValueError`` listing missing, unexpected and mis-shaped keys; silent if exact."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(sd)
+        if tuple(sd[k].shape) != tuple(own[k].shape)
+    )
+    if missing or unexpected or shapes:
+        parts = []
+        for title, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape mismatch", shapes),
+        ):
+            if items:
+                shown = "\n    ".join(items[:50]) + ("\n    ..." if len(items) > 50 else "")
+                parts.append(f"  {title} ({len(items)}):\n    {shown}")
+        raise ValueError("checkpoint does not fit the model:\n" + "\n".join(parts))
+
+
+def split_training_only(sd: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """Separate the official training-only buffers (``criterion.*``) from model weights."""
+    extra = {k: v for k, v in sd.items() if k in TRAINING_ONLY}
+    return {k: v for k, v in sd.items() if k not in TRAINING_ONLY}, extra
+
+
+def load_official_state_dict(model, sd: dict[str, torch.Tensor], source="checkpoint") -> dict:
+    """Load an official state dict exactly; returns the training-only buffers set aside."""
+    weights, extra = split_training_only(sd)
+    weight = extra.get("criterion.empty_weight")
+    if weight is not None and weight.dim() != 1:
+        raise ValueError(f"{source}: criterion.empty_weight must be 1-D, got {tuple(weight.shape)}")
+    try:
+        check_state_dict(model, weights)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
+    model.load_state_dict(weights, strict=True)
+    return extra
+
+
+def load_official(config: str | Path, weights: str | Path):
+    """Build and load an official OVSeg model from its detectron2 YAML and checkpoint.
+
+    The CLIP architecture is inferred from the checkpoint's shapes. Keys or shapes that do
+    not fit raise ``ValueError`` listing them.
+    """
+    from ovseg.build import build_ovseg
+
+    cfg = read_official_yaml(config)
+    sd = read_state_dict(weights)
+    arch = ClipArch.from_state_dict(sd, CLIP_PREFIX)
+    ovseg_cfg = config_from_official(cfg, arch)
+    ovseg_cfg.prompt_depth = (
+        sd[CLIP_PREFIX + "visual.mask_embedding"].shape[0]
+        if CLIP_PREFIX + "visual.mask_embedding" in sd
+        else 0
+    )
+    head_dim = cfg.get("MODEL", {}).get("SEM_SEG_HEAD", {}).get("EMBEDDING_DIM", arch.embed_dim)
+    if head_dim != arch.embed_dim:
+        raise ValueError(
+            f"{config}: MODEL.SEM_SEG_HEAD.EMBEDDING_DIM={head_dim} but the checkpoint's CLIP "
+            f"embeds to {arch.embed_dim}"
+        )
+    model = build_ovseg(ovseg_cfg)
+    load_official_state_dict(model, sd, source=weights)
+    return model.eval()
+
+
+def _atomic_path(path: Path):
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(tmp)
+
+
+def save_checkpoint(model, path: str | Path, extra_metadata: dict | None = None) -> Path:
+    """Write ``model`` as safetensors with its config in the metadata (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": FORMAT, "config": json.dumps(model.config.to_dict())}
+    for k, v in (extra_metadata or {}).items():
+        metadata[k] = v if isinstance(v, str) else json.dumps(v)
+    tmp = _atomic_path(path)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from error
+
+
+def load_checkpoint(path: str | Path):
+    """Load a model saved by ``save_checkpoint``: config from the metadata, exact weights."""
+    from ovseg.build import build_ovseg
+    from ovseg.config import OVSegConfig
+
+    meta = read_metadata(path)
+    if meta.get("format") != FORMAT or "config" not in meta:
+        raise ValueError(
+            f"{path}: not an ovseg checkpoint (metadata format {meta.get('format')!r}); for "
+            "official .pth files use ovseg.load_official(config, weights)"
+        )
+    model = build_ovseg(OVSegConfig.from_dict(json.loads(meta["config"])))
+    sd = read_state_dict(path)
+    try:
+        check_state_dict(model, sd)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    model.load_state_dict(sd, strict=True)
+    return model.eval()
+
+
+def read_clip_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """OpenAI (TorchScript archive or state dict) or OpenCLIP weights as an OpenAI-layout dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CLIP weights not found: {path}")
+    try:
+        sd = read_state_dict(path)
+    except ValueError:
+        try:  # OpenAI's released .pt files are TorchScript archives (no pickled objects)
+            sd = torch.jit.load(str(path), map_location="cpu").state_dict()
+        except Exception as error:
+            raise ValueError(
+                f"{path}: neither a state dict nor a TorchScript CLIP ({error})"
+            ) from error
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    for key in ("input_resolution", "context_length", "vocab_size"):
+        sd.pop(key, None)
+    return sd
+
+
+def load_clip_weights(model, path: str | Path) -> None:
+    """Load OpenAI/OpenCLIP CLIP weights into ``model.clip_adapter.clip_model``.
+
+    The mask prompts (``visual.mask_embedding``) and the no-object embedding keep their
+    initialisation: they are what mask prompt tuning trains.
+    """
+    sd = {k: v.float() for k, v in read_clip_weights(path).items()}
+    arch = ClipArch.from_state_dict(sd)
+    if arch != model.clip_adapter.arch:
+        raise ValueError(
+            f"{path}: CLIP architecture {arch} does not match the model's {model.clip_adapter.arch}"
+        )
+    clip = model.clip_adapter.clip_model
+    own = {k for k in clip.state_dict() if k != "visual.mask_embedding"}
+    missing, unexpected = sorted(own - set(sd)), sorted(set(sd) - own)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: CLIP keys do not fit: missing {missing[:20]}, unexpected {unexpected[:20]}"
+        )
+    clip.load_state_dict(sd, strict=False)

@@ -1,0 +1,101 @@
+"""Masked crops for the CLIP branch, exactly as the official model makes them.
+
+For every non-empty binary mask: take its tight box (expanded by ``expand_ratio``, truncated
+to int, clamped to the image), crop the 0-255 image there, set pixels outside the mask to the
+fill value, normalise with CLIP's mean/std, and resize to the CLIP input size (bicubic for the
+crop, nearest for the mask), not keeping the aspect ratio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ovseg.modeling.clip_branch import CLIP_MEAN, CLIP_STD
+
+MEAN_FILL = tuple(255.0 * m for m in CLIP_MEAN)  # (122.7709, 116.7460, 104.0937)
+
+
+@dataclass
+class MaskedCrops:
+    """Attributes:
+    crops: (V, 3, S, S) CLIP-normalised crops of the V valid masks.
+    region_masks: (V, 1, S, S) binary masks resized with nearest.
+    valid: (N,) bool, True for non-empty masks.
+    boxes: (V, 4) int64 crop boxes (left, top, right, bottom), right/bottom exclusive.
+    """
+
+    crops: torch.Tensor
+    region_masks: torch.Tensor
+    valid: torch.Tensor
+    boxes: torch.Tensor
+
+
+def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) bool, all non-empty -> (N, 4) float tight boxes (x0, y0, x1 + 1, y1 + 1)."""
+    h, w = masks.shape[-2:]
+    rows, cols = masks.any(dim=2), masks.any(dim=1)
+    ar_h = torch.arange(h, device=masks.device)
+    ar_w = torch.arange(w, device=masks.device)
+    y0 = torch.where(rows, ar_h, h).amin(1)
+    y1 = torch.where(rows, ar_h, -1).amax(1) + 1
+    x0 = torch.where(cols, ar_w, w).amin(1)
+    x1 = torch.where(cols, ar_w, -1).amax(1) + 1
+    return torch.stack([x0, y0, x1, y1], dim=1).float()
+
+
+def expand_boxes(boxes: torch.Tensor, ratio: float, height: int, width: int) -> torch.Tensor:
+    """Scale boxes about their centre by ``ratio``, truncate to int, clamp to the image."""
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    hw, hh = (boxes[:, 2] - boxes[:, 0]) * ratio / 2, (boxes[:, 3] - boxes[:, 1]) * ratio / 2
+    out = torch.stack([cx - hw, cy - hh, cx + hw, cy + hh], dim=1).trunc().long()
+    out[:, 0::2] = out[:, 0::2].clamp(0, width)
+    out[:, 1::2] = out[:, 1::2].clamp(0, height)
+    return out
+
+
+def masked_crops(
+    image: torch.Tensor,
+    masks: torch.Tensor,
+    size: int = 224,
+    fill: tuple[float, float, float] = MEAN_FILL,
+    expand_ratio: float = 1.0,
+) -> MaskedCrops:
+    """Crop every non-empty mask's region for CLIP.
+
+    Args:
+        image: (3, H, W) image on the 0-255 scale (uint8 or float), the model input.
+        masks: (N, H, W) binary masks (bool, or {0, 1}).
+        size: CLIP input size S.
+        fill: value of pixels outside the mask, per channel, 0-255 scale.
+    Returns:
+        ``MaskedCrops`` for the V valid masks, in query order.
+    """
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"image must be (3, H, W), got {tuple(image.shape)}")
+    if masks.dim() != 3 or masks.shape[-2:] != image.shape[-2:]:
+        raise ValueError(
+            f"masks must be (N, H, W) with H, W = {tuple(image.shape[-2:])}, "
+            f"got {tuple(masks.shape)}"
+        )
+    masks = masks.bool()
+    valid = masks.flatten(1).any(dim=1)
+    h, w = image.shape[-2:]
+    boxes = expand_boxes(mask_boxes(masks[valid]), expand_ratio, h, w)
+    image = image.float()
+    mean = image.new_tensor(CLIP_MEAN).view(3, 1, 1) * 255.0
+    std = image.new_tensor(CLIP_STD).view(3, 1, 1) * 255.0
+    fill_t = image.new_tensor(fill).view(3, 1, 1)
+    crops, regions = [], []
+    for mask, (l, t, r, b) in zip(masks[valid], boxes.tolist()):
+        m = mask[t:b, l:r].to(image.dtype)
+        region = image[:, t:b, l:r] * m + (1 - m) * fill_t
+        region = (region - mean) / std
+        crops.append(F.interpolate(region[None], (size, size), mode="bicubic", align_corners=False))
+        regions.append(F.interpolate(m[None, None], (size, size), mode="nearest"))
+    if crops:
+        return MaskedCrops(torch.cat(crops), torch.cat(regions), valid, boxes)
+    empty = image.new_zeros(0, 3, size, size)
+    return MaskedCrops(empty, image.new_zeros(0, 1, size, size), valid, boxes)

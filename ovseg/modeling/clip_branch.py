@@ -1,0 +1,221 @@
+"""The CLIP branch: open_clip towers, mask prompt tuning, and text features.
+
+``MaskAdaptedCLIP`` is what the official checkpoints call ``clip_adapter``:
+
+- ``clip_model``: an open_clip ``CLIP`` (OpenAI layout, QuickGELU, heads = width // 64);
+- ``clip_model.visual.mask_embedding``: (depth, grid*grid, width) deep mask prompts;
+- ``non_object_embedding``: (1, C) learned "no object" text embedding;
+- ``pixel_mean`` / ``pixel_std``: CLIP's normalisation on the 0-255 scale.
+
+``encode_masked`` is the single implementation of mask prompt tuning; inference and
+training both call it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+from open_clip.tokenizer import tokenize
+from torch import nn
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# The 14 ViLD prompt templates used by the official OVSeg evaluation.
+VILD_TEMPLATES = (
+    "a photo of a {}.",
+    "This is a photo of a {}",
+    "There is a {} in the scene",
+    "There is the {} in the scene",
+    "a photo of a {} in the scene",
+    "a photo of a small {}.",
+    "a photo of a medium {}.",
+    "a photo of a large {}.",
+    "This is a photo of a small {}.",
+    "This is a photo of a medium {}.",
+    "This is a photo of a large {}.",
+    "There is a small {} in the scene.",
+    "There is a medium {} in the scene.",
+    "There is a large {} in the scene.",
+)
+
+LOGIT_TEMPERATURE = 100.0  # fixed; CLIP's own logit_scale is not used
+
+
+@dataclass
+class ClipArch:
+    """CLIP architecture; heads are width // 64 on both towers, as OpenAI's build does."""
+
+    embed_dim: int = 768
+    image_size: int = 224
+    patch_size: int = 14
+    vision_width: int = 1024
+    vision_layers: int = 24
+    context_length: int = 77
+    vocab_size: int = 49408
+    text_width: int = 768
+    text_layers: int = 12
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @classmethod
+    def from_state_dict(cls, sd: dict[str, torch.Tensor], prefix: str = "") -> ClipArch:
+        """Infer the architecture from OpenAI-layout tensor shapes (never from a model name)."""
+
+        def get(key):
+            if prefix + key not in sd:
+                raise KeyError(f"CLIP weights lack {prefix + key!r}; not an OpenAI-layout CLIP")
+            return sd[prefix + key]
+
+        conv = get("visual.conv1.weight")
+        grid = round((get("visual.positional_embedding").shape[0] - 1) ** 0.5)
+
+        def count(tower):
+            marker = f"{prefix}{tower}transformer.resblocks."
+            return len({k[len(marker) :].split(".")[0] for k in sd if k.startswith(marker)})
+
+        return cls(
+            embed_dim=get("text_projection").shape[1],
+            image_size=conv.shape[-1] * grid,
+            patch_size=conv.shape[-1],
+            vision_width=conv.shape[0],
+            vision_layers=count("visual."),
+            context_length=get("positional_embedding").shape[0],
+            vocab_size=get("token_embedding.weight").shape[0],
+            text_width=get("ln_final.weight").shape[0],
+            text_layers=count(""),
+        )
+
+
+def patch_keep_flags(region_masks: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Per-patch keep flag: 1 where any pixel of the patch is inside the mask.
+
+    Args:
+        region_masks: (B, 1, S, S) masks in {0, 1} at the CLIP input size.
+    Returns:
+        (B, grid*grid, 1) float flags, row-major over patches.
+    """
+    pooled = F.avg_pool2d(region_masks.float(), patch_size, patch_size)
+    return torch.ceil(pooled).clamp(max=1).flatten(1).unsqueeze(-1)
+
+
+class MaskAdaptedCLIP(nn.Module):
+    """CLIP with mask prompts, plus the no-object embedding used for classification.
+
+    Args:
+        arch: the CLIP architecture.
+        prompt_depth: number of deep mask prompts (0 disables mask prompt tuning).
+    """
+
+    def __init__(self, arch: ClipArch, prompt_depth: int = 3):
+        super().__init__()
+        self.arch = arch
+        self.prompt_depth = prompt_depth
+        self.clip_model = CLIP(
+            arch.embed_dim,
+            CLIPVisionCfg(
+                layers=arch.vision_layers,
+                width=arch.vision_width,
+                patch_size=arch.patch_size,
+                image_size=arch.image_size,
+            ),
+            CLIPTextCfg(
+                context_length=arch.context_length,
+                vocab_size=arch.vocab_size,
+                width=arch.text_width,
+                heads=arch.text_width // 64,
+                layers=arch.text_layers,
+            ),
+            quick_gelu=True,
+        )
+        if prompt_depth > 0:
+            prompts = torch.empty(prompt_depth, arch.grid**2, arch.vision_width)
+            self.clip_model.visual.mask_embedding = nn.Parameter(nn.init.normal_(prompts, std=0.02))
+        self.non_object_embedding = nn.Parameter(
+            nn.init.normal_(torch.empty(1, arch.embed_dim), std=arch.embed_dim**-0.5)
+        )
+        self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1) * 255.0)
+        self._text_cache: OrderedDict = OrderedDict()
+        self._fingerprint: tuple | None = None
+
+    # ---- image side -------------------------------------------------------------------
+    def encode_masked(
+        self, images: torch.Tensor, region_masks: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Encode CLIP-normalised crops, replacing fully masked-out patches by prompts.
+
+        Args:
+            images: (B, 3, S, S) crops normalised with CLIP's mean/std (S = arch.image_size).
+            region_masks: (B, 1, S, S) binary region masks, or None for plain CLIP.
+        Returns:
+            (B, C) image features (not normalised).
+        """
+        visual = self.clip_model.visual
+        x = visual.conv1(images.to(visual.conv1.weight.dtype)).flatten(2).transpose(1, 2)
+        prompts = getattr(visual, "mask_embedding", None) if region_masks is not None else None
+        if prompts is not None:
+            keep = patch_keep_flags(region_masks, self.arch.patch_size).to(x.dtype)
+            x = x * keep + prompts[0].to(x.dtype) * (1 - keep)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+        x = visual.ln_pre(visual.patch_dropout(x))
+        for depth, block in enumerate(visual.transformer.resblocks, start=1):
+            x = block(x)
+            if prompts is not None and depth < prompts.shape[0]:
+                patches = x[:, 1:] * keep + prompts[depth].to(x.dtype) * (1 - keep)
+                x = torch.cat([x[:, :1], patches], dim=1)
+        return visual.ln_post(x[:, 0]) @ visual.proj
+
+    # ---- text side --------------------------------------------------------------------
+    def weights_fingerprint(self) -> str:
+        """sha1 of the text tower's and no-object weights; recomputed only when they change."""
+        params = [p for n, p in self.named_parameters() if not n.startswith("clip_model.visual.")]
+        state = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+        if self._fingerprint is None or self._fingerprint[0] != state:
+            h = hashlib.sha1()
+            for p in params:
+                h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+            self._fingerprint = (state, h.hexdigest())
+        return self._fingerprint[1]
+
+    @torch.no_grad()
+    def text_features(
+        self, class_names: list[str], templates: tuple[str, ...] = VILD_TEMPLATES
+    ) -> torch.Tensor:
+        """(K, C) normalised class embeddings: each template normalised, averaged, normalised.
+
+        Cached under (weights fingerprint, names, templates, device); repeated vocabularies
+        cost nothing, and changed weights never hit a stale entry.
+        """
+        device = self.non_object_embedding.device
+        key = (self.weights_fingerprint(), tuple(class_names), tuple(templates), str(device))
+        if key in self._text_cache:
+            self._text_cache.move_to_end(key)
+            return self._text_cache[key]
+        prompts = [t.format(name) for t in templates for name in class_names]
+        tokens = tokenize(prompts, context_length=self.arch.context_length).to(device)
+        feats = self.clip_model.encode_text(tokens).float()
+        feats = F.normalize(feats, dim=-1).view(len(templates), len(class_names), -1)
+        feats = F.normalize(feats.mean(0), dim=-1)
+        self._text_cache[key] = feats
+        while len(self._text_cache) > 32:
+            self._text_cache.popitem(last=False)
+        return feats
+
+    def with_void(self, text_features: torch.Tensor) -> torch.Tensor:
+        """Append the normalised no-object embedding: (K, C) -> (K+1, C)."""
+        void = F.normalize(self.non_object_embedding.float(), dim=-1)
+        return torch.cat([text_features.float(), void], dim=0)
+
+    @staticmethod
+    def similarity_logits(features: torch.Tensor, text_with_void: torch.Tensor) -> torch.Tensor:
+        """100 * normalize(features) @ text.T: (N, C), (K+1, C) -> (N, K+1)."""
+        return LOGIT_TEMPERATURE * F.normalize(features.float(), dim=-1) @ text_with_void.T

@@ -1,0 +1,212 @@
+"""The two-stage OVSeg model: mask proposals + mask-adapted CLIP, ensembled and fused."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ovseg.config import OVSegConfig
+from ovseg.data.masked_crops import MEAN_FILL, masked_crops
+from ovseg.data.transforms import normalize_and_pad
+from ovseg.modeling.clip_branch import MaskAdaptedCLIP
+from ovseg.modeling.fusion import (
+    clip_class_probs,
+    ensemble_probs,
+    proposal_class_probs,
+    semantic_fusion,
+)
+from ovseg.modeling.pixel_decoder import PixelDecoder
+from ovseg.modeling.proposals import Proposals
+from ovseg.modeling.transformer_decoder import OpenVocabPredictor
+
+
+class SemSegHead(nn.Module):
+    """``sem_seg_head``: pixel decoder + transformer predictor (official names)."""
+
+    def __init__(self, pixel_decoder: PixelDecoder, predictor: OpenVocabPredictor):
+        super().__init__()
+        self.pixel_decoder = pixel_decoder
+        self.predictor = predictor
+
+
+@dataclass
+class ClipImageFeatures:
+    """CLIP-branch image features of one image's proposals at one mask threshold.
+
+    Attributes:
+        features: (V, C) features of the V valid (non-empty) binarised masks.
+        valid: (N,) bool.
+    """
+
+    features: torch.Tensor
+    valid: torch.Tensor
+
+
+class OVSeg(nn.Module):
+    """Open-vocabulary segmenter. Children carry the official checkpoint names.
+
+    Args:
+        backbone: module mapping (B, 3, H, W) to ``{"res2".."res5"}`` features.
+        sem_seg_head: pixel decoder + open-vocabulary predictor.
+        clip_adapter: the mask-adapted CLIP branch.
+        config: the ``OVSegConfig`` the model was built from (saved with checkpoints).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        sem_seg_head: SemSegHead,
+        clip_adapter: MaskAdaptedCLIP,
+        config: OVSegConfig,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.sem_seg_head = sem_seg_head
+        self.clip_adapter = clip_adapter
+        self.config = config
+        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(config.pixel_std), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ---- stage 1: proposals (vocabulary-free) -----------------------------------------
+    def proposal_outputs(self, image: torch.Tensor, all_layers: bool = False):
+        """Run backbone, pixel decoder and predictor on a normalised padded batch.
+
+        Args:
+            image: (B, 3, Hp, Wp) normalised and padded.
+        Returns:
+            ``(embeddings (B, Q, C), mask_logits (B, Q, Hp/4, Wp/4))``; lists over layers
+            when ``all_layers``.
+        """
+        features = self.backbone(image)
+        names = sorted(features)
+        mask_features = self.sem_seg_head.pixel_decoder([features[n] for n in names])
+        return self.sem_seg_head.predictor(features[names[-1]], mask_features, all_layers)
+
+    def propose(self, image: torch.Tensor) -> Proposals:
+        """Proposals for one (3, H, W) 0-255 model-input image.
+
+        Returns ``Proposals`` with masks = sigmoid of the mask logits upsampled (bilinear) to
+        the padded size and cropped to (H, W), and the query class embeddings.
+        """
+        h, w = image.shape[-2:]
+        x = normalize_and_pad(
+            image.to(self.device), self.pixel_mean, self.pixel_std, self.config.size_divisibility
+        )
+        embeddings, mask_logits = self.proposal_outputs(x)
+        mask_logits = F.interpolate(
+            mask_logits, size=x.shape[-2:], mode="bilinear", align_corners=False
+        )[0, :, :h, :w]
+        return Proposals(masks=mask_logits.sigmoid(), embeddings=embeddings[0])
+
+    # ---- stage 2: CLIP branch (vocabulary-free image side) ----------------------------
+    def clip_image_features(
+        self, image: torch.Tensor, masks: torch.Tensor, mask_threshold: float | None = None
+    ) -> ClipImageFeatures:
+        """Encode the masked crops of ``masks > mask_threshold``.
+
+        Args:
+            image: (3, H, W) 0-255 model input. masks: (N, H, W) in [0, 1].
+        """
+        cfg = self.config
+        thr = cfg.mask_threshold if mask_threshold is None else mask_threshold
+        fill = MEAN_FILL if cfg.mask_fill == "mean" else (0.0, 0.0, 0.0)
+        crops = masked_crops(
+            image.to(self.device), masks > thr, cfg.clip.image_size, fill, cfg.mask_expand_ratio
+        )
+        if crops.crops.shape[0] == 0:
+            empty = crops.crops.new_zeros(0, cfg.clip.embed_dim)
+            return ClipImageFeatures(empty, crops.valid)
+        region = crops.region_masks if cfg.mask_prompt_fwd else None
+        return ClipImageFeatures(self.clip_adapter.encode_masked(crops.crops, region), crops.valid)
+
+    # ---- vocabulary ------------------------------------------------------------------------
+    def encode_text(self, class_names: list[str]) -> torch.Tensor:
+        """(K, C) normalised class text features (14 ViLD templates), cached per weights."""
+        return self.clip_adapter.text_features(validate_class_names(class_names))
+
+    # ---- stage 3: classification, ensemble, fusion -------------------------------------
+    def classify(
+        self,
+        proposals: Proposals,
+        clip_features: ClipImageFeatures | None,
+        text_features: torch.Tensor,
+        ensemble_weight: float | None = None,
+        clip_only: bool | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-proposal class probabilities and the masks they apply to.
+
+        Returns ``(probs (N', K), masks (N', H, W))``: all N proposals normally; only the
+        valid ones when CLIP alone classifies (``clip_only``, or proposals without
+        embeddings).
+        """
+        cfg = self.config
+        weight = cfg.ensemble_weight if ensemble_weight is None else ensemble_weight
+        clip_only = cfg.clip_only_default if clip_only is None else clip_only
+        text = self.clip_adapter.with_void(text_features)
+        use_clip = cfg.clip_ensemble or clip_only or proposals.embeddings is None
+        if use_clip and clip_features is None:
+            raise ValueError("the CLIP branch is enabled but no clip_features were given")
+        if use_clip:
+            logits = self.clip_adapter.similarity_logits(clip_features.features, text)
+            p_clip = clip_class_probs(logits)
+        if clip_only or proposals.embeddings is None:
+            return p_clip, proposals.masks[clip_features.valid]
+        logits = self.clip_adapter.similarity_logits(proposals.embeddings, text)
+        p_prop = proposal_class_probs(logits)
+        if not use_clip:
+            return p_prop, proposals.masks
+        return ensemble_probs(p_prop, p_clip, clip_features.valid, weight), proposals.masks
+
+    @torch.no_grad()
+    def forward(
+        self,
+        image: torch.Tensor,
+        class_names: list[str],
+        ensemble_weight: float | None = None,
+        mask_threshold: float | None = None,
+        clip_only: bool | None = None,
+    ) -> torch.Tensor:
+        """The whole official pipeline on one model-input image.
+
+        Args:
+            image: (3, H, W) uint8 or float 0-255, already resized.
+        Returns:
+            sem_seg (K, H, W).
+        """
+        proposals = self.propose(image)
+        clip_features = self.clip_image_features(image, proposals.masks, mask_threshold)
+        probs, masks = self.classify(
+            proposals, clip_features, self.encode_text(class_names), ensemble_weight, clip_only
+        )
+        return semantic_fusion(probs, masks)
+
+
+def validate_class_names(class_names) -> list[str]:
+    """Check a vocabulary: a non-empty list of distinct, non-blank strings."""
+    if isinstance(class_names, str):
+        raise ValueError(
+            "class_names must be a list of names, got one string; split it, e.g. "
+            f"{[c.strip() for c in class_names.split(',')]}"
+        )
+    names = list(class_names)
+    if not names:
+        raise ValueError("the vocabulary is empty: give at least one class name")
+    bad = [n for n in names if not isinstance(n, str) or not n.strip()]
+    if bad:
+        raise ValueError(f"class names must be non-blank strings, got {bad!r}")
+    seen, dups = set(), []
+    for n in names:
+        key = n.strip().lower()
+        if key in seen:
+            dups.append(n)
+        seen.add(key)
+    if dups:
+        raise ValueError(f"duplicate class names: {sorted(set(dups))}")
+    return [n.strip() for n in names]
