@@ -12,6 +12,7 @@ import numpy as np
 
 from ovseg.data.datasets import SemSegDataset, build_dataset
 from ovseg.data.datasets.base import read_index_map
+from ovseg.data.image import read_image
 from ovseg.evaluation.loop import ConfusionCache, PredictFn, evaluate_dataset
 from ovseg.evaluation.report import format_table, save_bar_chart, write_json
 
@@ -147,18 +148,6 @@ def _predictions_mode(args, dataset: SemSegDataset):
     return [("default", {})], predict, key
 
 
-def _load_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB with EXIF orientation applied."""
-    try:
-        from ovseg.data.image import load_image
-    except ImportError:  # before the library's image loader exists
-        from PIL import Image, ImageOps
-
-        with Image.open(path) as image:
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-    return np.asarray(load_image(path))
-
-
 def weights_fingerprint(model) -> str:
     """A digest of every parameter and buffer (names, dtypes, shapes and bytes)."""
     import torch
@@ -182,7 +171,7 @@ def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
     key = {"model": weights_fingerprint(model), "proposals": args.proposals, "oracle": args.oracle}
 
     def image(index: int) -> np.ndarray:
-        return _load_rgb(dataset[index].image)
+        return read_image(dataset[index].image)
 
     predict: PredictFn
     if args.oracle == "gt-masks":
@@ -277,10 +266,8 @@ def _print_sweep(dataset, settings, results) -> str:
             for t in thresholds
         )
         print(f"  {lam:<6g} {row}")
-    scored: list[tuple[float, str]] = [
-        (results[n]["mIoU"], n) for n, _ in settings if results[n]["mIoU"] is not None
-    ]
-    best_name = max(scored)[1] if scored else settings[0][0]
+    scored = [(results[n]["mIoU"], n) for n, _ in settings if results[n]["mIoU"] is not None]
+    best_name = max(scored, key=lambda pair: pair[0])[1] if scored else settings[0][0]
     opts = dict(settings)[best_name]
     miou = results[best_name]["mIoU"]
     print(

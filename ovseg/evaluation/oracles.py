@@ -9,8 +9,8 @@
   the only error left is mask quality. Paper: 66.5 A-150.
 
 The pure parts (mask extraction, overlap assignment, fusion) take plain tensors; the model
-parts use the documented model stages (``resize_shortest_edge``, ``masked_crops``,
-``clip_adapter.encode_masked``, ``clip_class_probs``, ``encode_text``).
+parts use the model's stages (``resize_shortest_edge``, ``OVSeg.clip_image_features``,
+``encode_text``, ``clip_adapter.similarity_logits``, ``clip_class_probs``).
 """
 
 from __future__ import annotations
@@ -139,20 +139,9 @@ def model_input(model, image: np.ndarray) -> torch.Tensor:
     """The (3, h, w) uint8 model input of an (H, W, 3) image: the predictor's test resize."""
     from ovseg.data.transforms import resize_shortest_edge
 
-    min_size, max_size = _test_sizes(model)
-    resized = resize_shortest_edge(image, min_size, max_size)
-    return torch.as_tensor(np.ascontiguousarray(resized)).permute(2, 0, 1)
-
-
-def _test_sizes(model) -> tuple[int, int]:
-    for owner in (model, getattr(model, "config", None)):
-        if owner is None:
-            continue
-        get = owner.get if isinstance(owner, dict) else lambda k, o=owner: getattr(o, k, None)
-        lo, hi = get("min_size_test"), get("max_size_test")
-        if lo and hi:
-            return int(lo), int(hi)
-    return 640, 2560
+    cfg = model.config
+    resized = resize_shortest_edge(image, cfg.min_size_test, cfg.max_size_test)
+    return torch.from_numpy(np.array(resized, copy=True)).permute(2, 0, 1)
 
 
 class ModelProposer:
@@ -164,8 +153,7 @@ class ModelProposer:
 
     @torch.inference_mode()
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        device = _device_of(self.model)
-        return self.generator(model_input(self.model, image).to(device)).masks
+        return self.generator(model_input(self.model, image).to(self.model.device)).masks
 
 
 class CLIPMaskClassifier:
@@ -183,24 +171,18 @@ class CLIPMaskClassifier:
 
     @torch.inference_mode()
     def __call__(self, image: np.ndarray, masks: torch.Tensor) -> torch.Tensor:
-        from ovseg.data.masked_crops import masked_crops
+        from ovseg.modeling.fusion import clip_class_probs
 
-        model, device = self.model, _device_of(self.model)
+        model = self.model
         if self._text is None:
-            self._text = model.encode_text(self.class_names)
-        chw = model_input(model, image).to(device)
+            self._text = model.clip_adapter.with_void(model.encode_text(self.class_names))
+        chw = model_input(model, image).to(model.device)
         size = (chw.shape[-2], chw.shape[-1])
-        small = F.interpolate(masks[None].float(), size=size, mode="nearest")[0] > 0.5
-        crops, regions, valid = masked_crops(chw, small.to(device))
+        small = F.interpolate(masks[None].float(), size=size, mode="nearest")[0]
+        clip = model.clip_image_features(chw, small.to(model.device), 0.5)
         probs = torch.zeros(masks.shape[0], len(self.class_names))
-        if len(crops):
-            features = model.clip_adapter.encode_masked(crops, regions)
-            probs[valid.cpu()] = model.clip_class_probs(features, self._text).float().cpu()
+        if clip.features.shape[0]:
+            logits = model.clip_adapter.similarity_logits(clip.features, self._text)
+            probs[clip.valid.cpu()] = clip_class_probs(logits).float().cpu()
         return probs
 
-
-def _device_of(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (AttributeError, StopIteration):
-        return torch.device("cpu")
