@@ -59,7 +59,7 @@ def load_label_map(path: Path) -> np.ndarray:
 
     try:
         mat = scipy.io.loadmat(path)
-    except (OSError, ValueError, NotImplementedError) as error:
+    except (OSError, ValueError, NotImplementedError, scipy.io.matlab.MatReadError) as error:
         raise ValueError(f"{path}: cannot read as a MATLAB .mat file ({error})") from None
     if "LabelMap" not in mat:
         raise ValueError(f"{path}: no 'LabelMap' variable (found {sorted(k for k in mat if not k.startswith('__'))})")
