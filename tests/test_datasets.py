@@ -70,7 +70,9 @@ def test_ade20k_150_real_sample():
         raw = np.array(Image.open(ds[i].label)).astype(np.int64)
         assert label.dtype == np.int64 and label.shape == raw.shape
         np.testing.assert_array_equal(label, np.where(raw == 0, IGNORE_LABEL, raw - 1))
-    names = [line.split(",")[-1] for line in (root / "objectInfo150.csv").read_text().splitlines()[1:]]
+    names = [
+        line.split(",")[-1] for line in (root / "objectInfo150.csv").read_text().splitlines()[1:]
+    ]
     # the csv spells names differently (';'-separated WordNet words); rows still align
     assert len(names) == 150
     for csv_name, name in zip(names, ds.class_names):
@@ -91,19 +93,31 @@ def test_synthetic_layouts(tmp_path):
     # ADE20K-847 and PC-459: 16-bit TIFF, 65535 ignore, values above 255 allowed
     ade = tmp_path / "ADE20K_2021_17_01"
     jpg(ade / "images_detectron2/validation/ADE_val_1.jpg", 2, 2)
-    save(np.array([[0, 846], [300, 65535]], np.uint16), ade / "annotations_detectron2/validation/ADE_val_1.tif")
+    save(
+        np.array([[0, 846], [300, 65535]], np.uint16),
+        ade / "annotations_detectron2/validation/ADE_val_1.tif",
+    )
     label = build_dataset("ade20k-847", ade).read_label(0)
     np.testing.assert_array_equal(label, [[0, 846], [300, IGNORE_LABEL]])
     pc = tmp_path / "VOC2010"
     jpg(pc / "JPEGImages/2008_000001.jpg", 2, 2)
-    save(np.array([[0, 458], [3, 65535]], np.uint16), pc / "annotations_detectron2/pc459_val/2008_000001.tif")
+    save(
+        np.array([[0, 458], [3, 65535]], np.uint16),
+        pc / "annotations_detectron2/pc459_val/2008_000001.tif",
+    )
     save(raw, pc / "annotations_detectron2/pc59_val/2008_000001.png")
-    np.testing.assert_array_equal(build_dataset("pascal-context-459", pc).read_label(0), [[0, 458], [3, -1]])
-    np.testing.assert_array_equal(build_dataset("pascal-context-59", pc).read_label(0), [[0, 1], [2, -1]])
+    np.testing.assert_array_equal(
+        build_dataset("pascal-context-459", pc).read_label(0), [[0, 458], [3, -1]]
+    )
+    np.testing.assert_array_equal(
+        build_dataset("pascal-context-59", pc).read_label(0), [[0, 1], [2, -1]]
+    )
     coco = tmp_path / "coco"
     jpg(coco / "val2017/000000000139.jpg", 2, 2)
     save(raw, coco / "stuffthingmaps_detectron2/val2017/000000000139.png")
-    np.testing.assert_array_equal(build_dataset("coco-stuff-171", coco).read_label(0), [[0, 1], [2, -1]])
+    np.testing.assert_array_equal(
+        build_dataset("coco-stuff-171", coco).read_label(0), [[0, 1], [2, -1]]
+    )
     # VOC: palette PNG, 0 = background and 255 = void are ignored, classes are value - 1
     voc = tmp_path / "VOC2012"
     jpg(voc / "JPEGImages/2007_000033.jpg", 2, 2)

@@ -105,12 +105,16 @@ def write_pascal_context(root: Path, label_map: np.ndarray):
     root.mkdir(parents=True)
     (root / "labels.txt").write_text("".join(f"{i + 1}: {n}\n" for i, n in enumerate(names_459)))
     names_59 = DATASETS["pascal-context-59"].class_names
-    (root / "59_labels.txt").write_text("".join(f"{i + 1}: {n}\n" for i, n in enumerate(names_59)) + "\n")
+    (root / "59_labels.txt").write_text(
+        "".join(f"{i + 1}: {n}\n" for i, n in enumerate(names_59)) + "\n"
+    )
     (root / "pascalcontext_val.txt").write_text("2008_000002\n2008_000003\n")
     (root / "trainval").mkdir()
     scipy_io.savemat(root / "trainval/2008_000002.mat", {"LabelMap": label_map.astype(np.uint16)})
     (root / "JPEGImages").mkdir()
-    Image.fromarray(np.zeros((*label_map.shape, 3), np.uint8)).save(root / "JPEGImages/2008_000002.jpg")
+    Image.fromarray(np.zeros((*label_map.shape, 3), np.uint8)).save(
+        root / "JPEGImages/2008_000002.jpg"
+    )
 
 
 def test_pascal_context_mat(tmp_path):

@@ -63,10 +63,14 @@ def _check_args(args: argparse.Namespace) -> None:
     model_given = any(getattr(args, k, None) for k in ("model", "checkpoint", "config", "weights"))
     if args.predictions:
         if model_given or args.oracle or args.sweep:
-            raise ValueError("--predictions scores saved PNGs; do not combine it with a model, "
-                             "--oracle or --sweep")
+            raise ValueError(
+                "--predictions scores saved PNGs; do not combine it with a model, "
+                "--oracle or --sweep"
+            )
     if args.sweep and args.oracle:
-        raise ValueError("--sweep grid-searches the model's ensemble; it does not apply to --oracle")
+        raise ValueError(
+            "--sweep grid-searches the model's ensemble; it does not apply to --oracle"
+        )
     if args.sweep and (not args.lambdas or not args.thresholds):
         raise ValueError("--sweep needs at least one value in --lambdas and in --thresholds")
 
@@ -200,7 +204,10 @@ def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
         ]
     else:
         settings = [
-            ("default", {"ensemble_weight": args.ensemble_weight, "mask_threshold": args.mask_threshold})
+            (
+                "default",
+                {"ensemble_weight": args.ensemble_weight, "mask_threshold": args.mask_threshold},
+            )
         ]
     clip_only = True if args.clip_only else None
     key.update(clip_only=bool(args.clip_only), options=[opts for _, opts in settings])

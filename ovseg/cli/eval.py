@@ -33,7 +33,9 @@ def _floats(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
 
 
 def register(subparsers) -> None:
@@ -73,11 +75,19 @@ def register(subparsers) -> None:
         help="gt-masks: GT masks classified by CLIP; proposal-oracle: the model's proposals "
         "labelled with the GT class of highest overlap",
     )
-    source.add_argument("--ensemble-weight", type=float, default=None, help="lambda (default: model's)")
-    source.add_argument("--mask-threshold", type=float, default=None, help="MASK_THR (default: model's)")
-    source.add_argument("--clip-only", action="store_true", help="classify with the CLIP branch only")
+    source.add_argument(
+        "--ensemble-weight", type=float, default=None, help="lambda (default: model's)"
+    )
+    source.add_argument(
+        "--mask-threshold", type=float, default=None, help="MASK_THR (default: model's)"
+    )
+    source.add_argument(
+        "--clip-only", action="store_true", help="classify with the CLIP branch only"
+    )
     source.add_argument("--sweep", action="store_true", help="grid-search lambda x mask threshold")
-    source.add_argument("--lambdas", type=_floats, default=list(SWEEP_LAMBDAS), help="sweep lambdas")
+    source.add_argument(
+        "--lambdas", type=_floats, default=list(SWEEP_LAMBDAS), help="sweep lambdas"
+    )
     source.add_argument(
         "--thresholds", type=_floats, default=list(SWEEP_THRESHOLDS), help="sweep mask thresholds"
     )
@@ -87,7 +97,9 @@ def register(subparsers) -> None:
     out.add_argument("--json", help="write the metrics here (JSON)")
     out.add_argument("--chart", help="per-class IoU bar chart PNG (default: next to --json)")
     out.add_argument("--per-class", action="store_true", help="print per-class IoU in the table")
-    out.add_argument("--cache", help="per-image confusion cache folder (default: under $OVSEG_HOME)")
+    out.add_argument(
+        "--cache", help="per-image confusion cache folder (default: under $OVSEG_HOME)"
+    )
     out.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     out.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

@@ -26,7 +26,9 @@ def register(subparsers) -> None:
         default="val",
         help="val (default) or train; for ade20k-full also 'all'",
     )
-    parser.add_argument("--list", help="pascal-context: image-id list (default pascalcontext_<split>.txt)")
+    parser.add_argument(
+        "--list", help="pascal-context: image-id list (default pascalcontext_<split>.txt)"
+    )
     parser.add_argument("--max-size", type=int, default=512, help="ade20k-full: shorter-side limit")
     parser.add_argument("--overwrite", action="store_true", help="rewrite existing outputs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -41,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
     if args.target == "ade20k-full":
         splits = {"val": ("validation",), "train": ("training",), "all": ("validation", "training")}
         if args.split not in splits:
-            raise ValueError(f"--split for ade20k-full is one of {list(splits)}, got {args.split!r}")
+            raise ValueError(
+                f"--split for ade20k-full is one of {list(splits)}, got {args.split!r}"
+            )
         counts = prepare.prepare_ade20k_full(
             args.root, splits[args.split], args.max_size, args.overwrite, show
         )
@@ -50,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
         n = prepare.prepare_pascal_context(args.root, args.split, args.list, args.overwrite, show)
         print(f"pascal-context: {n} {args.split} label maps (pc59 and pc459)")
     elif args.target == "pascal-voc":
-        n = prepare.prepare_pascal_voc(args.root, args.split, overwrite=args.overwrite, show_progress=show)
+        n = prepare.prepare_pascal_voc(
+            args.root, args.split, overwrite=args.overwrite, show_progress=show
+        )
         print(f"pascal-voc-20: {n} {args.split} label maps")
     else:
         n = prepare.prepare_coco_stuff(args.root, args.split, args.overwrite, show)

@@ -39,7 +39,9 @@ class ConfusionCache:
             try:
                 stored = json.loads(meta.read_text())
             except (OSError, ValueError) as error:
-                raise ValueError(f"{meta}: unreadable evaluation cache metadata ({error})") from None
+                raise ValueError(
+                    f"{meta}: unreadable evaluation cache metadata ({error})"
+                ) from None
             if stored != key:
                 differ = sorted(k for k in set(stored) | set(key) if stored.get(k) != key.get(k))
                 raise ValueError(
@@ -59,7 +61,9 @@ class ConfusionCache:
             return None
         try:
             with np.load(path, allow_pickle=False) as data:
-                settings = {name[: -len("/index")] for name in data.files if name.endswith("/index")}
+                settings = {
+                    name[: -len("/index")] for name in data.files if name.endswith("/index")
+                }
                 return {s: (data[f"{s}/index"], data[f"{s}/counts"]) for s in settings}
         except (OSError, ValueError, KeyError):
             return None  # a damaged entry is recomputed

@@ -66,7 +66,9 @@ def gt_mask_oracle(
         return np.zeros(np.shape(label), dtype=np.int64)
     probs = classify(image, masks)
     if probs.shape != (len(classes), num_classes):
-        raise ValueError(f"classifier returned {tuple(probs.shape)}, expected {(len(classes), num_classes)}")
+        raise ValueError(
+            f"classifier returned {tuple(probs.shape)}, expected {(len(classes), num_classes)}"
+        )
     predicted = probs.argmax(dim=1)
     predicted[probs.sum(dim=1) <= 0] = -1
     return paint_mask_classes(label, classes, predicted, num_classes)
@@ -185,4 +187,3 @@ class CLIPMaskClassifier:
             logits = model.clip_adapter.similarity_logits(clip.features, self._text)
             probs[clip.valid.cpu()] = clip_class_probs(logits).float().cpu()
         return probs
-

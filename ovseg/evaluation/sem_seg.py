@@ -36,9 +36,7 @@ def _as_numpy(array) -> np.ndarray:
     return np.asarray(array)
 
 
-def image_confusion(
-    pred, gt, num_classes: int, ignore_label: int = IGNORE_LABEL
-) -> np.ndarray:
+def image_confusion(pred, gt, num_classes: int, ignore_label: int = IGNORE_LABEL) -> np.ndarray:
     """The (K+1, K+1) int64 confusion matrix ``conf[pred, gt]`` of one image.
 
     Args:
@@ -130,7 +128,9 @@ class SemSegEvaluator:
 
     def compute(self) -> dict:
         """Metrics of everything added so far, summed over ranks (a collective call)."""
-        return metrics_from_confusion(self.synchronized_confusion(), self.class_names, self.seen_mask)
+        return metrics_from_confusion(
+            self.synchronized_confusion(), self.class_names, self.seen_mask
+        )
 
 
 def _pct(value: float) -> float | None:
@@ -155,7 +155,9 @@ def metrics_from_confusion(
     """
     k = len(class_names)
     if conf.shape != (k + 1, k + 1):
-        raise ValueError(f"confusion matrix must be {(k + 1, k + 1)} for {k} classes, got {conf.shape}")
+        raise ValueError(
+            f"confusion matrix must be {(k + 1, k + 1)} for {k} classes, got {conf.shape}"
+        )
     conf = conf.astype(np.float64)
     tp = conf.diagonal()[:-1]
     pos_gt = conf[:-1, :-1].sum(axis=0)
@@ -190,7 +192,10 @@ def metrics_from_confusion(
         seen_mask = np.asarray(seen_mask, dtype=bool)
         seen, unseen = mean_iou(seen_mask), mean_iou(~seen_mask)
         out["mIoU-seen"], out["mIoU-unseen"] = _pct(seen), _pct(unseen)
-        out["pACC-seen"], out["pACC-unseen"] = _pct(pixel_acc(seen_mask)), _pct(pixel_acc(~seen_mask))
+        out["pACC-seen"], out["pACC-unseen"] = (
+            _pct(pixel_acc(seen_mask)),
+            _pct(pixel_acc(~seen_mask)),
+        )
         harmonic = 2 * seen * unseen / (seen + unseen) if seen + unseen > 0 else math.nan
         out["hIoU"] = _pct(harmonic)
     return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from ovseg.data.datasets.base import SemSegDataset, SemSegItem, load_names, pair_by_stem
 
 _SPLIT_DIRS = {"val": "validation", "train": "training"}
@@ -53,7 +52,9 @@ class ADE20K847(SemSegDataset):
     def find_items(self) -> list[SemSegItem]:
         sub = _SPLIT_DIRS[self.split]
         return pair_by_stem(
-            self.root / "images_detectron2" / sub, self.root / "annotations_detectron2" / sub, ".tif"
+            self.root / "images_detectron2" / sub,
+            self.root / "annotations_detectron2" / sub,
+            ".tif",
         )
 
 

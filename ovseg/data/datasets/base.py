@@ -187,10 +187,10 @@ class SemSegDataset:
         bad = (label != IGNORE_LABEL) & ((label < 0) | (label >= self.num_classes))
         if bad.any():
             values = sorted({int(v) for v in np.unique(raw[bad])[:10]})
+            first, last = self.label_offset, self.label_offset + self.num_classes - 1
             raise ValueError(
                 f"{path}: label values {values} are outside the {self.num_classes} classes of "
-                f"{self.name} (expected {self.label_offset}..{self.label_offset + self.num_classes - 1}"
-                f" or ignore {list(self.ignore_values)})"
+                f"{self.name} (expected {first}..{last} or ignore {list(self.ignore_values)})"
             )
         return label
 

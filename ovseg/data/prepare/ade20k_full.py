@@ -116,7 +116,9 @@ def prepare_ade20k_full(
         raise ValueError(f"unknown ADE20K splits {unknown}; accepted: {list(_SPLITS)}")
     images = [p for p in find_ade20k_full_images(root) if split_of(p.name) in splits]
     if not images:
-        raise FileNotFoundError(f"no ADE_*.jpg with _seg.png for splits {list(splits)} under {root}")
+        raise FileNotFoundError(
+            f"no ADE_*.jpg with _seg.png for splits {list(splits)} under {root}"
+        )
     lut = ade20k_847_lut()
     counts = dict.fromkeys(splits, 0)
     for image_path in progress(images, len(images), "prepare ade20k-847", show_progress):
@@ -139,4 +141,3 @@ def prepare_ade20k_full(
         save_image_atomic(image, out_image, "JPEG")
         save_image_atomic(lut[label], out_label, "TIFF")
     return counts
-

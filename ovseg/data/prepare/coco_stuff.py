@@ -30,7 +30,8 @@ def prepare_coco_stuff(
     src_dir = Path(root) / "stuffthingmaps" / f"{split}2017"
     if not src_dir.is_dir():
         raise FileNotFoundError(
-            f"{src_dir} does not exist; unpack stuffthingmaps_trainval2017.zip into coco/stuffthingmaps"
+            f"{src_dir} does not exist; unpack stuffthingmaps_trainval2017.zip "
+            "into coco/stuffthingmaps"
         )
     out_dir = Path(root) / "stuffthingmaps_detectron2" / f"{split}2017"
     files = sorted(src_dir.glob("*.png"))

@@ -62,7 +62,8 @@ def load_label_map(path: Path) -> np.ndarray:
     except (OSError, ValueError, NotImplementedError, scipy.io.matlab.MatReadError) as error:
         raise ValueError(f"{path}: cannot read as a MATLAB .mat file ({error})") from None
     if "LabelMap" not in mat:
-        raise ValueError(f"{path}: no 'LabelMap' variable (found {sorted(k for k in mat if not k.startswith('__'))})")
+        found = sorted(k for k in mat if not k.startswith("__"))
+        raise ValueError(f"{path}: no 'LabelMap' variable (found {found})")
     label = np.asarray(mat["LabelMap"])
     if label.ndim != 2:
         raise ValueError(f"{path}: LabelMap must be 2-D, got shape {label.shape}")
@@ -98,7 +99,9 @@ def prepare_pascal_context(
     labels = read_labels_txt(root / "labels.txt")
     names_59 = read_59_names(root / "59_labels.txt")
     by_index = {index: name for name, index in labels.items()}
-    _warn_names([by_index.get(i, "") for i in range(1, 460)], PascalContext459.class_names, "labels.txt")
+    _warn_names(
+        [by_index.get(i, "") for i in range(1, 460)], PascalContext459.class_names, "labels.txt"
+    )
     _warn_names(names_59, PascalContext59.class_names, "59_labels.txt")
     lut_59 = lookup_table(
         {source: i for i, source in enumerate(pc59_source_indices(labels, names_59))},
