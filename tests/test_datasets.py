@@ -7,14 +7,7 @@ import pytest
 from PIL import Image
 
 from ovseg.data.datasets import DATASETS, IGNORE_LABEL, build_dataset, list_datasets
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared real data not found at {path}")
-    return path
+from tests.conftest import DATA, require
 
 
 def save(array, path: Path, mode=None, fmt=None):
@@ -62,7 +55,7 @@ def test_registry_and_class_lists():
 
 
 def test_ade20k_150_real_sample():
-    root = need(DATA / "ade20k-150-sample")
+    root = require(DATA / "ade20k-150-sample")
     ds = build_dataset("ade20k-150", root)
     assert [item.stem for item in ds.items] == [f"ADE_val_0000000{i}" for i in (1, 2, 3)]
     for i in range(len(ds)):
@@ -80,7 +73,7 @@ def test_ade20k_150_real_sample():
 
 
 def test_camvid_real_sample():
-    root = need(DATA / "camvid")
+    root = require(DATA / "camvid")
     val, train = build_dataset("camvid", root), build_dataset("camvid", root, "train")
     assert (len(val), len(train)) == (101, 367)
     label = val.read_label(0)

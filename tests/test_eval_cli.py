@@ -17,15 +17,7 @@ from ovseg.evaluation.oracles import gt_mask_oracle, proposal_oracle
 from ovseg.evaluation.sem_seg import SemSegEvaluator
 from ovseg.proposals import build_generator
 from ovseg.proposals.ground_truth import GroundTruthMasks
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-
-
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared real data not found at {path}")
-    return path
+from tests.conftest import DATA, ROOT, require
 
 
 def write_predictions(dataset, folder: Path, limit: int, noise: float = 0.0, seed: int = 0):
@@ -46,7 +38,7 @@ def write_predictions(dataset, folder: Path, limit: int, noise: float = 0.0, see
     [("ade20k-150", "ade20k-150-sample", 3), ("camvid", "camvid", 12)],
 )
 def test_ground_truth_as_predictions_scores_exactly_100(tmp_path, capsys, name, sample, limit):
-    root = need(DATA / sample)
+    root = require(DATA / sample)
     preds = write_predictions(build_dataset(name, root), tmp_path / "preds", limit)
     out = tmp_path / "out" / "metrics.json"
     argv = ["eval", "--dataset", name, "--root", str(root), "--predictions", str(preds)]
@@ -162,7 +154,7 @@ def perfect_classifier(label: np.ndarray, num_classes: int):
 
 
 def test_gt_mask_oracle_with_perfect_classifier_is_100():
-    ds = build_dataset("ade20k-150", need(DATA / "ade20k-150-sample"))
+    ds = build_dataset("ade20k-150", require(DATA / "ade20k-150-sample"))
     ev = SemSegEvaluator(ds.class_names)
     for i in range(len(ds)):
         gt = ds.read_label(i)
@@ -172,7 +164,7 @@ def test_gt_mask_oracle_with_perfect_classifier_is_100():
 
 
 def test_proposal_oracle_with_ground_truth_proposals_is_100():
-    ds = build_dataset("ade20k-150", need(DATA / "ade20k-150-sample"))
+    ds = build_dataset("ade20k-150", require(DATA / "ade20k-150-sample"))
     generator = build_generator("ground-truth", None)
     assert isinstance(generator, GroundTruthMasks)
     ev = SemSegEvaluator(ds.class_names)
@@ -194,7 +186,7 @@ def test_proposal_oracle_with_ground_truth_proposals_is_100():
 def test_model_modes_with_tiny_model(tmp_path, capsys, monkeypatch):
     pytest.importorskip("open_clip")
     monkeypatch.setenv("OVSEG_HOME", str(tmp_path / "home"))
-    root = need(DATA / "camvid")
+    root = require(DATA / "camvid")
     base = [
         "eval",
         "--dataset",
@@ -226,7 +218,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.is_file():
         pytest.skip("torchrun not installed next to this python")
-    root = need(DATA / "camvid")
+    root = require(DATA / "camvid")
     preds = write_predictions(build_dataset("camvid", root), tmp_path / "p", 7, noise=0.3)
     args = [
         "eval",

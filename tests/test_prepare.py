@@ -22,16 +22,15 @@ from ovseg.data.prepare.ade20k_full import (
     official_resize_shape,
     resize_nearest,
 )
+from tests.conftest import DATA, require
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ADE_FULL = DATA / "ade20k-full-sample" / "ADE20K_2021_17_01"
 
 
 @pytest.fixture(scope="module")
 def ade_full_copy(tmp_path_factory):
     """The sample's images and _seg.png files (not the part masks) in the release layout."""
-    if not ADE_FULL.is_dir():
-        pytest.skip(f"shared real data not found at {ADE_FULL}")
+    require(ADE_FULL)
     root = tmp_path_factory.mktemp("ade") / "ADE20K_2021_17_01"
     for path in ADE_FULL.rglob("ADE_*"):
         if path.is_file() and (path.suffix in (".jpg", ".json") or path.name.endswith("_seg.png")):
