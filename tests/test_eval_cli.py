@@ -250,3 +250,21 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert 0 < one["mIoU"] < 100 and "mIoU-unseen" in one
     assert two == one
+
+
+def test_sixteen_bit_predictions_for_847_classes(tmp_path, capsys):
+    root = tmp_path / "ADE20K_2021_17_01"
+    (root / "images_detectron2/validation").mkdir(parents=True)
+    (root / "annotations_detectron2/validation").mkdir(parents=True)
+    gt = np.array([[0, 846], [300, 65535]], np.uint16)
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(root / "images_detectron2/validation/x.jpg")
+    Image.fromarray(gt).save(root / "annotations_detectron2/validation/x.tif")
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    Image.fromarray(np.array([[0, 846], [300, 7]], np.uint16)).save(preds / "x.png")
+    out = tmp_path / "m.json"
+    argv = ["eval", "--dataset", "ade20k-847", "--root", str(root), "--predictions", str(preds)]
+    assert main(argv + ["--json", str(out), "--quiet"]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["mIoU"] == 100.0 and metrics["num_pixels"] == 3
+    assert metrics["per_class_iou"]["wall"] == 100.0
