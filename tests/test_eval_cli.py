@@ -268,3 +268,22 @@ def test_sixteen_bit_predictions_for_847_classes(tmp_path, capsys):
     metrics = json.loads(out.read_text())
     assert metrics["mIoU"] == 100.0 and metrics["num_pixels"] == 3
     assert metrics["per_class_iou"]["wall"] == 100.0
+
+
+def test_oracle_fusion_matches_the_full_class_argmax():
+    import torch
+
+    from ovseg.evaluation.oracles import assign_by_overlap, oracle_fusion
+
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.rand(6, 5, 7, generator=gen)
+    masks[:, :, 0] = 0  # a column no mask covers: class 0 wins, as in the full argmax
+    label = torch.randint(-1, 40, (5, 7), generator=gen)
+    assigned = assign_by_overlap(masks, label, 40)
+    assigned[0] = -1
+    full = torch.zeros(6, 40)
+    full[torch.arange(1, 6), assigned[1:]] = 1
+    sem = torch.einsum("nk,nhw->khw", full, masks)
+    sem = torch.nn.functional.interpolate(sem[None], size=(9, 11), mode="bilinear")[0]
+    expected = sem.argmax(dim=0).numpy()
+    np.testing.assert_array_equal(oracle_fusion(masks, assigned, 40, (9, 11)), expected)

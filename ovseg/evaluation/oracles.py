@@ -109,13 +109,15 @@ def oracle_fusion(
         (H, W) int64 argmax of ``sum_i onehot[i, k] * mask_i``, resized bilinearly
         (align_corners=False) to ``out_size`` before the argmax, like the predictor.
     """
-    probs = torch.zeros(masks.shape[0], num_classes, dtype=masks.dtype)
-    keep = assigned >= 0
-    probs[keep.nonzero()[:, 0], assigned[keep]] = 1
-    sem = torch.einsum("nk,nhw->khw", probs, masks)
+    # Only the assigned classes (and class 0, the argmax where no mask covers a pixel) can
+    # win, so the (K, H, W) map is computed over those columns alone; ties resolve to the
+    # lower class index exactly as the full argmax does, because the columns stay sorted.
+    columns = torch.unique(torch.cat([assigned[assigned >= 0], assigned.new_zeros(1)]))
+    probs = (assigned[:, None] == columns[None]).to(masks.dtype)  # (N, C)
+    sem = torch.einsum("nc,nhw->chw", probs, masks)
     if tuple(sem.shape[-2:]) != tuple(out_size):
         sem = F.interpolate(sem[None], size=out_size, mode="bilinear", align_corners=False)[0]
-    return sem.argmax(dim=0).numpy().astype(np.int64)
+    return columns[sem.argmax(dim=0)].numpy().astype(np.int64)
 
 
 def proposal_oracle(
