@@ -20,6 +20,11 @@ from ovseg.proposals.ground_truth import GroundTruthMasks
 from tests.conftest import DATA, ROOT, require
 
 
+def eval_argv(dataset: str, root, *options) -> list[str]:
+    """``ovseg eval`` arguments; ``options`` are flags and values, converted to str."""
+    return ["eval", "--dataset", dataset, "--root", str(root), *map(str, options)]
+
+
 def write_predictions(dataset, folder: Path, limit: int, noise: float = 0.0, seed: int = 0):
     """GT labels as prediction PNGs (ignore -> 0), with a fraction ``noise`` of random pixels."""
     rng = np.random.default_rng(seed)
@@ -41,8 +46,8 @@ def test_ground_truth_as_predictions_scores_exactly_100(tmp_path, capsys, name, 
     root = require(DATA / sample)
     preds = write_predictions(build_dataset(name, root), tmp_path / "preds", limit)
     out = tmp_path / "out" / "metrics.json"
-    argv = ["eval", "--dataset", name, "--root", str(root), "--predictions", str(preds)]
-    assert main(argv + ["--limit", str(limit), "--json", str(out), "--quiet"]) == 0
+    argv = eval_argv(name, root, "--predictions", preds, "--limit", limit, "--json", out, "--quiet")
+    assert main(argv) == 0
     metrics = json.loads(out.read_text())
     assert (metrics["mIoU"], metrics["fwIoU"], metrics["pACC"], metrics["mACC"]) == (100.0,) * 4
     assert metrics["num_images"] == limit and metrics["dataset"] == name
@@ -71,16 +76,7 @@ def test_bad_input_errors_name_the_file(tmp_path, capsys):
     root = tiny_camvid(tmp_path, [np.array([[0, 1], [2, 255]])])
     preds = tmp_path / "preds"
     preds.mkdir()
-    base = [
-        "eval",
-        "--dataset",
-        "camvid",
-        "--root",
-        str(root),
-        "--predictions",
-        str(preds),
-        "--quiet",
-    ]
+    base = eval_argv("camvid", root, "--predictions", preds, "--quiet")
     code, text = run_cli(capsys, base)
     assert code == 2 and "no prediction" in text and "0.png" in text
     Image.fromarray(np.array([[0, 11], [0, 0]], np.uint8)).save(preds / "0.png")
@@ -89,18 +85,7 @@ def test_bad_input_errors_name_the_file(tmp_path, capsys):
     Image.fromarray(np.zeros((3, 2), np.uint8)).save(preds / "0.png")
     code, text = run_cli(capsys, base)
     assert code == 2 and "0.png: prediction is 3x2" in text
-    code, text = run_cli(
-        capsys,
-        [
-            "eval",
-            "--dataset",
-            "camvid",
-            "--root",
-            str(tmp_path / "nope"),
-            "--predictions",
-            str(preds),
-        ],
-    )
+    code, text = run_cli(capsys, eval_argv("camvid", tmp_path / "nope", "--predictions", preds))
     assert code == 2 and "nope does not exist" in text
     code, text = run_cli(capsys, base + ["--model", "ovseg-test-tiny"])
     assert code == 2 and "--predictions" in text
@@ -187,18 +172,7 @@ def test_model_modes_with_tiny_model(tmp_path, capsys, monkeypatch):
     pytest.importorskip("open_clip")
     monkeypatch.setenv("OVSEG_HOME", str(tmp_path / "home"))
     root = require(DATA / "camvid")
-    base = [
-        "eval",
-        "--dataset",
-        "camvid",
-        "--root",
-        str(root),
-        "--model",
-        "ovseg-test-tiny",
-        "--limit",
-        "1",
-        "--quiet",
-    ]
+    base = eval_argv("camvid", root, "--model", "ovseg-test-tiny", "--limit", 1, "--quiet")
     out = tmp_path / "m.json"
     assert main(base + ["--json", str(out)]) == 0
     first = json.loads(out.read_text())
@@ -220,20 +194,10 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
         pytest.skip("torchrun not installed next to this python")
     root = require(DATA / "camvid")
     preds = write_predictions(build_dataset("camvid", root), tmp_path / "p", 7, noise=0.3)
-    args = [
-        "eval",
-        "--dataset",
-        "camvid",
-        "--root",
-        str(root),
-        "--predictions",
-        str(preds),
-        "--limit",
-        "7",
-        "--quiet",
-        "--seen-classes",
-        str(tmp_path / "seen.txt"),
-    ]
+    seen = tmp_path / "seen.txt"
+    args = eval_argv(
+        "camvid", root, "--predictions", preds, "--limit", 7, "--quiet", "--seen-classes", seen
+    )
     (tmp_path / "seen.txt").write_text("sky\nroad\ncar\n")
     assert main(args + ["--json", str(tmp_path / "one.json")]) == 0
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
@@ -263,8 +227,9 @@ def test_sixteen_bit_predictions_for_847_classes(tmp_path, capsys):
     preds.mkdir()
     Image.fromarray(np.array([[0, 846], [300, 7]], np.uint16)).save(preds / "x.png")
     out = tmp_path / "m.json"
-    argv = ["eval", "--dataset", "ade20k-847", "--root", str(root), "--predictions", str(preds)]
-    assert main(argv + ["--json", str(out), "--quiet"]) == 0
+    assert (
+        main(eval_argv("ade20k-847", root, "--predictions", preds, "--json", out, "--quiet")) == 0
+    )
     metrics = json.loads(out.read_text())
     assert metrics["mIoU"] == 100.0 and metrics["num_pixels"] == 3
     assert metrics["per_class_iou"]["wall"] == 100.0

@@ -15,16 +15,8 @@ import argparse
 
 from ovseg.cli._common import add_model_args
 from ovseg.cli._proposals import add_proposal_args
+from ovseg.data.datasets import list_datasets
 
-DATASET_NAMES = (
-    "ade20k-150",
-    "ade20k-847",
-    "pascal-context-59",
-    "pascal-context-459",
-    "pascal-voc-20",
-    "coco-stuff-171",
-    "camvid",
-)
 SWEEP_LAMBDAS = (0.6, 0.65, 0.7, 0.75, 0.8)
 SWEEP_THRESHOLDS = (0.35, 0.4, 0.45)
 
@@ -49,7 +41,7 @@ def register(subparsers) -> None:
         ),
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+    data.add_argument("--dataset", required=True, choices=list_datasets())
     data.add_argument("--root", required=True, help="the dataset folder (see docs/evaluation.md)")
     data.add_argument("--split", default=None, help="split to score (default: val)")
     data.add_argument("--limit", type=int, default=None, help="score only the first N images")

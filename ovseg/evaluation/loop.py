@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from ovseg.data.datasets.base import IGNORE_LABEL, SemSegDataset
-from ovseg.evaluation.report import write_atomic
 from ovseg.evaluation.sem_seg import SemSegEvaluator, to_sparse
+from ovseg.fileio import write_atomic
 
 # predict(index, gt) -> {setting name: (H, W) int prediction}
 PredictFn = Callable[[int, np.ndarray], Mapping[str, np.ndarray]]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
-from pathlib import Path
+
+from ovseg.fileio import write_atomic
 
 SUMMARY_KEYS = (
     "mIoU",
@@ -44,23 +45,6 @@ def format_table(metrics: dict, title: str = "", per_class: bool = True) -> str:
         if missing:
             lines.append(f"  ({missing} classes absent from the ground truth are not listed)")
     return "\n".join(lines)
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: str | os.PathLike, payload: dict) -> None:
@@ -102,12 +86,9 @@ def save_bar_chart(metrics: dict, path: str | os.PathLike, title: str = "") -> N
     ax.set_title(title or "per-class IoU")
     ax.margins(y=0.005)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
+    buffer = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        fig.savefig(buffer, format="png", dpi=100)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, buffer.getvalue())

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from ovseg.fileio import write_atomic
 
 
 def lookup_table(mapping: Mapping[int, int], size: int, default: int, dtype) -> np.ndarray:
@@ -20,23 +21,13 @@ def lookup_table(mapping: Mapping[int, int], size: int, default: int, dtype) -> 
 
 
 def save_image_atomic(array: np.ndarray, path: Path, format: str, **options) -> None:
-    """Save ``array`` with PIL as ``format`` to ``path`` via a temp file and ``os.replace``.
+    """Encode ``array`` with PIL as ``format`` and write it to ``path`` atomically.
 
     uint16 arrays are saved as 16-bit (PIL mode I;16), uint8 as mode L (or RGB for HxWx3).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.fromarray(array)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        image.save(tmp, format=format, **options)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=format, **options)
+    write_atomic(path, buffer.getvalue())
 
 
 def progress(items: Iterable, total: int, desc: str, enabled: bool = True) -> Iterable:
