@@ -76,6 +76,7 @@ def test_camvid_real_sample():
     root = require(DATA / "camvid")
     val, train = build_dataset("camvid", root), build_dataset("camvid", root, "train")
     assert (len(val), len(train)) == (101, 367)
+    assert build_dataset("camvid", root, "training").split == "train"  # alias
     label = val.read_label(0)
     assert label.shape == (360, 480)
     assert set(np.unique(label)) <= set(range(11)) | {IGNORE_LABEL}

@@ -22,6 +22,7 @@ IGNORE_LABEL = -1
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+_SPLIT_ALIASES = {"validation": "val", "training": "train"}
 _INDEX_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
@@ -144,7 +145,8 @@ class SemSegDataset:
 
     def __init__(self, root: str | os.PathLike, split: str | None = None) -> None:
         self.root = Path(root).expanduser()
-        self.split = split or self.default_split
+        split = split or self.default_split
+        self.split = _SPLIT_ALIASES.get(split, split) if split not in self.splits else split
         if self.split not in self.splits:
             raise ValueError(
                 f"{self.name}: unknown split {self.split!r}; accepted: {list(self.splits)}"
