@@ -89,6 +89,8 @@ def tiny_config() -> OVSegConfig:
         dim_feedforward=128,
         dec_layers=3,
         num_queries=10,
+        min_size_test=320,  # small test-time size keeps smoke runs and tests fast
+        max_size_test=1280,
         embed_hidden_dim=64,
         clip=ClipArch(
             embed_dim=32,

@@ -68,3 +68,27 @@ def test_list_models_names_the_variants():
         "ovseg-R101c-vitB16",
         "ovseg-test-tiny",
     }
+
+
+def test_demo_config_means_clip_only_at_the_demo_threshold():
+    sd = manifest_state_dict(require(FIXTURES / "manifest_swinB_vitL14.json"))
+    cfg = read_official_yaml(FIXTURES / "configs" / "ovseg_swinB_vitL_demo.resolved.yaml")
+    demo = config_from_official(cfg, ClipArch.from_state_dict(sd, CLIP_PREFIX))
+    assert demo.mask_threshold == 0.35 and demo.ensemble_weight == 0.0
+    assert demo.clip_only_default  # the official code uses CLIP alone when lambda is 0
+
+
+def test_base_chains_and_bad_values(tmp_path):
+    (tmp_path / "base.yaml").write_text("MODEL:\n  MASK_FORMER:\n    NUM_OBJECT_QUERIES: 50\n")
+    (tmp_path / "child.yaml").write_text(
+        "_BASE_: base.yaml\nMODEL:\n  CLIP_ADAPTER:\n    MASK_THR: 0.45\n"
+    )
+    cfg = read_official_yaml(tmp_path / "child.yaml")
+    translated = config_from_official(cfg, ClipArch())
+    assert translated.num_queries == 50 and translated.mask_threshold == 0.45
+    (tmp_path / "bad.yaml").write_text("MODEL:\n  BACKBONE:\n    NAME: build_vit\n")
+    with pytest.raises(ValueError, match="MODEL.BACKBONE.NAME='build_vit'"):
+        config_from_official(read_official_yaml(tmp_path / "bad.yaml"), ClipArch())
+    (tmp_path / "evil.yaml").write_text("a: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        read_official_yaml(tmp_path / "evil.yaml")

@@ -142,7 +142,9 @@ def test_crops_and_scores_are_the_clip_branch(model, mined: Path, subset) -> Non
     for shard in {r["shard"] for r in rows}:
         items.update({i["key"]: i for i in read_shard(mined / shard)})
     image = read_image(COCO / "train2017" / rows[0]["file_name"])
-    resized = torch.from_numpy(resize_shortest_edge(image, 640, 2560)).permute(2, 0, 1)
+    cfg = model.config
+    resized = resize_shortest_edge(image, cfg.min_size_test, cfg.max_size_test)
+    resized = torch.from_numpy(resized.copy()).permute(2, 0, 1)
     assert list(resized.shape[1:]) == rows[0]["input_size"]
     miner = PairMiner(model, "proposal-caption")
     with torch.no_grad():

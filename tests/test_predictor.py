@@ -56,9 +56,10 @@ def test_outputs_are_consistent(predictor):
 
 
 def test_predict_matches_the_model_pipeline_at_input_size(tiny_model):
-    image = np.random.default_rng(1).integers(0, 256, (640, 640, 3), dtype=np.uint8)
+    size = tiny_model.config.min_size_test
+    image = np.random.default_rng(1).integers(0, 256, (size, size, 3), dtype=np.uint8)
     p = ovseg.Predictor(tiny_model)
-    p.set_image(image)  # 640x640 needs no resize
+    p.set_image(image)  # short side already at the test size: no resize
     names = ["a", "b"]
     expected = tiny_model(torch.from_numpy(image).permute(2, 0, 1), names)
     assert torch.allclose(p.predict(names).sem_seg, expected, atol=1e-6)
@@ -97,3 +98,20 @@ def test_image_inputs(tiny_model):
     assert p.predict(["x"]).sem_seg.shape == (1, 20, 30)
     p.set_image(Image.fromarray(np.zeros((20, 30, 4), dtype=np.uint8), "RGBA"))
     assert p.original_size == (20, 30)
+
+
+def test_text_cache_is_keyed_by_weights(tiny_model):
+    import copy
+
+    model = copy.deepcopy(tiny_model)
+    clip = model.clip_adapter
+    first = clip.text_features(["cat", "dog"])
+    assert clip.text_features(["cat", "dog"]) is first  # cached
+    key = clip.weights_fingerprint()
+    with torch.no_grad():
+        clip.clip_model.token_embedding.weight.mul_(1.5)
+    assert clip.weights_fingerprint() != key
+    second = clip.text_features(["cat", "dog"])
+    assert second is not first and not torch.allclose(second, first)
+    clip.clip_model.visual.conv1.weight.data.add_(1.0)  # the image tower is not in the key
+    assert clip.text_features(["cat", "dog"]) is second

@@ -87,12 +87,16 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{option} file not found: {path}")
     if args.mode != "proposal-caption" and args.instances is None:
         raise ValueError(f"--mode {args.mode} needs --instances (COCO instance JSON)")
+    if args.mode != "proposal-caption" and args.proposals != "maskformer":
+        raise ValueError(f"--proposals applies to --mode proposal-caption, not {args.mode}")
     dataset = CocoCaptions(
         args.captions, args.instances if args.mode != "proposal-caption" else None
     )
     rank, world = _distributed()
     model = load_model_from_args(args)
-    generator = proposal_generator_from_args(args, model)
+    generator = None
+    if args.mode == "proposal-caption":
+        generator = proposal_generator_from_args(args, model)
     run_info = {
         "model": args.model or args.config,
         "checkpoint": args.checkpoint or args.weights,

@@ -12,12 +12,13 @@ Layout of a mining output folder::
 
 Shard ``k`` holds the pairs of images ``k*S .. (k+1)*S - 1`` in image-id order, so the same
 images always land in the same shard whichever process mines them. Every file is written to a
-temporary name in the same folder and moved into place with ``os.replace``; the tar members
+temporary name in the same folder and moved into place (``ovseg.fileio``); the tar members
 carry fixed metadata (mtime 0, uid 0, mode 0644), so a shard's bytes depend only on its pairs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -29,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ovseg.fileio import atomic_path, write_atomic
+
 SHARD_DIR = "shards"
 
 
@@ -39,12 +42,10 @@ def shard_stem(index: int) -> str:
 def write_json_atomic(path: Path, obj) -> None:
     """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically.
 
-    The temporary name carries the process id: ranks that write the same file at once (the
-    run's ``config.json``) never share a temporary file.
+    Every call has its own temporary file, so ranks that write the same file at once (the
+    run's ``config.json``) never share one.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
 def encode_png(array: np.ndarray) -> bytes:
@@ -69,10 +70,13 @@ class ShardWriter:
         self.tar_path = self.dir / f"{self.stem}.tar"
         self.jsonl_path = self.dir / f"{self.stem}.jsonl"
         self.stats_path = self.dir / f"{self.stem}.stats.json"
-        self._tar_tmp = self.dir / f".{self.stem}.tar.tmp"
-        self._jsonl_tmp = self.dir / f".{self.stem}.jsonl.tmp"
-        self._tar = tarfile.open(self._tar_tmp, "w", format=tarfile.USTAR_FORMAT)
-        self._jsonl = open(self._jsonl_tmp, "w")
+        for stale in self.dir.glob(f".{self.stem}.*"):
+            stale.unlink()  # temporary files of a killed run; only this process writes them
+        self._files = contextlib.ExitStack()
+        tar_tmp = self._files.enter_context(atomic_path(self.tar_path))
+        jsonl_tmp = self._files.enter_context(atomic_path(self.jsonl_path))
+        self._tar = tarfile.open(tar_tmp, "w", format=tarfile.USTAR_FORMAT)
+        self._jsonl = open(jsonl_tmp, "w")
         self.keys: set[str] = set()
 
     def _add(self, name: str, data: bytes) -> None:
@@ -104,16 +108,14 @@ class ShardWriter:
         """Close, move the tar and jsonl into place, then write the stats (the done marker)."""
         self._tar.close()
         self._jsonl.close()
-        os.replace(self._tar_tmp, self.tar_path)
-        os.replace(self._jsonl_tmp, self.jsonl_path)
+        self._files.close()  # moves both into place
         write_json_atomic(self.stats_path, stats)
 
     def abort(self) -> None:
         """Close and delete the temporary files (the shard stays not done)."""
         self._tar.close()
         self._jsonl.close()
-        for tmp in (self._tar_tmp, self._jsonl_tmp):
-            tmp.unlink(missing_ok=True)
+        self._files.__exit__(RuntimeError, RuntimeError("shard aborted"), None)  # removes them
 
 
 def shard_done(out_dir: Path, index: int) -> bool:
@@ -151,8 +153,7 @@ def merge_shards(out_dir: Path, num_shards: int, top_k: int = 50) -> dict:
         )
     total = empty_stats()
     nouns: Counter = Counter()
-    tmp = out_dir / ".pairs.jsonl.tmp"
-    with open(tmp, "w") as merged:
+    with atomic_path(out_dir / "pairs.jsonl") as tmp, open(tmp, "w") as merged:
         for k in range(num_shards):
             base = out_dir / SHARD_DIR / shard_stem(k)
             with open(f"{base}.jsonl") as part:
@@ -164,16 +165,14 @@ def merge_shards(out_dir: Path, num_shards: int, top_k: int = 50) -> dict:
             for reason, count in stats["skipped"].items():
                 total["skipped"][reason] = total["skipped"].get(reason, 0) + count
             nouns.update(stats["noun_counts"])
-    os.replace(tmp, out_dir / "pairs.jsonl")
     ranked = sorted(nouns.items(), key=lambda item: (-item[1], item[0]))
     summary = {key: value for key, value in total.items() if key != "noun_counts"}
     summary["unique_nouns"] = len(ranked)
     summary["shards"] = num_shards
     summary["top_nouns"] = [[noun, count] for noun, count in ranked[:top_k]]
     write_json_atomic(out_dir / "stats.json", summary)
-    counts_tmp = out_dir / ".noun_counts.tsv.tmp"
-    counts_tmp.write_text("".join(f"{noun}\t{count}\n" for noun, count in ranked))
-    os.replace(counts_tmp, out_dir / "noun_counts.tsv")
+    counts = "".join(f"{noun}\t{count}\n" for noun, count in ranked)
+    write_atomic(out_dir / "noun_counts.tsv", counts.encode())
     return summary
 
 
