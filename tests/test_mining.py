@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -61,6 +62,13 @@ def subset(tmp_path_factory) -> tuple[Path, Path]:
     return _subset(tmp_path_factory.mktemp("coco-subset"))
 
 
+@functools.cache
+def _nouns():
+    from ovseg.data.nouns import NounExtractor
+
+    return NounExtractor()
+
+
 def _run(
     model,
     out: Path,
@@ -86,6 +94,7 @@ def _run(
             "proposals": "maskformer" if mode == "proposal-caption" else None,
         },
         progress=False,
+        nouns=_nouns(),
         **kw,
     )
     return merge_shards(out, shards)
@@ -107,9 +116,9 @@ def _files(out: Path) -> dict[str, bytes]:
 
 
 def test_every_noun_occurs_lemmatised_in_its_caption(mined: Path) -> None:
-    from ovseg.data.nouns import head_lemma, load_spacy
+    from ovseg.data.nouns import head_lemma
 
-    nlp = load_spacy()
+    nlp = _nouns().nlp
     rows = _rows(mined)
     stats = json.loads((mined / "stats.json").read_text())
     assert stats["images"] == N_IMAGES and stats["pairs"] == len(rows) > 0

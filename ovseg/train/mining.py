@@ -310,6 +310,7 @@ def mine(
     world_size: int = 1,
     progress: bool = True,
     on_shard_done: Callable[[int], None] | None = None,
+    nouns=None,
 ) -> int:
     """Mine this rank's unfinished shards (``rank::world_size``); returns the shard count.
 
@@ -319,6 +320,7 @@ def mine(
     Args:
         run_info: extra settings recorded in ``config.json`` (model name, proposal source).
         on_shard_done: called with each shard index after it is committed.
+        nouns: a ``NounExtractor`` to reuse; by default one is loaded when a mode needs it.
     """
     if captions_per_image not in CAPTIONS_PER_IMAGE:
         raise ValueError(f"captions_per_image must be one of {CAPTIONS_PER_IMAGE}")
@@ -345,8 +347,7 @@ def mine(
     todo = [k for k in range(rank, num_shards, world_size) if not shard_done(out_dir, k)]
     if not todo:
         return num_shards
-    nouns = None
-    if mode != "gt-gt":
+    if nouns is None and mode != "gt-gt":
         from ovseg.data.nouns import NounExtractor
 
         nouns = NounExtractor()
