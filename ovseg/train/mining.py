@@ -175,8 +175,9 @@ class PairMiner:
                 for k, noun in enumerate(fresh):
                     j = int(best[k])
                     choices.append((j, noun, caption_id, caption, sims[j, k]))
-        uint8 = crops_to_uint8(crops.crops)
-        regions = crops.region_masks[:, 0].bool().cpu().numpy()
+        chosen = sorted({choice[0] for choice in choices})
+        uint8 = dict(zip(chosen, crops_to_uint8(crops.crops[chosen])))
+        regions = dict(zip(chosen, crops.region_masks[chosen, 0].bool().cpu().numpy()))
         pairs = []
         for j, noun, caption_id, caption, score in choices:
             index = valid[j]
