@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,15 +13,13 @@ from ovseg.modeling.proposals import Proposals
 from ovseg.proposals import build_generator
 from ovseg.proposals.overlaps import add_uncovered_mask, owner_map, resolve_overlaps, smallest_wins
 from ovseg.proposals.superpixels import SuperpixelProposalGenerator, select_segments
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from tests.conftest import DATA, require
 
 
 def _photo(kind: str, short: int = 320) -> torch.Tensor:
     """A real photo as a (3, H, W) uint8 model input, short side ``short``."""
-    if not DATA.is_dir():
-        pytest.skip(f"real data folder {DATA} is absent")
     folder = {"coco": DATA / "coco-mini" / "train2017", "camvid": DATA / "camvid" / "val"}[kind]
+    require(folder)
     files = sorted(folder.rglob("*.jpg")) + sorted(folder.rglob("images/*.png"))
     if not files:
         pytest.skip(f"no photos under {folder}")
@@ -282,17 +279,6 @@ class FixedMasks:
         return Proposals(masks=self.masks.to(image.device), embeddings=None)
 
 
-def _tiny_model():
-    import ovseg
-
-    if not hasattr(ovseg, "Predictor") or not hasattr(ovseg, "build_model"):
-        pytest.skip("ovseg.Predictor / ovseg.build_model have not landed yet")
-    with pytest.warns(UserWarning, match="random weights"):
-        model = ovseg.build_model("ovseg-test-tiny").eval()
-    model.config.min_size_test = 320  # keep the test fast: the photos are 320 px already
-    return model
-
-
 def _hwc(image: torch.Tensor) -> np.ndarray:
     return image.permute(1, 2, 0).numpy()
 
@@ -300,10 +286,10 @@ def _hwc(image: torch.Tensor) -> np.ndarray:
 NAMES = ["road", "sky", "building", "tree", "car"]
 
 
-def test_sam_end_to_end_through_the_predictor():
+def test_sam_end_to_end_through_the_predictor(tiny_model):
     import ovseg
 
-    model = _tiny_model()
+    model = tiny_model
     image = _photo("camvid")
     predictor = ovseg.Predictor(model, proposal_generator=_tiny_sam_generator())
     predictor.set_image(_hwc(image))
@@ -316,11 +302,11 @@ def test_sam_end_to_end_through_the_predictor():
     assert seg.label_map.min() >= 0 and seg.label_map.max() < len(NAMES)
 
 
-def test_same_masks_give_same_clip_outputs_whichever_generator():
+def test_same_masks_give_same_clip_outputs_whichever_generator(tiny_model):
     """The CLIP branch and the fusion see only the masks: where they come from cannot matter."""
     import ovseg
 
-    model = _tiny_model()
+    model = tiny_model
     image = _photo("camvid")
     superpixels = SuperpixelProposalGenerator(max_masks=20)
 
