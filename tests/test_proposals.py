@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 
 import numpy as np
 import pytest
@@ -331,3 +332,23 @@ def test_same_masks_give_same_clip_outputs_whichever_generator(tiny_model):
 
     clip_only = run(None, clip_only=True)
     assert torch.allclose(run(head_masks_only), clip_only, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--proposals", "superpixels", "--max-proposals", "20"],
+        ["--proposals", "sam", "--sam-model-type", "test_tiny", "--sam-points-per-side", "4"],
+    ],
+)
+def test_segment_command_with_each_generator(tmp_path, options):
+    from ovseg.cli import main
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(_hwc(_photo("camvid", short=160))).save(photo)
+    argv = ["segment", str(photo), "--classes", ", ".join(NAMES), "--model", "ovseg-test-tiny"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random tiny weights
+        assert main([*argv, "--out", str(tmp_path / "out"), *options]) == 0
+    label = np.array(Image.open(tmp_path / "out" / "photo.png"))
+    assert label.shape == (160, 213)
