@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from ovseg.fileio import atomic_path, write_atomic
 
 
 @dataclass
@@ -140,26 +140,10 @@ class Segmentation:
             "overlay": directory / f"{stem}_overlay.png",
             "json": directory / f"{stem}.json",
         }
-        _atomic_write(paths["label_map"], lambda f: self.label_image().save(f, format="PNG"))
-        overlay = self.overlay(image, alpha=alpha)
-        _atomic_write(paths["overlay"], lambda f: overlay.save(f, format="PNG"))
+        with atomic_path(paths["label_map"]) as tmp:
+            self.label_image().save(tmp, format="PNG")
+        with atomic_path(paths["overlay"]) as tmp:
+            self.overlay(image, alpha=alpha).save(tmp, format="PNG")
         record = {**self.to_json(), **(extra or {})}
-        text = json.dumps(record, separators=(",", ":")).encode()
-        _atomic_write(paths["json"], lambda f: f.write(text))
+        write_atomic(paths["json"], json.dumps(record, separators=(",", ":")).encode())
         return paths
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(binary_file)`` on a temp file next to ``path``, then rename it to ``path``.
-
-    The temp file is created with ``open(..., "xb")`` so it gets the usual umask permissions.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

@@ -1,0 +1,1 @@
+"""Training-side code: mining pairs, adapting CLIP. Imports the library, never the reverse."""
