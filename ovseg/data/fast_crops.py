@@ -161,16 +161,26 @@ def unique_masks(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if v == 0:
         empty = torch.zeros(0, dtype=torch.long, device=masks.device)
         return empty, empty
-    flat = masks.reshape(v, -1).to(torch.uint8)
+    flat = masks.view(torch.uint8).reshape(v, -1)
     pad = (-flat.shape[1]) % 8
     if pad:
         flat = torch.nn.functional.pad(flat, (0, pad))
     words = flat.view(torch.int64)  # 8 pixels per word, exact
-    _, inverse = torch.unique(words, dim=0, return_inverse=True)
-    # first appearance of each group, renumbered in that order
-    order = torch.full((int(inverse.max()) + 1,), v, dtype=torch.long, device=masks.device)
-    order.scatter_reduce_(0, inverse, torch.arange(v, device=masks.device), reduce="amin")
-    rank = torch.empty_like(order)
-    sorted_first, perm = order.sort()
-    rank[perm] = torch.arange(len(order), device=masks.device)
-    return sorted_first, rank[inverse]
+    # a random linear hash (int64, wrapping) groups candidates; equality is then checked
+    g = torch.Generator(device="cpu").manual_seed(0)
+    coeffs = torch.randint(-(2**62), 2**62, (words.shape[1],), generator=g).to(masks.device)
+    keys = (words * coeffs).sum(dim=1).tolist()
+    first: list[int] = []
+    inverse = [0] * v
+    seen: dict[int, list[int]] = {}
+    for i, key in enumerate(keys):
+        for group in seen.get(key, []):
+            if torch.equal(words[first[group]], words[i]):
+                inverse[i] = group
+                break
+        else:
+            seen.setdefault(key, []).append(len(first))
+            inverse[i] = len(first)
+            first.append(i)
+    device = masks.device
+    return torch.tensor(first, device=device), torch.tensor(inverse, device=device)

@@ -37,7 +37,9 @@ class MaskedCrops:
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     """(N, H, W) bool, all non-empty -> (N, 4) float tight boxes (x0, y0, x1 + 1, y1 + 1)."""
     h, w = masks.shape[-2:]
-    bytes_ = masks.to(torch.uint8)  # uint8 max-reductions are far faster than bool any()
+    bytes_ = masks.contiguous().view(
+        torch.uint8
+    )  # uint8 max-reductions are far faster than bool any()
     rows, cols = bytes_.amax(dim=2).bool(), bytes_.amax(dim=1).bool()
     ar_h = torch.arange(h, device=masks.device)
     ar_w = torch.arange(w, device=masks.device)
@@ -89,9 +91,10 @@ def masked_crops(
             f"got {tuple(masks.shape)}"
         )
     masks = masks.bool()
-    valid = masks.flatten(1).to(torch.uint8).amax(dim=1).bool()
+    valid = masks.view(torch.uint8).flatten(1).amax(dim=1).bool()
     h, w = image.shape[-2:]
-    boxes = expand_boxes(mask_boxes(masks[valid]), expand_ratio, h, w)
+    nonempty = masks if bool(valid.all()) else masks[valid]  # no copy when all are valid
+    boxes = expand_boxes(mask_boxes(nonempty), expand_ratio, h, w)
     image = image.float()
     mean = image.new_tensor(CLIP_MEAN).view(3, 1, 1) * 255.0
     std = image.new_tensor(CLIP_STD).view(3, 1, 1) * 255.0
@@ -99,10 +102,10 @@ def masked_crops(
     if method == "fast":
         from ovseg.data.fast_crops import batched_masked_crops
 
-        crops, regions = batched_masked_crops(image, masks[valid], boxes, size, mean, std, fill_t)
+        crops, regions = batched_masked_crops(image, nonempty, boxes, size, mean, std, fill_t)
         return MaskedCrops(crops, regions, valid, boxes)
     crops, regions = [], []
-    for mask, (l, t, r, b) in zip(masks[valid], boxes.tolist()):
+    for mask, (l, t, r, b) in zip(nonempty, boxes.tolist()):
         m = mask[t:b, l:r].to(image.dtype)
         region = image[:, t:b, l:r] * m + (1 - m) * fill_t
         region = (region - mean) / std

@@ -179,11 +179,17 @@ class OVSeg(nn.Module):
         if not fast:
             crops = masked_crops(image, binary, cfg.clip.image_size, fill, cfg.mask_expand_ratio)
             return crops, crops.valid, None
-        valid = binary.flatten(1).to(torch.uint8).amax(1).bool()
-        first, inverse = unique_masks(binary[valid])
+        valid = binary.view(torch.uint8).flatten(1).amax(1).bool()
+        valid_idx = valid.nonzero()[:, 0]
+        first, inverse = unique_masks(binary[valid_idx])
         method = crop_method or ("fast" if image.is_cuda else "reference")
         crops = masked_crops(
-            image, binary[valid][first], cfg.clip.image_size, fill, cfg.mask_expand_ratio, method
+            image,
+            binary[valid_idx[first]],
+            cfg.clip.image_size,
+            fill,
+            cfg.mask_expand_ratio,
+            method,
         )
         return crops, valid, inverse
 
