@@ -306,7 +306,9 @@ def main(argv=None) -> int:
     prepare_model(model, options)
     if args.compile:
         model.backbone.compile(dynamic=True)
-        model.clip_adapter.clip_model.visual.compile(dynamic=True)
+        # encode_masked uses the tower's blocks directly: compile the method itself
+        clip = model.clip_adapter
+        clip.encode_masked = torch.compile(clip.encode_masked, dynamic=True)
     prepare_model(reference_model, InferenceOptions(fast=False, channels_last=False))
 
     photo = load_photo(args.photo)
