@@ -31,13 +31,29 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--crop-batch", type=int, default=16, help="CLIP crop batch (default 16)")
     parser.add_argument("--no-verify", dest="verify", action="store_false")
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="export --model NAME with seeded random weights (checks a full-size export "
+        "without its checkpoint)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ovseg.export import export_onnx, verify_onnx
 
-    model = load_model_from_args(args).cpu()
+    if args.random_weights:
+        import torch
+
+        import ovseg
+
+        if not args.model or args.checkpoint or args.config:
+            raise ValueError("--random-weights takes --model NAME only")
+        torch.manual_seed(0)
+        model = ovseg.build_ovseg(ovseg.build.MODELS[args.model]()).eval()
+    else:
+        model = load_model_from_args(args).cpu()
     print(f"exporting to {args.out} ...")
     export_onnx(model, args.out, tuple(args.image_size), args.crop_batch)
     if args.verify:
