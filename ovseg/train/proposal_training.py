@@ -1,0 +1,231 @@
+"""Training the proposal model (backbone, pixel decoder, open-vocabulary decoder) with
+MaskFormer's set criterion. Class logits are ``100 * cos`` against the CLIP text embeddings
+of the dataset's class names plus the learned no-object embedding, so the trained model
+stays open-vocabulary. CLIP is frozen; the text embeddings are computed once.
+
+Validation (``evaluate_proposals``) measures the proposals themselves:
+
+- ``oracle_miou``: every proposal takes the GT class it overlaps most, masks are fused like
+  MaskFormer's semantic inference; only mask quality limits it (the paper's oracle).
+- ``mask_recall``: fraction of GT segments (one per class per image) matched by a binarised
+  proposal with IoU >= 0.5.
+- ``miou``: the model's own closed-vocabulary prediction (proposal branch only).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ovseg.modeling.fusion import proposal_class_probs, semantic_fusion
+from ovseg.train.criterion import SetCriterion
+from ovseg.train.semseg_data import IGNORE, SemSegFolder, resize_pair
+
+RECIPE = {"lr": 6e-5, "weight_decay": 1e-2}  # the paper's (Swin-B, batch 32, poly, 120K iter)
+
+
+def class_logits(model: nn.Module, embeddings: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """(B, Q, C) query embeddings, (K, C) text -> (B, Q, K+1) logits with no-object last."""
+    b, q, _ = embeddings.shape
+    with_void = model.clip_adapter.with_void(text)
+    return model.clip_adapter.similarity_logits(embeddings.flatten(0, 1), with_void).view(b, q, -1)
+
+
+def proposal_parameters(model: nn.Module, backbone_lr_mult: float, lr: float) -> list[dict]:
+    """Freeze CLIP, train backbone (lr x ``backbone_lr_mult``), head and no-object embedding."""
+    model.requires_grad_(False)
+    head = list(model.sem_seg_head.parameters()) + [model.clip_adapter.non_object_embedding]
+    backbone = list(model.backbone.parameters())
+    for p in head + backbone:
+        p.requires_grad_(True)
+    return [{"params": backbone, "lr": lr * backbone_lr_mult}, {"params": head}]
+
+
+class ProposalTrainModule(nn.Module):
+    """``forward(batch) -> (loss, terms)`` for MaskFormer training.
+
+    Args:
+        model: the ``OVSeg`` model. text_features: (K, C) normalised class embeddings.
+        criterion: the ``SetCriterion``.
+    """
+
+    def __init__(self, model: nn.Module, text_features: torch.Tensor, criterion: SetCriterion):
+        super().__init__()
+        self.model = model
+        self.register_buffer("text_features", text_features, persistent=False)
+        self.criterion = criterion
+
+    def forward(self, batch: dict):
+        """batch: ``image`` (B, 3, H, W) 0-255, ``pad`` (B, H, W) bool, ``targets`` list."""
+        m = self.model
+        x = (batch["image"] - m.pixel_mean.view(1, 3, 1, 1)) / m.pixel_std.view(1, 3, 1, 1)
+        x = x.masked_fill(batch["pad"][:, None], 0.0)
+        embeddings, masks = m.proposal_outputs(x, all_layers=True)
+        logits = [class_logits(m, e, self.text_features) for e in embeddings]
+        return self.criterion(logits, masks, batch["targets"])
+
+
+def _confusion(pred: np.ndarray, label: np.ndarray, k: int) -> np.ndarray:
+    keep = label != IGNORE
+    return np.bincount(k * label[keep].astype(np.int64) + pred[keep], minlength=k * k).reshape(k, k)
+
+
+def _miou(conf: np.ndarray) -> float:
+    inter = np.diag(conf)
+    union = conf.sum(0) + conf.sum(1) - inter
+    valid = union > 0
+    return float((inter[valid] / union[valid]).mean() * 100) if valid.any() else 0.0
+
+
+@torch.no_grad()
+def evaluate_proposals(
+    model: nn.Module,
+    folder: SemSegFolder,
+    text_features: torch.Tensor,
+    short_side: int = 256,
+    max_images: int | None = None,
+    mask_threshold: float = 0.5,
+) -> dict[str, float]:
+    """Oracle mIoU, mask recall@0.5 and the model's own mIoU on (a prefix of) ``folder``,
+    with images resized so their short side is ``short_side``."""
+    model.eval()
+    k = len(folder.class_names)
+    conf_oracle, conf_model = np.zeros((k, k), np.int64), np.zeros((k, k), np.int64)
+    hits = segments = 0
+    device = model.pixel_mean.device
+    n = len(folder) if max_images is None else min(max_images, len(folder))
+    for i in range(n):
+        image, label = folder.load(i)
+        h, w = label.shape
+        s = short_side / min(h, w)
+        image, label = resize_pair(image, label, round(h * s), round(w * s))
+        img = torch.from_numpy(image).permute(2, 0, 1).float().to(device)
+        x = (img - model.pixel_mean.view(3, 1, 1)) / model.pixel_std.view(3, 1, 1)
+        hh, ww = label.shape
+        d = model.config.size_divisibility
+        x = F.pad(x, (0, (-ww) % d, 0, (-hh) % d))[None]
+        embeddings, logits = model.proposal_outputs(x)
+        masks = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        masks = masks[0, :, :hh, :ww].sigmoid().float().cpu()
+        lab = torch.from_numpy(label.astype(np.int64))
+        # oracle: each proposal takes the GT class it overlaps most (soft overlap)
+        classes = torch.unique(lab)
+        classes = classes[classes != IGNORE]
+        onehot = (lab.view(-1, 1) == classes.view(1, -1)).float()
+        overlap = masks.flatten(1) @ onehot
+        probs = torch.zeros(masks.shape[0], k)
+        if len(classes):
+            probs[torch.arange(masks.shape[0]), classes[overlap.argmax(1)]] = 1.0
+        oracle = semantic_fusion(probs, masks).argmax(0).numpy()
+        conf_oracle += _confusion(oracle, label, k)
+        # the model's own classification
+        cls = class_logits(model, embeddings.float().cpu(), text_features.cpu())[0]
+        own = semantic_fusion(proposal_class_probs(cls), masks).argmax(0).numpy()
+        conf_model += _confusion(own, label, k)
+        # mask recall: best IoU of any binarised proposal with each GT segment
+        binary = (masks > mask_threshold).flatten(1).float()
+        inter = binary @ onehot
+        union = binary.sum(1, keepdim=True) + onehot.sum(0, keepdim=True) - inter
+        iou = inter / union.clamp(min=1)
+        hits += int((iou.amax(0) >= 0.5).sum()) if len(classes) else 0
+        segments += len(classes)
+    return {
+        "oracle_miou": round(_miou(conf_oracle), 3),
+        "mask_recall": round(100.0 * hits / max(segments, 1), 3),
+        "miou": round(_miou(conf_model), 3),
+        "images": n,
+    }
+
+
+def build_start_model(
+    model_name: str | None, init: str | None, overrides: dict, seed: int, clip_weights=None
+):
+    """The model to train: ``init`` (an ovseg checkpoint) or ``model_name``'s architecture
+    with fresh random weights (seeded), with ``OVSegConfig`` field ``overrides``."""
+    from ovseg.build import MODELS, build_ovseg
+    from ovseg.checkpoints import load_checkpoint, load_clip_weights
+    from ovseg.config import OVSegConfig
+
+    if (model_name is None) == (init is None):
+        raise ValueError("give exactly one of --model NAME (from scratch) or --init CKPT")
+    if init is not None:
+        if overrides:
+            raise ValueError("--set changes the architecture; it only goes with --model")
+        model = load_checkpoint(init)
+    else:
+        if model_name not in MODELS:
+            raise ValueError(f"unknown model {model_name!r}; available: {list(MODELS)}")
+        config = OVSegConfig.from_dict(MODELS[model_name]().to_dict() | overrides)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_ovseg(config)
+    if clip_weights is not None:
+        load_clip_weights(model, clip_weights)
+    return model
+
+
+def train_proposals(
+    data: str,
+    config,
+    model_name: str | None = None,
+    init: str | None = None,
+    overrides: dict | None = None,
+    clip_weights: str | None = None,
+    crop: int = 512,
+    short_side: int = 512,
+    scale_range: tuple[float, float] = (0.5, 2.0),
+    deep_supervision: bool = True,
+    no_object_weight: float = 0.1,
+    loss_weights: dict[str, float] | None = None,
+    backbone_lr_mult: float = 0.1,
+    eval_images: int | None = None,
+    eval_short_side: int = 256,
+    hooks=(),
+):
+    """Train the proposal model on ``data`` (``SemSegFolder`` layout); returns the path of the
+    trained model (``config.out_dir/model.safetensors``)."""
+    from ovseg.train import distributed
+    from ovseg.train.criterion import SetCriterion
+    from ovseg.train.matcher import HungarianMatcher
+    from ovseg.train.semseg_data import SemSegTrainSet, collate_semseg
+    from ovseg.train.trainer import Trainer, TrainTask
+
+    weights = loss_weights or {"loss_ce": 1.0, "loss_mask": 20.0, "loss_dice": 1.0}
+    train_folder = SemSegFolder(data, "train")
+    val_folder = SemSegFolder(data, "val") if config.eval_every else None
+    info = distributed.setup(config.device)
+    try:
+        model = build_start_model(model_name, init, overrides or {}, config.seed, clip_weights)
+        groups = proposal_parameters(model, backbone_lr_mult, config.lr)
+        text = model.clip_adapter.text_features(train_folder.class_names).clone()
+        criterion = SetCriterion(
+            len(train_folder.class_names),
+            HungarianMatcher(weights["loss_ce"], weights["loss_mask"], weights["loss_dice"]),
+            no_object_weight=no_object_weight,
+            weights=weights,
+            deep_supervision=deep_supervision,
+        )
+        dataset = SemSegTrainSet(train_folder, crop, short_side, scale_range, config.seed)
+
+        def evaluate(m):
+            return evaluate_proposals(m, val_folder, text, eval_short_side, eval_images)
+
+        task = TrainTask(
+            model=model,
+            module=ProposalTrainModule(model, text, criterion),
+            param_groups=groups,
+            dataset=dataset,
+            collate=collate_semseg,
+            metadata={
+                "trained": "proposals",
+                "dataset": str(data),
+                "class_names": train_folder.class_names,
+                "init": str(init) if init else f"scratch:{model_name}",
+            },
+            evaluate=evaluate if val_folder is not None else None,
+        )
+        return Trainer(task, config, info, hooks).fit()
+    finally:
+        distributed.cleanup()
