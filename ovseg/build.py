@@ -39,8 +39,20 @@ SWIN_B = {
     "depths": [2, 2, 18, 2],
     "num_heads": [4, 8, 16, 32],
     "window_size": 12,
+    "patch_size": 4,
+    "mlp_ratio": 4.0,
+    "qkv_bias": True,
+    "patch_norm": True,
 }
-R101C = {"type": "resnet", "depth": 101, "stem_channels": 128, "res5_multi_grid": [1, 2, 4]}
+R101C = {
+    "type": "resnet",
+    "depth": 101,
+    "stem_channels": 128,
+    "res2_channels": 256,
+    "width_per_group": 64,
+    "stride_in_1x1": False,
+    "res5_multi_grid": [1, 2, 4],
+}
 
 
 def swinb_vitl14_config() -> OVSegConfig:
@@ -51,15 +63,20 @@ def swinb_vitl14_config() -> OVSegConfig:
 def r101c_vitb16_config() -> OVSegConfig:
     """ResNet-101c + ViT-B/16, the released ``ovseg_R101c_vitB16_ft_mpt.pth``."""
     return OVSegConfig(
-        backbone=dict(R101C), embed_hidden_dim=1024, clip=VIT_B16, mask_threshold=0.5
+        backbone=dict(R101C),
+        embed_hidden_dim=1024,
+        clip=VIT_B16,
+        mask_threshold=0.5,
+        min_size_test=512,
+        max_size_test=2048,
     )
 
 
-def test_tiny_config() -> OVSegConfig:
+def tiny_config() -> OVSegConfig:
     """Same architecture as Swin-B + ViT, tiny sizes (the official-fixture configuration)."""
     return OVSegConfig(
         backbone={
-            "type": "swin",
+            **SWIN_B,
             "embed_dim": 16,
             "depths": [2, 2, 2, 2],
             "num_heads": [2, 2, 4, 8],
@@ -72,6 +89,8 @@ def test_tiny_config() -> OVSegConfig:
         dim_feedforward=128,
         dec_layers=3,
         num_queries=10,
+        min_size_test=320,  # small test-time size keeps smoke runs and tests fast
+        max_size_test=1280,
         embed_hidden_dim=64,
         clip=ClipArch(
             embed_dim=32,
@@ -88,7 +107,7 @@ def test_tiny_config() -> OVSegConfig:
 MODELS = {
     "ovseg-swinB-vitL14": swinb_vitl14_config,
     "ovseg-R101c-vitB16": r101c_vitb16_config,
-    "ovseg-test-tiny": test_tiny_config,
+    "ovseg-test-tiny": tiny_config,
 }
 RANDOM_OK = {"ovseg-test-tiny"}  # variants that may be built with seeded random weights
 

@@ -7,8 +7,6 @@ our own format is safetensors with the model config as JSON in the file's metada
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -16,6 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from ovseg.config import config_from_official, read_official_yaml
+from ovseg.fileio import atomic_path
 from ovseg.modeling.clip_branch import ClipArch
 
 FORMAT = "ovseg/1"
@@ -118,12 +117,6 @@ def load_official(config: str | Path, weights: str | Path):
     return model.eval()
 
 
-def _atomic_path(path: Path):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
-
-
 def save_checkpoint(model, path: str | Path, extra_metadata: dict | None = None) -> Path:
     """Write ``model`` as safetensors with its config in the metadata (atomically)."""
     path = Path(path)
@@ -132,12 +125,8 @@ def save_checkpoint(model, path: str | Path, extra_metadata: dict | None = None)
     metadata = {"format": FORMAT, "config": json.dumps(model.config.to_dict())}
     for k, v in (extra_metadata or {}).items():
         metadata[k] = v if isinstance(v, str) else json.dumps(v)
-    tmp = _atomic_path(path)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

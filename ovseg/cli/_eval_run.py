@@ -1,0 +1,284 @@
+"""The work behind ``ovseg eval`` (the parser lives in ``ovseg/cli/eval.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ovseg.data.datasets import SemSegDataset, build_dataset
+from ovseg.data.datasets.base import read_index_map
+from ovseg.data.image import read_image
+from ovseg.evaluation.loop import ConfusionCache, PredictFn, evaluate_dataset
+from ovseg.evaluation.report import format_table, save_bar_chart, write_json
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    _check_args(args)
+    rank, world_size, own_group = _init_distributed(args)
+    try:
+        dataset = build_dataset(args.dataset, args.root, args.split)
+        if args.limit is not None:
+            dataset.items = dataset.items[: max(0, args.limit)]
+        vocabulary = _vocabulary(args, dataset)
+        if args.predictions:
+            settings, predict, key = _predictions_mode(args, dataset)
+        else:
+            settings, predict, key = _model_mode(args, dataset, vocabulary)
+        key.update(
+            dataset=dataset.name,
+            root=str(dataset.root.resolve()),
+            split=dataset.split,
+            vocabulary=hashlib.sha256("\n".join(vocabulary).encode()).hexdigest(),
+            settings=[name for name, _ in settings],
+        )
+        cache = _cache(args, key)
+        evaluators = evaluate_dataset(
+            dataset,
+            predict,
+            [name for name, _ in settings],
+            class_names=dataset.class_names,
+            seen_classes=_seen_classes(args.seen_classes),
+            cache=cache,
+            rank=rank,
+            world_size=world_size,
+            progress=not args.quiet,
+        )
+        results = {name: evaluators[name].compute() for name, _ in settings}
+        if rank == 0:
+            _report(args, dataset, settings, results)
+    finally:
+        if own_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    return 0
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    model_given = any(getattr(args, k, None) for k in ("model", "checkpoint", "config", "weights"))
+    if args.predictions:
+        if model_given or args.oracle or args.sweep:
+            raise ValueError(
+                "--predictions scores saved PNGs; do not combine it with a model, "
+                "--oracle or --sweep"
+            )
+    if args.sweep and args.oracle:
+        raise ValueError(
+            "--sweep grid-searches the model's ensemble; it does not apply to --oracle"
+        )
+    if args.sweep and (not args.lambdas or not args.thresholds):
+        raise ValueError("--sweep needs at least one value in --lambdas and in --thresholds")
+
+
+def _init_distributed(args: argparse.Namespace) -> tuple[int, int, bool]:
+    """(rank, world size, whether we created the process group) from the torchrun env."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return 0, 1, False
+    import torch
+
+    device = getattr(args, "device", "cpu") or "cpu"
+    use_cuda = device.startswith("cuda") and torch.cuda.is_available()
+    if use_cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        args.device = f"cuda:{local_rank}"
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), True
+
+
+def _read_names(path: str) -> list[str]:
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"class-name file {file} does not exist")
+    return [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _vocabulary(args: argparse.Namespace, dataset: SemSegDataset) -> list[str]:
+    if not args.vocabulary:
+        return list(dataset.class_names)
+    names = _read_names(args.vocabulary)
+    if len(names) != dataset.num_classes:
+        raise ValueError(
+            f"--vocabulary {args.vocabulary} has {len(names)} names; {dataset.name} has "
+            f"{dataset.num_classes} classes and the names must follow its class order"
+        )
+    return names
+
+
+def _seen_classes(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    from ovseg.data.datasets import DATASETS
+
+    if value in DATASETS:
+        return list(DATASETS[value].class_names)
+    return _read_names(value)
+
+
+def _predictions_mode(args, dataset: SemSegDataset):
+    folder = Path(args.predictions)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--predictions folder {folder} does not exist")
+    k = dataset.num_classes
+
+    def predict(index: int, gt: np.ndarray) -> dict[str, np.ndarray]:
+        path = folder / f"{dataset[index].stem}.png"
+        if not path.is_file():
+            raise FileNotFoundError(f"no prediction {path} for image {dataset[index].image}")
+        pred = read_index_map(path)
+        if pred.shape != gt.shape:
+            raise ValueError(
+                f"{path}: prediction is {pred.shape[0]}x{pred.shape[1]} (HxW) but the ground "
+                f"truth {dataset[index].label} is {gt.shape[0]}x{gt.shape[1]}"
+            )
+        if pred.max() >= k:
+            raise ValueError(
+                f"{path}: prediction values up to {int(pred.max())}, but {dataset.name} has "
+                f"classes 0..{k - 1}"
+            )
+        return {"default": pred}
+
+    key = {"predictions": str(folder.resolve())}
+    return [("default", {})], predict, key
+
+
+def weights_fingerprint(model) -> str:
+    """A digest of every parameter and buffer (names, dtypes, shapes and bytes)."""
+    import torch
+
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
+    from ovseg.cli._common import load_model_from_args
+    from ovseg.cli._proposals import proposal_generator_from_args
+    from ovseg.evaluation import oracles
+
+    model = load_model_from_args(args)
+    generator = proposal_generator_from_args(args, model)
+    k = dataset.num_classes
+    key = {"model": weights_fingerprint(model), "proposals": args.proposals, "oracle": args.oracle}
+
+    def image(index: int) -> np.ndarray:
+        return read_image(dataset[index].image)
+
+    predict: PredictFn
+    if args.oracle == "gt-masks":
+        classify = oracles.CLIPMaskClassifier(model, vocabulary)
+
+        def predict(index, gt):
+            return {"default": oracles.gt_mask_oracle(image(index), gt, classify, k)}
+
+        return [("default", {})], predict, key
+    if args.oracle == "proposal-oracle":
+        proposer = oracles.ModelProposer(model, generator)
+
+        def predict(index, gt):
+            return {"default": oracles.proposal_oracle(image(index), gt, proposer, k)}
+
+        return [("default", {})], predict, key
+
+    import ovseg
+
+    predictor = ovseg.Predictor(model, proposal_generator=generator)
+    if args.sweep:
+        settings = [
+            (f"lambda={lam:g},thr={thr:g}", {"ensemble_weight": lam, "mask_threshold": thr})
+            for lam in args.lambdas
+            for thr in args.thresholds
+        ]
+    else:
+        settings = [
+            (
+                "default",
+                {"ensemble_weight": args.ensemble_weight, "mask_threshold": args.mask_threshold},
+            )
+        ]
+    clip_only = True if args.clip_only else None
+    key.update(clip_only=bool(args.clip_only), options=[opts for _, opts in settings])
+
+    def predict(index, gt):
+        predictor.set_image(image(index))
+        return {
+            name: predictor.predict(vocabulary, clip_only=clip_only, **opts).label_map
+            for name, opts in settings
+        }
+
+    return settings, predict, key
+
+
+def _cache(args, key: dict) -> ConfusionCache | None:
+    if args.no_cache or (args.predictions and not args.cache):
+        return None
+    folder = args.cache
+    if not folder:
+        from ovseg.hub import ovseg_home
+
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        folder = ovseg_home() / "eval-cache" / f"{key['dataset']}-{key['split']}-{digest}"
+    return ConfusionCache(folder, key)
+
+
+def _report(args, dataset: SemSegDataset, settings, results: dict[str, dict]) -> None:
+    title = f"{dataset.name} {dataset.split}: {len(dataset)} images"
+    payload = {"dataset": dataset.name, "split": dataset.split, "num_images": len(dataset)}
+    if args.oracle:
+        payload["oracle"] = args.oracle
+    if len(settings) == 1:
+        best_name = settings[0][0]
+        print(format_table(results[best_name], title=title, per_class=args.per_class))
+        payload.update(settings[0][1])
+    else:
+        best_name = _print_sweep(dataset, settings, results)
+        payload["sweep"] = [
+            {**opts, **{k: v for k, v in results[name].items() if not k.startswith("per_class")}}
+            for name, opts in settings
+        ]
+        payload["best"] = dict(settings)[best_name]
+    payload.update(results[best_name])
+    chart = args.chart or (str(Path(args.json).with_suffix(".png")) if args.json else None)
+    if args.json:
+        write_json(args.json, payload)
+        print(f"wrote {args.json}")
+    if chart:
+        save_bar_chart(results[best_name], chart, title=f"{dataset.name} {dataset.split}")
+        print(f"wrote {chart}")
+
+
+def _print_sweep(dataset, settings, results) -> str:
+    """Print the mIoU grid (lambda rows x threshold columns); return the best setting's name."""
+    lambdas = sorted({opts["ensemble_weight"] for _, opts in settings})
+    thresholds = sorted({opts["mask_threshold"] for _, opts in settings})
+    by_opts = {(o["ensemble_weight"], o["mask_threshold"]): results[n]["mIoU"] for n, o in settings}
+    print(f"{dataset.name} {dataset.split}: mIoU over lambda (rows) x mask threshold (columns)")
+    print("  lambda " + "".join(f"{t:>9g}" for t in thresholds))
+    for lam in lambdas:
+        row = "".join(
+            f"{v:>9.2f}" if (v := by_opts.get((lam, t))) is not None else f"{'n/a':>9}"
+            for t in thresholds
+        )
+        print(f"  {lam:<6g} {row}")
+    scored = [(results[n]["mIoU"], n) for n, _ in settings if results[n]["mIoU"] is not None]
+    best_name = max(scored, key=lambda pair: pair[0])[1] if scored else settings[0][0]
+    opts = dict(settings)[best_name]
+    miou = results[best_name]["mIoU"]
+    print(
+        f"best for {dataset.name}: lambda={opts['ensemble_weight']:g} "
+        f"mask_threshold={opts['mask_threshold']:g} mIoU={'n/a' if miou is None else f'{miou:.2f}'}"
+    )
+    return best_name

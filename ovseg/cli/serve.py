@@ -1,0 +1,62 @@
+"""``ovseg serve``: the web service and page, with the model loaded once."""
+
+from __future__ import annotations
+
+from ovseg.cli._common import add_model_args, load_model_from_args
+from ovseg.cli._proposals import add_proposal_args, proposal_generator_from_args
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="web service (POST /segment) and a page to try the model in a browser",
+        description="Serve POST /segment (multipart 'image' + comma-separated 'classes'), "
+        "GET /health and a page at /. Binds 127.0.0.1 unless --host says otherwise.",
+    )
+    add_model_args(parser)
+    add_proposal_args(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument(
+        "--max-pending",
+        type=int,
+        default=4,
+        help="requests admitted at once (running + waiting); more get 503 (default 4)",
+    )
+    parser.add_argument(
+        "--max-upload-mb", type=float, default=20, help="largest request body in MiB (default 20)"
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=4096 * 4096,
+        help="largest image in pixels; bigger ones get 413 (default 4096*4096)",
+    )
+    parser.add_argument(
+        "--max-class-pixels",
+        type=int,
+        default=500_000_000,
+        help="bound on classes x pixels, the size of the score tensor (default 5e8 = 2 GB)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import uvicorn
+
+    from ovseg import Predictor
+    from ovseg.serve import create_app
+
+    model = load_model_from_args(args)
+    predictor = Predictor(model, proposal_generator=proposal_generator_from_args(args, model))
+    app = create_app(
+        predictor,
+        max_pending=args.max_pending,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_pixels=args.max_pixels,
+        max_class_pixels=args.max_class_pixels,
+        model_name=args.model or args.config,
+    )
+    print(f"ovseg serve: open http://{args.host}:{args.port}/ in a browser")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0

@@ -1,0 +1,147 @@
+"""The evaluation loop over a dataset shard, with a resumable per-image confusion cache."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ovseg.data.datasets.base import IGNORE_LABEL, SemSegDataset
+from ovseg.evaluation.sem_seg import SemSegEvaluator, to_sparse
+from ovseg.fileio import write_atomic
+
+# predict(index, gt) -> {setting name: (H, W) int prediction}
+PredictFn = Callable[[int, np.ndarray], Mapping[str, np.ndarray]]
+
+
+class ConfusionCache:
+    """Per-image confusion counts on disk, so an interrupted evaluation resumes.
+
+    One ``<stem>.npz`` per image holds, for every setting, the non-zero entries of that image's
+    confusion matrix. ``cache.json`` records what the counts were made with (``key``); opening
+    the folder with a different key is an error rather than a silent mix of two runs.
+
+    Args:
+        folder: the cache folder (created when missing).
+        key: JSON-serialisable description of the run (dataset, split, model, settings...).
+    """
+
+    def __init__(self, folder: str | os.PathLike, key: dict) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        meta = self.folder / "cache.json"
+        key = json.loads(json.dumps(key))
+        if meta.is_file():
+            try:
+                stored = json.loads(meta.read_text())
+            except (OSError, ValueError) as error:
+                raise ValueError(
+                    f"{meta}: unreadable evaluation cache metadata ({error})"
+                ) from None
+            if stored != key:
+                differ = sorted(k for k in set(stored) | set(key) if stored.get(k) != key.get(k))
+                raise ValueError(
+                    f"the evaluation cache {self.folder} was written by a different run "
+                    f"(differs in {differ}); use another cache folder or delete this one"
+                )
+        else:
+            write_atomic(meta, (json.dumps(key, indent=2) + "\n").encode())
+
+    def _path(self, stem: str) -> Path:
+        return self.folder / f"{stem}.npz"
+
+    def load(self, stem: str) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+        """The cached {setting: (flat index, counts)} of image ``stem``, or None."""
+        path = self._path(stem)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                settings = {
+                    name[: -len("/index")] for name in data.files if name.endswith("/index")
+                }
+                return {s: (data[f"{s}/index"], data[f"{s}/counts"]) for s in settings}
+        except (OSError, ValueError, KeyError):
+            return None  # a damaged entry is recomputed
+
+    def save(self, stem: str, entries: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        arrays = {}
+        for setting, (index, counts) in entries.items():
+            arrays[f"{setting}/index"], arrays[f"{setting}/counts"] = index, counts
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        write_atomic(self._path(stem), buffer.getvalue())
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.folder.glob("*.npz"))
+
+
+def shard_indices(num_items: int, rank: int, world_size: int) -> range:
+    """The items of one rank: every ``world_size``-th item starting at ``rank``."""
+    return range(rank, num_items, world_size)
+
+
+def evaluate_dataset(
+    dataset: SemSegDataset,
+    predict: PredictFn,
+    settings: Sequence[str] = ("default",),
+    class_names: Sequence[str] | None = None,
+    seen_classes: Sequence[str] | None = None,
+    cache: ConfusionCache | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+) -> dict[str, SemSegEvaluator]:
+    """Run ``predict`` on this rank's shard of ``dataset`` and score every setting.
+
+    Images whose ground truth is entirely ignore add nothing and are not predicted. Images
+    already in ``cache`` (for all ``settings``) are not predicted again.
+
+    Returns:
+        {setting: evaluator holding this rank's counts}; call ``compute()`` on every rank to
+        get the metrics summed over ranks.
+    """
+    names = list(class_names if class_names is not None else dataset.class_names)
+    evaluators = {s: SemSegEvaluator(names, seen_classes=seen_classes) for s in settings}
+    indices = shard_indices(len(dataset), rank, world_size)
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(indices), desc=f"eval {dataset.name}", unit="img", dynamic_ncols=True)
+    for index in indices:
+        stem = dataset[index].stem
+        cached = cache.load(stem) if cache is not None else None
+        if cached is not None and all(s in cached for s in settings):
+            for s in settings:
+                evaluators[s].add_sparse(*cached[s])
+        else:
+            gt = dataset.read_label(index)
+            entries = {}
+            if (gt == IGNORE_LABEL).all():
+                for s in settings:
+                    entries[s] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+            else:
+                preds = predict(index, gt)
+                missing = [s for s in settings if s not in preds]
+                if missing:
+                    raise RuntimeError(f"the predictor returned no prediction for {missing}")
+                for s in settings:
+                    pred = np.asarray(preds[s])
+                    if pred.shape != gt.shape:
+                        raise ValueError(
+                            f"prediction for {dataset[index].image} is {pred.shape} but its "
+                            f"ground truth {dataset[index].label} is {gt.shape}"
+                        )
+                    entries[s] = to_sparse(evaluators[s].update(pred, gt))
+            if cache is not None:
+                cache.save(stem, entries)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return evaluators

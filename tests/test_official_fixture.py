@@ -1,0 +1,137 @@
+"""The model reproduces the official OVSeg run in ../shared/fixtures/official-tiny.
+
+Stage tests feed each component the official inputs of that stage. End-to-end tests run our
+pipeline from the input image. Logits are compared relative to the tensor's scale: the fixture's
+weights are deliberately amplified (x8 decoder q/k, x100 mask embedding), which turns one-ulp
+float differences in the backbone into ~2e-3 on mask logits of magnitude ~375.
+"""
+
+from __future__ import annotations
+
+import json
+
+import open_clip
+import torch
+import torch.nn.functional as F
+
+from ovseg.data.masked_crops import masked_crops
+from ovseg.data.transforms import normalize_and_pad
+from ovseg.modeling.fusion import (
+    clip_class_probs,
+    ensemble_probs,
+    proposal_class_probs,
+    semantic_fusion,
+)
+from tests.conftest import OFFICIAL_TINY
+
+
+def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+
+def assert_close_to_scale(a, b, rel=1e-4):
+    """max |a - b| <= rel * max(1, max |b|)."""
+    scale = max(1.0, b.abs().max().item())
+    assert max_abs(a, b) <= rel * scale, f"max abs diff {max_abs(a, b):.3g}, scale {scale:.3g}"
+
+
+def test_normalised_padded_input(official_tiny):
+    model, out, image, _ = official_tiny
+    x = normalize_and_pad(image, model.pixel_mean, model.pixel_std, 32)
+    assert x.shape == (1, 3, 256, 320)
+    assert max_abs(x[0], out["model_input_normalized_padded"]) == 0.0
+
+
+@torch.no_grad()
+def test_backbone_stage(official_tiny):
+    model, out, _, _ = official_tiny
+    features = model.backbone(out["model_input_normalized_padded"][None])
+    for name in ("res2", "res3", "res4", "res5"):
+        assert features[name].shape[1:] == out[f"backbone.{name}"].shape
+        assert max_abs(features[name][0], out[f"backbone.{name}"]) < 1e-5
+
+
+@torch.no_grad()
+def test_pixel_decoder_and_predictor_stage(official_tiny):
+    model, out, _, _ = official_tiny
+    feats = [out[f"backbone.res{i}"][None] for i in range(2, 6)]
+    mask_features = model.sem_seg_head.pixel_decoder(feats)
+    assert max_abs(mask_features[0], out["pixel_decoder.mask_features"]) < 1e-5
+    embed, masks = model.sem_seg_head.predictor(
+        out["backbone.res5"][None], out["pixel_decoder.mask_features"][None]
+    )
+    assert max_abs(embed[0], out["head.pred_embed"]) < 1e-5
+    assert_close_to_scale(masks[0], out["head.pred_masks"], rel=1e-5)
+
+
+@torch.no_grad()
+def test_text_features(official_tiny):
+    model, out, _, names = official_tiny
+    templates = json.loads((OFFICIAL_TINY / "meta.json").read_text())["vild_templates"]
+    tokens = open_clip.tokenize([t.format(n) for t in templates for n in names])
+    assert torch.equal(tokens.view(14, 5, 77), out["text.tokens"])
+    text = model.encode_text(names)
+    assert max_abs(text, out["text.class_features"]) < 1e-5
+    assert max_abs(model.clip_adapter.with_void(text), out["text.features_with_void"]) < 1e-5
+
+
+@torch.no_grad()
+def test_masked_crops_bit_exact(official_tiny):
+    _, out, image, _ = official_tiny
+    crops = masked_crops(image, out["mask_pred_probs"] > 0.4)
+    assert torch.equal(crops.valid, out["clip.valid_flag"].bool())
+    assert torch.equal(crops.boxes, out["clip.crop_ltrb"])
+    assert torch.equal(crops.crops, out["clip.regions_normalized_224"])
+    assert torch.equal(crops.region_masks, out["clip.region_masks_224"].float())
+
+
+@torch.no_grad()
+def test_clip_branch_stage(official_tiny):
+    model, out, _, _ = official_tiny
+    feats = model.clip_adapter.encode_masked(
+        out["clip.regions_normalized_224"], out["clip.region_masks_224"].float()
+    )
+    assert max_abs(F.normalize(feats, dim=-1), out["clip.image_features_normalized"]) < 1e-5
+
+
+def test_ensemble_and_fusion_from_official_tensors(official_tiny):
+    _, out, _, _ = official_tiny
+    valid = out["clip.valid_flag"].bool()
+    probs = ensemble_probs(out["mask_cls_probs"], out["clip.cls_probs"], valid, 0.7)
+    assert max_abs(probs, out["ensembled_cls_probs"]) < 1e-6
+    sem_seg = semantic_fusion(out["ensembled_cls_probs"], out["mask_pred_probs"])
+    assert torch.allclose(sem_seg, out["sem_seg"], rtol=1e-5, atol=1e-6)
+    assert torch.equal(sem_seg.argmax(0), out["sem_seg_argmax"])
+    assert max_abs(proposal_class_probs(out["pred_logits"]), out["mask_cls_probs"]) < 1e-6
+    assert max_abs(clip_class_probs(out["clip.logits"]), out["clip.cls_probs"]) < 1e-6
+
+
+@torch.no_grad()
+def test_end_to_end_matches_official(official_tiny):
+    model, out, image, names = official_tiny
+    proposals = model.propose(image)
+    text = model.encode_text(names)
+    text_void = model.clip_adapter.with_void(text)
+    pred_logits = model.clip_adapter.similarity_logits(proposals.embeddings, text_void)
+    assert_close_to_scale(pred_logits, out["pred_logits"])
+    assert max_abs(proposal_class_probs(pred_logits), out["mask_cls_probs"]) < 1e-4
+    x = normalize_and_pad(image, model.pixel_mean, model.pixel_std, 32)
+    _, mask_logits = model.proposal_outputs(x)
+    assert_close_to_scale(mask_logits[0], out["head.pred_masks"])
+    full = F.interpolate(mask_logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    assert_close_to_scale(full[0, :, :240, :320], out["mask_pred_logits_fullres"])
+    assert torch.equal(proposals.masks, full[0, :, :240, :320].sigmoid())
+    assert max_abs(proposals.masks, out["mask_pred_probs"]) < 5e-4
+
+    clip = model.clip_image_features(image, proposals.masks)
+    assert torch.equal(clip.valid, out["clip.valid_flag"].bool())
+    clip_logits = model.clip_adapter.similarity_logits(clip.features, text_void)
+    assert_close_to_scale(clip_logits, out["clip.logits"])
+    assert max_abs(clip_class_probs(clip_logits), out["clip.cls_probs"]) < 1e-4
+
+    probs, masks = model.classify(proposals, clip, text)
+    assert max_abs(probs, out["ensembled_cls_probs"]) < 1e-4
+    sem_seg = semantic_fusion(probs, masks)
+    assert_close_to_scale(sem_seg, out["sem_seg"])
+    assert torch.equal(sem_seg.argmax(0), out["sem_seg_argmax"])
+    assert torch.equal(model(image, names).argmax(0), out["sem_seg_argmax"])

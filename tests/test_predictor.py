@@ -1,0 +1,117 @@
+"""Predictor: caching, outputs, per-call options and clear errors for bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import ovseg
+
+
+@pytest.fixture()
+def predictor(tiny_model):
+    p = ovseg.Predictor(tiny_model)
+    rng = np.random.default_rng(0)
+    p.set_image(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    return p
+
+
+def count_calls(module):
+    calls = []
+    handle = module.register_forward_hook(lambda *_: calls.append(1))
+    return calls, handle
+
+
+def test_second_vocabulary_does_not_rerun_the_backbone_or_clip_image_tower(predictor):
+    model = predictor.model
+    bb_calls, h1 = count_calls(model.backbone)
+    vis_calls, h2 = count_calls(model.clip_adapter.clip_model.visual.conv1)
+    try:
+        first = predictor.predict(["cat", "dog"])
+        second = predictor.predict(["sky", "road", "tree"])
+    finally:
+        h1.remove()
+        h2.remove()
+    assert bb_calls == []
+    assert len(vis_calls) <= 1  # CLIP crops are encoded once per threshold, then cached
+    assert first.sem_seg.shape == (2, 48, 64) and second.sem_seg.shape == (3, 48, 64)
+
+
+def test_outputs_are_consistent(predictor):
+    seg = predictor.predict(["cat", "dog", "grass"])
+    assert seg.label_map.shape == (48, 64) and seg.label_map.dtype == np.int64
+    assert np.array_equal(seg.label_map, seg.sem_seg.argmax(0).numpy())
+    total = 0
+    for segment in seg.segments:
+        k = seg.class_names.index(segment["label"])
+        mask = np.asarray(segment["mask"]) > 0
+        assert np.array_equal(mask, seg.label_map == k)
+        assert segment["score"] == pytest.approx(
+            seg.sem_seg[k][torch.from_numpy(mask)].mean().item()
+        )
+        total += mask.sum()
+    assert total == 48 * 64
+
+
+def test_predict_matches_the_model_pipeline_at_input_size(tiny_model):
+    size = tiny_model.config.min_size_test
+    image = np.random.default_rng(1).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    p = ovseg.Predictor(tiny_model)
+    p.set_image(image)  # short side already at the test size: no resize
+    names = ["a", "b"]
+    expected = tiny_model(torch.from_numpy(image).permute(2, 0, 1), names)
+    assert torch.allclose(p.predict(names).sem_seg, expected, atol=1e-6)
+
+
+def test_per_call_options_change_the_result(predictor):
+    names = ["cat", "dog"]
+    base = predictor.predict(names).sem_seg
+    assert not torch.allclose(predictor.predict(names, ensemble_weight=0.2).sem_seg, base)
+    clip_only = predictor.predict(names, clip_only=True, mask_threshold=0.0)
+    assert clip_only.sem_seg.shape == base.shape
+    assert torch.allclose(predictor.predict(names, ensemble_weight=0.7).sem_seg, base)
+
+
+def test_bad_vocabularies_raise_clear_errors(predictor):
+    with pytest.raises(ValueError, match="empty"):
+        predictor.predict([])
+    with pytest.raises(ValueError, match="duplicate"):
+        predictor.predict(["cat", "Cat"])
+    with pytest.raises(ValueError, match="non-blank"):
+        predictor.predict(["cat", "  "])
+    with pytest.raises(ValueError, match="one string"):
+        predictor.predict("cat, dog")
+
+
+def test_image_inputs(tiny_model):
+    p = ovseg.Predictor(tiny_model)
+    with pytest.raises(RuntimeError, match="set_image"):
+        p.predict(["cat"])
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        p.set_image(np.zeros((5, 6, 2), dtype=np.uint8))
+    with pytest.raises(ValueError, match="PIL image"):
+        p.set_image([[1, 2, 3]])
+    gray = np.full((20, 30), 128, dtype=np.uint8)
+    p.set_image(gray)
+    assert p.predict(["x"]).sem_seg.shape == (1, 20, 30)
+    p.set_image(Image.fromarray(np.zeros((20, 30, 4), dtype=np.uint8), "RGBA"))
+    assert p.original_size == (20, 30)
+
+
+def test_text_cache_is_keyed_by_weights(tiny_model):
+    import copy
+
+    model = copy.deepcopy(tiny_model)
+    clip = model.clip_adapter
+    first = clip.text_features(["cat", "dog"])
+    assert clip.text_features(["cat", "dog"]) is first  # cached
+    key = clip.weights_fingerprint()
+    with torch.no_grad():
+        clip.clip_model.token_embedding.weight.mul_(1.5)
+    assert clip.weights_fingerprint() != key
+    second = clip.text_features(["cat", "dog"])
+    assert second is not first and not torch.allclose(second, first)
+    clip.clip_model.visual.conv1.weight.data.add_(1.0)  # the image tower is not in the key
+    assert clip.text_features(["cat", "dog"]) is second

@@ -1,0 +1,161 @@
+"""``ovseg segment`` on real photos: files written, RLE masks == label map, reruns skip."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from ovseg.cli import main
+from ovseg.cli import segment as segment_cli
+from tests.serve_helpers import FakePredictor
+
+COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-mini" / "train2017"
+
+
+def _photos(n: int) -> list[Path]:
+    if not COCO.is_dir():
+        pytest.skip(f"real photos not found at {COCO} (the shared data folder is absent)")
+    return sorted(COCO.glob("*.jpg"))[:n]
+
+
+@pytest.fixture
+def photo_dir(tmp_path) -> Path:
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    a, b, c = _photos(3)
+    os.symlink(a, folder / a.name)
+    os.symlink(b, folder / b.name)
+    os.symlink(c, folder / "sub" / c.name)
+    return folder
+
+
+def _check_outputs(out: Path, image: Path, class_names: list[str]) -> None:
+    stem = image.stem
+    labels = np.asarray(Image.open(out / f"{stem}.png"))
+    with Image.open(image) as photo:
+        assert labels.shape == (photo.height, photo.width)
+    overlay = Image.open(out / f"{stem}_overlay.png")
+    assert overlay.height == labels.shape[0] and overlay.width > labels.shape[1]  # + legend
+    record = json.loads((out / f"{stem}.json").read_text())
+    assert record["class_names"] == class_names
+    assert (record["height"], record["width"]) == labels.shape
+    assert record["source"].endswith(image.name)
+    assert sorted(s["id"] for s in record["segments"]) == np.unique(labels).tolist()
+    covered = np.zeros(labels.shape, dtype=int)
+    for segment in record["segments"]:
+        rle = dict(segment["rle"], counts=segment["rle"]["counts"].encode())
+        mask = mask_utils.decode(rle).astype(bool)
+        assert np.array_equal(mask, labels == segment["id"]), segment["label"]
+        assert segment["area"] == int(mask.sum())
+        assert segment["label"] == class_names[segment["id"]]
+        covered += mask
+    assert (covered == 1).all()  # the segments tile the image exactly
+
+
+def test_segment_real_photos_with_tiny_model(photo_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["segment", str(photo_dir), "--classes", "person, dog; sky", "--out", str(out)]
+    argv += ["--model", "ovseg-test-tiny"]
+    assert main(argv) == 0
+    images = sorted(photo_dir.rglob("*.jpg"))
+    for image in images:
+        folder = out / "photos" / image.parent.relative_to(photo_dir)
+        _check_outputs(folder, image, ["person", "dog", "sky"])
+    assert "3 segmented, 0 already done, 0 failed" in capsys.readouterr().out
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert main(argv) == 0  # rerun: nothing to do, nothing rewritten
+    assert "all 3 image(s) already done" in capsys.readouterr().out
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def fake(monkeypatch) -> FakePredictor:
+    predictor = FakePredictor()
+    monkeypatch.setattr(segment_cli, "make_predictor", lambda args: predictor)
+    return predictor
+
+
+def test_single_files_resume_force_and_new_vocabulary(fake, tmp_path, capsys):
+    a, b = _photos(2)
+    out = tmp_path / "out"
+    assert main(["segment", str(a), "--classes", "dark, bright", "--out", str(out)]) == 0
+    _check_outputs(out, a, ["dark", "bright"])
+    assert fake.calls == 1
+
+    # b is new, a is done: only b runs
+    assert main(["segment", str(a), str(b), "--classes", "dark, bright", "--out", str(out)]) == 0
+    assert fake.calls == 2
+    assert "1 segmented, 1 already done" in capsys.readouterr().out
+    _check_outputs(out, b, ["dark", "bright"])
+
+    argv = ["segment", str(a), str(b), "--classes", "dark, bright", "--out", str(out), "--force"]
+    assert main(argv) == 0
+    assert fake.calls == 4
+
+    # another vocabulary is not "done"
+    assert main(["segment", str(a), "--classes", "x; y; z", "--out", str(out)]) == 0
+    assert fake.calls == 5
+    _check_outputs(out, a, ["x", "y", "z"])
+
+
+def test_classes_file_keeps_commas_inside_names(fake, tmp_path):
+    (a,) = _photos(1)
+    vocab = tmp_path / "classes.txt"
+    vocab.write_text("# ADE-style names\nbuilding, edifice\n\nsky\n")
+    out = tmp_path / "out"
+    assert main(["segment", str(a), "--classes-file", str(vocab), "--out", str(out)]) == 0
+    assert json.loads((out / f"{a.stem}.json").read_text())["class_names"] == [
+        "building, edifice",
+        "sky",
+    ]
+
+
+def test_bad_image_in_a_folder_is_reported_and_the_rest_done(fake, tmp_path, capsys):
+    (a,) = _photos(1)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    os.symlink(a, folder / a.name)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "out"
+    assert main(["segment", str(folder), "--classes", "a, b", "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "broken.jpg" in captured.err and "1 segmented, 0 already done, 1 failed" in captured.out
+    assert (out / "in" / f"{a.stem}.json").is_file()
+    assert not (out / "in" / "broken.json").exists()
+
+
+def test_usage_errors(fake, tmp_path, capsys):
+    (a,) = _photos(1)
+    assert main(["segment", str(a), "--classes", " , ;", "--out", str(tmp_path)]) == 2
+    assert "empty vocabulary" in capsys.readouterr().err
+    assert main(["segment", str(tmp_path / "nope.jpg"), "--classes", "a", "--out", "x"]) == 2
+    assert "no such image or folder" in capsys.readouterr().err
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    os.symlink(a, twin / a.name)
+    assert main(["segment", str(a), str(twin / a.name), "--classes", "a", "--out", "o"]) == 2
+    assert "would both write" in capsys.readouterr().err
+    assert fake.calls == 0
+
+
+def test_missing_released_weights_say_how_to_get_them(tmp_path, monkeypatch, capsys):
+    (a,) = _photos(1)
+    monkeypatch.setenv("OVSEG_HOME", str(tmp_path / "empty-cache"))
+    argv = ["segment", str(a), "--classes", "a", "--model", "ovseg-R101c-vitB16"]
+    assert main(argv + ["--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "ovseg download ovseg-R101c-vitB16" in err and "--checkpoint" in err
+
+
+def test_serve_binds_localhost_by_default():
+    from ovseg.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--model", "ovseg-test-tiny"])
+    assert args.host == "127.0.0.1" and args.port == 8000

@@ -1,0 +1,107 @@
+"""``Segmentation.to_json / overlay / save`` on hand-made segmentations."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from ovseg.segmentation import Segmentation
+from ovseg.visualize import palette
+
+
+def _hand_made(num_classes: int = 3) -> Segmentation:
+    scores = torch.zeros(num_classes, 6, 8)
+    scores[0] = 0.1  # background class everywhere
+    scores[1, 1:3, 2:6] = 0.9  # a 2x4 rectangle
+    scores[num_classes - 1, 4:, :3] = 0.7  # a 2x3 block in the bottom-left corner
+    return Segmentation.from_scores([f"class {k}" for k in range(num_classes)], scores)
+
+
+def test_to_json_rle_decodes_to_the_label_map():
+    seg = _hand_made()
+    out = json.loads(json.dumps(seg.to_json()))  # survives a JSON round trip
+    assert (out["height"], out["width"]) == (6, 8)
+    assert out["class_names"] == ["class 0", "class 1", "class 2"]
+    by_id = {s["id"]: s for s in out["segments"]}
+    assert sorted(by_id) == [0, 1, 2]
+    assert by_id[1] == {
+        "id": 1,
+        "label": "class 1",
+        "score": pytest.approx(0.9),
+        "area": 8,
+        "bbox": [2.0, 1.0, 4.0, 2.0],
+        "rle": by_id[1]["rle"],
+    }
+    assert by_id[2]["area"] == 6 and by_id[2]["score"] == pytest.approx(0.7)
+    assert by_id[0]["area"] == 48 - 8 - 6 and by_id[0]["score"] == pytest.approx(0.1)
+    for k, segment in by_id.items():
+        rle = dict(segment["rle"], counts=segment["rle"]["counts"].encode())
+        assert np.array_equal(mask_utils.decode(rle).astype(bool), seg.label_map == k)
+
+
+def test_overlay_blends_and_adds_a_legend():
+    seg = _hand_made()
+    image = np.full((6, 8, 3), 200, dtype=np.uint8)
+    plain = seg.overlay(image, alpha=0.5, legend=False)
+    assert plain.size == (8, 6)
+    colours = palette(3).astype(np.float32)
+    expected = np.floor(0.5 * 200 + 0.5 * colours[1] + 0.5).astype(np.uint8)
+    assert np.array_equal(np.asarray(plain)[1, 2], expected)
+    assert np.array_equal(np.asarray(seg.overlay(image, alpha=0.0, legend=False)), image)
+    with_legend = seg.overlay(image)
+    assert with_legend.height == 6 and with_legend.width > 8
+    big = Segmentation(seg.class_names, seg.sem_seg, np.kron(seg.label_map, np.ones((40, 40), int)))
+    legend = np.asarray(big.overlay(None))[:, 320:]
+    for k in range(3):  # each present class has a swatch of its colour in the legend
+        assert (legend == palette(3)[k]).all(axis=-1).sum() > 50
+
+
+def test_palette_is_deterministic_and_distinct():
+    a, b = palette(1000), palette(1000)
+    assert np.array_equal(a, b)
+    assert len({tuple(c) for c in a.tolist()}) == 1000
+    assert np.array_equal(palette(10), a[:10])
+
+
+def test_save_writes_three_files_atomically(tmp_path):
+    seg = _hand_made()
+    paths = seg.save(tmp_path / "out", "photo", image=np.zeros((6, 8, 3), np.uint8))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "photo.json",
+        "photo.png",
+        "photo_overlay.png",
+    ]
+    label = Image.open(paths["label_map"])
+    assert label.mode == "P"
+    assert np.array_equal(np.asarray(label), seg.label_map)
+    assert Image.open(paths["overlay"]).mode == "RGB"
+    assert json.loads(paths["json"].read_text()) == json.loads(json.dumps(seg.to_json()))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in paths.values())
+
+
+def test_label_png_for_more_than_256_classes(tmp_path):
+    seg = _hand_made(300)
+    paths = seg.save(tmp_path, "many")
+    label = np.asarray(Image.open(paths["label_map"]))
+    assert label.dtype != np.uint8 and np.array_equal(label.astype(np.int64), seg.label_map)
+    assert set(np.unique(label).tolist()) == {0, 1, 299}
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    seg = _hand_made()
+
+    def boom(self):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(Segmentation, "to_json", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        seg.save(tmp_path, "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png", "x_overlay.png"]
