@@ -2,13 +2,13 @@
 
 import pytest
 import torch
-from train_fixtures import NOUNS, loop_config, pairs_folder, tiny_checkpoint
 
 import ovseg
 from ovseg.checkpoints import read_metadata
 from ovseg.train.clip_adaptation import PROMPT_KEY, train_clip
 from ovseg.train.logs import read_csv
 from ovseg.train.pairs import PairDataset
+from tests.train_fixtures import NOUNS, loop_config, pairs_folder, tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -2,21 +2,21 @@
 
 import pytest
 import torch
-from train_fixtures import tiny_model
 
 import ovseg
 from ovseg.checkpoints import read_metadata
 from ovseg.cli import main
 from ovseg.train.combine import CLIP_PREFIX
+from tests.train_fixtures import make_tiny_model
 
 
 def test_combine_takes_clip_and_proposal_parts(tmp_path):
-    clip = tiny_model(mask_prompt_fwd=True)
+    clip = make_tiny_model(mask_prompt_fwd=True)
     with torch.no_grad():
         clip.clip_adapter.clip_model.visual.mask_embedding.add_(1.0)  # "trained" prompts
         clip.clip_adapter.clip_model.visual.conv1.weight.mul_(2.0)  # "fine-tuned" tower
     ovseg.save_checkpoint(clip, tmp_path / "clip.safetensors", {"clip_adaptation": "ft+mpt"})
-    proposals = tiny_model()
+    proposals = make_tiny_model()
     with torch.no_grad():
         for p in proposals.sem_seg_head.parameters():
             p.add_(0.5)
@@ -34,7 +34,7 @@ def test_combine_takes_clip_and_proposal_parts(tmp_path):
 
 
 def test_combine_refuses_different_text_towers(tmp_path):
-    a, b = tiny_model(), tiny_model()
+    a, b = make_tiny_model(), make_tiny_model()
     with torch.no_grad():
         b.clip_adapter.clip_model.token_embedding.weight.add_(1e-3)
     ovseg.save_checkpoint(a, tmp_path / "a.safetensors")

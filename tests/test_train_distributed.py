@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_fixtures import loop_config, semseg_folder
 
 import ovseg
 from ovseg.train.logs import read_csv
 from ovseg.train.proposal_training import train_proposals
+from tests.train_fixtures import loop_config, semseg_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = dict(crop=64, short_side=64, backbone_lr_mult=1.0)

@@ -3,12 +3,12 @@ which has dropout and random augmentation, so the RNG and data position must be 
 
 import pytest
 import torch
-from train_fixtures import loop_config, semseg_folder
 
 import ovseg
 from ovseg.train.checkpointing import latest_checkpoint
 from ovseg.train.logs import read_csv
 from ovseg.train.proposal_training import train_proposals
+from tests.train_fixtures import loop_config, semseg_folder
 
 
 class Killed(Exception):

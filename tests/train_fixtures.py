@@ -18,7 +18,7 @@ from ovseg.train.trainer import TrainConfig
 NOUNS = ["cat", "dog", "car", "tree"]
 
 
-def tiny_model(**overrides) -> ovseg.OVSeg:
+def make_tiny_model(**overrides) -> ovseg.OVSeg:
     config = OVSegConfig.from_dict(MODELS["ovseg-test-tiny"]().to_dict() | overrides)
     with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
         warnings.simplefilter("ignore")
@@ -27,7 +27,7 @@ def tiny_model(**overrides) -> ovseg.OVSeg:
 
 
 def tiny_checkpoint(path: Path, **overrides) -> Path:
-    return ovseg.save_checkpoint(tiny_model(**overrides), path)
+    return ovseg.save_checkpoint(make_tiny_model(**overrides), path)
 
 
 def pairs_folder(path: Path, n: int = 8) -> Path:

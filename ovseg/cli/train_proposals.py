@@ -23,12 +23,18 @@ def register(subparsers) -> None:
         help="train the proposal model (MaskFormer set loss) on a semantic-segmentation set",
         description="Train backbone, pixel decoder and open-vocabulary decoder with Hungarian "
         "matching, CE (down-weighted no-object), focal and dice losses; classes are CLIP text "
-        "embeddings of the dataset's names. Data: ROOT/classes.txt, ROOT/{train,val}/images, "
-        "ROOT/{train,val}/labels (index PNG, 255 ignore), e.g. shared/data/camvid. "
+        "embeddings of the dataset's names. Data: any `ovseg eval` reader (--dataset NAME), or "
+        "a folder with classes.txt and {train,val}/{images,labels} index PNGs (255 ignore). "
         "Paper recipe: AdamW lr 6e-5 wd 1e-2, poly, crop 640, batch 32. "
         "Multi-process: torchrun --nproc_per_node N -m ovseg train-proposals ...",
     )
-    parser.add_argument("--data", required=True, help="dataset root (see above)")
+    parser.add_argument("--data", required=True, help="dataset root")
+    parser.add_argument(
+        "--dataset",
+        default="folder",
+        help="reader: a name of `ovseg eval` (coco-stuff-171, camvid, ade20k-150, ...) or "
+        "'folder' (ROOT/classes.txt + ROOT/{train,val}/{images,labels}, any names)",
+    )
     start = parser.add_argument_group("starting model (one of)")
     start.add_argument("--model", help="architecture to train from scratch, e.g. ovseg-test-tiny")
     start.add_argument("--init", help="ovseg .safetensors checkpoint to continue from")
@@ -71,6 +77,7 @@ def run(args) -> int:
     path = train_proposals(
         args.data,
         config,
+        dataset=args.dataset,
         model_name=args.model,
         init=args.init,
         overrides=dict(_override(s) for s in args.set),

@@ -6,7 +6,8 @@ stays open-vocabulary. CLIP is frozen; the text embeddings are computed once.
 Validation (``evaluate_proposals``) measures the proposals themselves:
 
 - ``oracle_miou``: every proposal takes the GT class it overlaps most, masks are fused like
-  MaskFormer's semantic inference; only mask quality limits it (the paper's oracle).
+  MaskFormer's semantic inference; only mask quality limits it (the paper's oracle, from
+  ``ovseg.evaluation.oracles``).
 - ``mask_recall``: fraction of GT segments (one per class per image) matched by a binarised
   proposal with IoU >= 0.5.
 - ``miou``: the model's own closed-vocabulary prediction (proposal branch only).
@@ -17,11 +18,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
+from ovseg.data.transforms import normalize_and_pad
+from ovseg.evaluation.oracles import proposal_oracle
+from ovseg.evaluation.sem_seg import SemSegEvaluator, metrics_from_confusion
 from ovseg.modeling.fusion import proposal_class_probs, semantic_fusion
+from ovseg.proposals.ground_truth import resize_label
 from ovseg.train.criterion import SetCriterion
-from ovseg.train.semseg_data import IGNORE, SemSegFolder, resize_pair
 
 RECIPE = {"lr": 6e-5, "weight_decay": 1e-2}  # the paper's (Swin-B, batch 32, poly, 120K iter)
 
@@ -67,74 +72,72 @@ class ProposalTrainModule(nn.Module):
         return self.criterion(logits, masks, batch["targets"])
 
 
-def _confusion(pred: np.ndarray, label: np.ndarray, k: int) -> np.ndarray:
-    keep = label != IGNORE
-    return np.bincount(k * label[keep].astype(np.int64) + pred[keep], minlength=k * k).reshape(k, k)
+def _resize_short_side(image: np.ndarray, short_side: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    s = short_side / min(h, w)
+    size = (round(w * s), round(h * s))
+    return np.array(Image.fromarray(image).resize(size, Image.BILINEAR))
 
 
-def _miou(conf: np.ndarray) -> float:
-    inter = np.diag(conf)
-    union = conf.sum(0) + conf.sum(1) - inter
-    valid = union > 0
-    return float((inter[valid] / union[valid]).mean() * 100) if valid.any() else 0.0
+@torch.no_grad()
+def proposal_masks(model: nn.Module, image: np.ndarray, short_side: int):
+    """Proposals of one image resized to ``short_side``.
+
+    Returns ``(masks (Q, h, w) sigmoid probabilities, embeddings (Q, C))`` on the CPU.
+    """
+    small = _resize_short_side(image, short_side)
+    h, w = small.shape[:2]
+    img = torch.from_numpy(small).permute(2, 0, 1).float().to(model.pixel_mean.device)
+    x = normalize_and_pad(img, model.pixel_mean, model.pixel_std, model.config.size_divisibility)
+    embeddings, logits = model.proposal_outputs(x)
+    masks = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return masks[0, :, :h, :w].sigmoid().float().cpu(), embeddings[0].float().cpu()
 
 
 @torch.no_grad()
 def evaluate_proposals(
     model: nn.Module,
-    folder: SemSegFolder,
+    source,
     text_features: torch.Tensor,
     short_side: int = 256,
     max_images: int | None = None,
     mask_threshold: float = 0.5,
 ) -> dict[str, float]:
-    """Oracle mIoU, mask recall@0.5 and the model's own mIoU on (a prefix of) ``folder``,
-    with images resized so their short side is ``short_side``."""
+    """Oracle mIoU (``ovseg.evaluation.oracles.proposal_oracle``), mask recall@0.5 and the
+    model's own closed-vocabulary mIoU on the first ``max_images`` images of ``source``,
+    with the proposals computed at ``short_side`` and scored at the label's size."""
     model.eval()
-    k = len(folder.class_names)
-    conf_oracle, conf_model = np.zeros((k, k), np.int64), np.zeros((k, k), np.int64)
+    names = source.class_names
+    k = len(names)
+    oracle_eval, own_eval = SemSegEvaluator(names), SemSegEvaluator(names)
     hits = segments = 0
-    device = model.pixel_mean.device
-    n = len(folder) if max_images is None else min(max_images, len(folder))
+    n = len(source) if max_images is None else min(max_images, len(source))
+    text = text_features.float().cpu()
     for i in range(n):
-        image, label = folder.load(i)
-        h, w = label.shape
-        s = short_side / min(h, w)
-        image, label = resize_pair(image, label, round(h * s), round(w * s))
-        img = torch.from_numpy(image).permute(2, 0, 1).float().to(device)
-        x = (img - model.pixel_mean.view(3, 1, 1)) / model.pixel_std.view(3, 1, 1)
-        hh, ww = label.shape
-        d = model.config.size_divisibility
-        x = F.pad(x, (0, (-ww) % d, 0, (-hh) % d))[None]
-        embeddings, logits = model.proposal_outputs(x)
-        masks = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        masks = masks[0, :, :hh, :ww].sigmoid().float().cpu()
-        lab = torch.from_numpy(label.astype(np.int64))
-        # oracle: each proposal takes the GT class it overlaps most (soft overlap)
-        classes = torch.unique(lab)
-        classes = classes[classes != IGNORE]
-        onehot = (lab.view(-1, 1) == classes.view(1, -1)).float()
-        overlap = masks.flatten(1) @ onehot
-        probs = torch.zeros(masks.shape[0], k)
+        image, label = source.load(i)
+        masks, embeddings = proposal_masks(model, image, short_side)
+        oracle_eval.update(proposal_oracle(image, label, lambda _, m=masks: m, k), label)
+        logits = class_logits(model, embeddings[None], text.to(embeddings))[0]
+        sem = semantic_fusion(proposal_class_probs(logits), masks)
+        sem = F.interpolate(sem[None], size=label.shape, mode="bilinear", align_corners=False)
+        own_eval.update(sem[0].argmax(0).numpy(), label)
+        # mask recall at the proposal size: best IoU of a binarised proposal per GT segment
+        gt = torch.as_tensor(resize_label(label, tuple(masks.shape[-2:]))).reshape(-1)
+        classes = torch.unique(gt)
+        classes = classes[(classes >= 0) & (classes < k)]
         if len(classes):
-            probs[torch.arange(masks.shape[0]), classes[overlap.argmax(1)]] = 1.0
-        oracle = semantic_fusion(probs, masks).argmax(0).numpy()
-        conf_oracle += _confusion(oracle, label, k)
-        # the model's own classification
-        cls = class_logits(model, embeddings.float().cpu(), text_features.cpu())[0]
-        own = semantic_fusion(proposal_class_probs(cls), masks).argmax(0).numpy()
-        conf_model += _confusion(own, label, k)
-        # mask recall: best IoU of any binarised proposal with each GT segment
-        binary = (masks > mask_threshold).flatten(1).float()
-        inter = binary @ onehot
-        union = binary.sum(1, keepdim=True) + onehot.sum(0, keepdim=True) - inter
-        iou = inter / union.clamp(min=1)
-        hits += int((iou.amax(0) >= 0.5).sum()) if len(classes) else 0
-        segments += len(classes)
+            onehot = (gt[:, None] == classes[None]).float()
+            binary = (masks > mask_threshold).flatten(1).float()
+            inter = binary @ onehot
+            union = binary.sum(1, keepdim=True) + onehot.sum(0, keepdim=True) - inter
+            hits += int(((inter / union.clamp(min=1)).amax(0) >= 0.5).sum())
+            segments += len(classes)
+    oracle = metrics_from_confusion(oracle_eval.confusion, names)
+    own = metrics_from_confusion(own_eval.confusion, names)
     return {
-        "oracle_miou": round(_miou(conf_oracle), 3),
+        "oracle_miou": round(oracle["mIoU"], 3),
         "mask_recall": round(100.0 * hits / max(segments, 1), 3),
-        "miou": round(_miou(conf_model), 3),
+        "miou": round(own["mIoU"], 3),
         "images": n,
     }
 
@@ -169,6 +172,7 @@ def build_start_model(
 def train_proposals(
     data: str,
     config,
+    dataset: str = "folder",
     model_name: str | None = None,
     init: str | None = None,
     overrides: dict | None = None,
@@ -184,17 +188,18 @@ def train_proposals(
     eval_short_side: int = 256,
     hooks=(),
 ):
-    """Train the proposal model on ``data`` (``SemSegFolder`` layout); returns the path of the
-    trained model (``config.out_dir/model.safetensors``)."""
+    """Train the proposal model on the ``train`` split of ``data`` (read as ``dataset``: a
+    name of ``ovseg.data.datasets`` or "folder", see ``semseg_data.open_source``); validate on
+    its ``val`` split. Returns the trained model's path (``config.out_dir/model.safetensors``)."""
     from ovseg.train import distributed
     from ovseg.train.criterion import SetCriterion
     from ovseg.train.matcher import HungarianMatcher
-    from ovseg.train.semseg_data import SemSegTrainSet, collate_semseg
+    from ovseg.train.semseg_data import SemSegTrainSet, collate_semseg, open_source
     from ovseg.train.trainer import Trainer, TrainTask
 
     weights = loss_weights or {"loss_ce": 1.0, "loss_mask": 20.0, "loss_dice": 1.0}
-    train_folder = SemSegFolder(data, "train")
-    val_folder = SemSegFolder(data, "val") if config.eval_every else None
+    train_folder = open_source(dataset, data, "train")
+    val_folder = open_source(dataset, data, "val") if config.eval_every else None
     info = distributed.setup(config.device)
     try:
         model = build_start_model(model_name, init, overrides or {}, config.seed, clip_weights)
@@ -220,7 +225,7 @@ def train_proposals(
             collate=collate_semseg,
             metadata={
                 "trained": "proposals",
-                "dataset": str(data),
+                "dataset": f"{dataset}:{data}",
                 "class_names": train_folder.class_names,
                 "init": str(init) if init else f"scratch:{model_name}",
             },

@@ -1,8 +1,10 @@
 """Semantic-segmentation training data for the proposal model.
 
-``SemSegFolder`` reads a folder of images and index-PNG labels (255 = ignore) with a
-``classes.txt`` of names: the layout of ``shared/data/camvid`` and of detectron2-prepared
-COCO-Stuff-171 (``images/`` + ``labels/`` per split). ``SemSegTrainSet`` adds MaskFormer's
+``open_source(name, root, split)`` gives any benchmark reader of ``ovseg.data.datasets``
+(``coco-stuff-171``, ``camvid``, ``ade20k-150``, ...) or, for ``name="folder"``,
+``SemSegFolder``: ``root/classes.txt`` plus ``root/<split>/{images,labels}`` with index PNGs
+(255 = ignore) and any class names. Labels are int64 with ``IGNORE`` (-1), as the
+evaluation readers return them. ``SemSegTrainSet`` adds MaskFormer's
 training augmentation (random scale, crop, flip), seeded per (seed, epoch, index) so that a
 resumed run sees the same crops; ``collate_semseg`` turns labels into per-class binary
 masks at the mask-logit resolution (1/4).
@@ -19,7 +21,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-IGNORE = 255
+from ovseg.data.datasets import IGNORE_LABEL as IGNORE
+from ovseg.data.image import read_image
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -39,7 +43,7 @@ class SemSegFolder:
             if not path.exists():
                 raise FileNotFoundError(
                     f"{path} not found; expected ROOT/classes.txt and ROOT/{split}/images, "
-                    f"ROOT/{split}/labels (index PNGs, {IGNORE} = ignore)"
+                    f"ROOT/{split}/labels (index PNGs, 255 = ignore)"
                 )
         self.class_names = [n.strip() for n in classes.read_text().splitlines() if n.strip()]
         stems = {p.stem: p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
@@ -54,27 +58,51 @@ class SemSegFolder:
         return len(self.items)
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(H, W, 3) uint8 RGB image and (H, W) uint8 label."""
+        """(H, W, 3) uint8 RGB image and (H, W) int64 label with ``IGNORE``."""
         image_path, label_path = self.items[i]
-        with Image.open(image_path) as im:
-            image = np.array(im.convert("RGB"))
+        image = read_image(image_path)
         with Image.open(label_path) as lab:
-            label = np.array(lab)
-        if label.ndim != 2 or label.shape != image.shape[:2]:
-            raise ValueError(f"{label_path}: label {label.shape} does not fit image {image.shape}")
-        bad = np.setdiff1d(np.unique(label), np.r_[np.arange(len(self.class_names)), IGNORE])
+            raw = np.array(lab)
+        if raw.ndim != 2 or raw.shape != image.shape[:2]:
+            raise ValueError(f"{label_path}: label {raw.shape} does not fit image {image.shape}")
+        bad = np.setdiff1d(np.unique(raw), np.r_[np.arange(len(self.class_names)), 255])
         if bad.size:
             raise ValueError(
-                f"{label_path}: values {bad[:5]} outside 0..{len(self.class_names) - 1}"
+                f"{label_path}: values {bad[:5]} outside 0..{len(self.class_names) - 1} and 255"
             )
+        label = raw.astype(np.int64)
+        label[raw == 255] = IGNORE
         return image, label
 
 
+class ReaderSource:
+    """An ``ovseg.data.datasets`` benchmark reader with the ``load(i)`` of ``SemSegFolder``."""
+
+    def __init__(self, reader):
+        self.reader = reader
+        self.class_names = list(reader.class_names)
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return read_image(self.reader[i].image), self.reader.read_label(i)
+
+
+def open_source(name: str, root: str | Path, split: str):
+    """``SemSegFolder`` for ``name="folder"``, else the named evaluation reader."""
+    if name == "folder":
+        return SemSegFolder(root, split)
+    from ovseg.data.datasets import build_dataset
+
+    return ReaderSource(build_dataset(name, root, split))
+
+
 def resize_pair(image: np.ndarray, label: np.ndarray, height: int, width: int):
-    """Bilinear image, nearest label."""
+    """Bilinear image (uint8), nearest label (int64, through a 32-bit PIL image)."""
     im = np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR))
-    lab = np.array(Image.fromarray(label).resize((width, height), Image.NEAREST))
-    return im, lab
+    lab = Image.fromarray(label.astype(np.int32), mode="I").resize((width, height), Image.NEAREST)
+    return im, np.array(lab).astype(np.int64)
 
 
 class SemSegTrainSet(Dataset):
@@ -87,7 +115,7 @@ class SemSegTrainSet(Dataset):
 
     def __init__(
         self,
-        folder: SemSegFolder,
+        folder,
         crop: int = 512,
         short_side: int = 512,
         scale_range: tuple[float, float] = (0.5, 2.0),
