@@ -72,3 +72,18 @@ def test_gradient_accumulation_equals_the_large_batch(setup):
     pa = ovseg.load_checkpoint(one).state_dict()[PROMPT_KEY]
     pb = ovseg.load_checkpoint(acc).state_dict()[PROMPT_KEY]
     torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-6)
+
+
+def test_prompt_depth_is_configurable():
+    from ovseg.train.clip_adaptation import prepare_for_mode
+    from tests.train_fixtures import make_tiny_model
+
+    model = make_tiny_model()
+    params = prepare_for_mode(model, "mpt", prompt_depth=2)
+    prompts = model.clip_adapter.clip_model.visual.mask_embedding
+    assert params == [prompts] and prompts.shape == (2, 196, 128)
+    assert model.config.prompt_depth == 2 and model.clip_adapter.prompt_depth == 2
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable == [PROMPT_KEY]
+    with pytest.raises(ValueError, match="prompt depth"):
+        prepare_for_mode(make_tiny_model(), "mpt", prompt_depth=9)

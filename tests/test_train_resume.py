@@ -7,6 +7,7 @@ import torch
 import ovseg
 from ovseg.train.checkpointing import latest_checkpoint
 from ovseg.train.logs import read_csv
+from ovseg.train.plots import plot_run
 from ovseg.train.proposal_training import train_proposals
 from tests.train_fixtures import loop_config, semseg_folder
 
@@ -60,6 +61,8 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
     wa = ovseg.load_checkpoint(full).state_dict()
     wb = ovseg.load_checkpoint(resumed).state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    png = plot_run(tmp_path / "killed", tmp_path / "curves.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_resume_refuses_other_settings(tmp_path):

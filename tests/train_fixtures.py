@@ -12,7 +12,7 @@ from PIL import Image
 import ovseg
 from ovseg.build import MODELS, build_ovseg
 from ovseg.config import OVSegConfig
-from ovseg.train.pairs import write_pairs_folder
+from ovseg.train.pair_shards import ShardWriter, empty_stats, merge_shards
 from ovseg.train.trainer import TrainConfig
 
 NOUNS = ["cat", "dog", "car", "tree"]
@@ -39,7 +39,19 @@ def pairs_folder(path: Path, n: int = 8) -> Path:
         mask = np.zeros((224, 224), bool)
         mask[16 * (i % 4) : 120 + 10 * (i % 3), 30:200] = True
         pairs.append((NOUNS[i % 4], crop, mask))
-    return write_pairs_folder(path, pairs)
+    return write_pairs(path, pairs)
+
+
+def write_pairs(path: Path, pairs: list, per_shard: int = 4) -> Path:
+    """Write ``(noun, crop, mask)`` pairs with the mining writer (``ovseg mine``'s format)."""
+    shards = range(0, len(pairs), per_shard)
+    for index, start in enumerate(shards):
+        writer = ShardWriter(path, index)
+        for i, (noun, crop, mask) in enumerate(pairs[start : start + per_shard], start):
+            writer.add(f"{i:06d}", crop, mask, {"image_id": i, "noun": noun, "score": 1.0})
+        writer.commit(empty_stats())
+    merge_shards(path, len(shards))
+    return path
 
 
 def semseg_folder(path: Path, n_train: int = 4, n_val: int = 2, size: int = 64) -> Path:

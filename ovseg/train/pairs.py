@@ -1,7 +1,8 @@
 """Mined mask-category pairs for CLIP adaptation (the mining output folder).
 
-The folder holds ``pairs.jsonl``, one JSON object per pair with at least ``key``, ``noun``
-and ``shard`` (the tar file, relative to the folder), and webdataset-style tar shards with
+The folder (written by ``ovseg mine``, ``ovseg.train.pair_shards``) holds ``pairs.jsonl``,
+one JSON object per pair with at least ``key``, ``noun`` and ``shard`` (the tar file,
+relative to the folder), and webdataset-style tar shards with
 ``<key>.crop.png`` (the masked crop at the CLIP input size, 0-255 RGB), ``<key>.mask.png``
 (its region mask, 0 / 255) and ``<key>.json``. Members are read by offset, so the dataset is
 random-access and works with any number of DataLoader workers.
@@ -110,53 +111,10 @@ class PairDataset(Dataset):
         crop_t = (torch.from_numpy(crop).permute(2, 0, 1).float() - self.mean) / self.std
         return {
             "crop": crop_t,
-            "mask": torch.from_numpy(mask > 127).float()[None],
+            "mask": torch.from_numpy(mask > 0).float()[None],
             "label": torch.tensor(self.labels[i], dtype=torch.int64),
         }
 
 
 def collate_pairs(items: list[dict]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
-
-
-def write_pairs_folder(
-    folder: str | Path, pairs: list[tuple[str, np.ndarray, np.ndarray]], shard_size: int = 4
-) -> Path:
-    """Write a pairs folder in the mining format (for tests and examples).
-
-    Args:
-        pairs: ``(noun, crop (S, S, 3) uint8, mask (S, S) bool)``.
-    """
-    folder = Path(folder)
-    (folder / "shards").mkdir(parents=True, exist_ok=True)
-    lines = []
-    for start in range(0, len(pairs), shard_size):
-        shard = f"shards/pairs-{start // shard_size:06d}.tar"
-        with tarfile.open(folder / shard, "w") as tar:
-            for i, (noun, crop, mask) in enumerate(pairs[start : start + shard_size], start=start):
-                key = f"{i:06d}"
-                record = {
-                    "key": key,
-                    "image_id": i,
-                    "caption": f"a {noun}",
-                    "noun": noun,
-                    "score": 1.0,
-                }
-                members = {
-                    f"{key}.crop.png": _png(crop),
-                    f"{key}.mask.png": _png(mask.astype(np.uint8) * 255),
-                    f"{key}.json": json.dumps(record).encode(),
-                }
-                for name, data in members.items():
-                    info = tarfile.TarInfo(name)
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-                lines.append(json.dumps({**record, "shard": shard}))
-    (folder / "pairs.jsonl").write_text("\n".join(lines) + "\n")
-    return folder
-
-
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()

@@ -30,14 +30,25 @@ def plot_run(run_dir: str | Path, out: str | Path, title: str | None = None) -> 
     fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(12 if evals else 6.5, 4.2))
     axes = list(axes) if evals else [axes]
     steps = [r["step"] for r in train]
-    for key in [k for k in train[0] if k not in SKIP]:
+    losses = [k for k in train[0] if k not in SKIP and k.startswith("loss")]
+    others = [k for k in train[0] if k not in SKIP and not k.startswith("loss")]
+    for key in losses:
         axes[0].plot(steps, [r.get(key) for r in train], label=key)
-    if any(k.startswith("loss") for k in train[0]) and len(train[0]) > 6:
+    if len(losses) > 1:
         axes[0].set_yscale("log")
     axes[0].set_xlabel("optimizer step")
+    axes[0].set_ylabel("loss")
     axes[0].set_title("training (logged window means)")
-    axes[0].legend(fontsize=8)
     axes[0].grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if others:  # e.g. training accuracy, on its own axis
+        twin = axes[0].twinx()
+        for key in others:
+            twin.plot(steps, [r.get(key) for r in train], ":", color="gray", label=key)
+        twin.set_ylabel(", ".join(others))
+        more = twin.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    axes[0].legend(handles, labels, fontsize=8)
     if evals:
         es = [r["step"] for r in evals]
         for key in [k for k in evals[0] if k not in SKIP]:

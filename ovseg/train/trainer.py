@@ -322,7 +322,7 @@ class Trainer:
             for _ in range(in_epoch, self.steps_per_epoch):
                 if self.step >= self.total_steps:
                     break
-                lr = self.optimizer.param_groups[0]["lr"]
+                lr = cfg.lr * self.schedule(self.step)  # base lr (groups may scale it)
                 row = self._train_step([next(iterator) for _ in range(cfg.accum_steps)])
                 self.step += 1
                 window_steps += 1
