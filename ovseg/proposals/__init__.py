@@ -40,4 +40,7 @@ def _maskformer(model, **options) -> ProposalGenerator:
     return model.propose
 
 
+# The built-in generators register themselves; their heavy dependencies load on first use.
+from ovseg.proposals import sam, superpixels  # noqa: E402, F401
+
 __all__ = ["Proposals", "ProposalGenerator", "build_generator", "list_generators", "register"]
