@@ -24,6 +24,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # three training runs and a torchrun launch: ~10 s of CPU, more wall
 def test_two_processes_equal_one(tmp_path):
     data = semseg_folder(tmp_path / "data", n_train=8)
     # one process, batch 4
