@@ -43,3 +43,16 @@ def test_combine_refuses_different_text_towers(tmp_path):
 
     with pytest.raises(ValueError, match="text towers differ"):
         combine_checkpoints(tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "c")
+
+
+def test_scratch_proposal_model_can_share_a_checkpoints_clip(tmp_path):
+    from ovseg.train.combine import text_tower
+    from ovseg.train.proposal_training import build_start_model
+    from tests.train_fixtures import tiny_checkpoint
+
+    ckpt = tiny_checkpoint(tmp_path / "clip.safetensors")
+    plain = build_start_model("ovseg-test-tiny", None, {"num_queries": 5}, seed=0)
+    shared = build_start_model("ovseg-test-tiny", None, {"num_queries": 5}, 0, clip_weights=ckpt)
+    want = text_tower(ovseg.load_checkpoint(ckpt))
+    assert all(torch.equal(v, text_tower(shared)[k]) for k, v in want.items())
+    assert not all(torch.equal(v, text_tower(plain)[k]) for k, v in want.items())

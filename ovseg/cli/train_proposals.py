@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from ovseg.cli._training import add_training_args, train_config_from_args
 
@@ -45,7 +46,11 @@ def register(subparsers) -> None:
         metavar="KEY=VALUE",
         help="OVSegConfig override with --model, e.g. --set num_queries=50",
     )
-    start.add_argument("--clip-weights", help="OpenAI/OpenCLIP CLIP weights for the text side")
+    start.add_argument(
+        "--clip-weights",
+        help="CLIP for the text side: OpenAI/OpenCLIP weights, or an ovseg .safetensors "
+        "checkpoint whose CLIP is copied",
+    )
     aug = parser.add_argument_group("data and loss")
     aug.add_argument("--crop", type=int, default=512, help="square training crop (paper 640)")
     aug.add_argument("--short-side", type=int, default=512, help="short side before scaling")
@@ -96,5 +101,6 @@ def run(args) -> int:
         eval_images=args.eval_images,
         eval_short_side=args.eval_short_side,
     )
-    print(json.dumps({"model": str(path)}))
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps({"model": str(path)}))
     return 0

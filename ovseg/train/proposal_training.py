@@ -146,9 +146,13 @@ def build_start_model(
     model_name: str | None, init: str | None, overrides: dict, seed: int, clip_weights=None
 ):
     """The model to train: ``init`` (an ovseg checkpoint) or ``model_name``'s architecture
-    with fresh random weights (seeded), with ``OVSegConfig`` field ``overrides``."""
+    with fresh random weights (seeded), with ``OVSegConfig`` field ``overrides``.
+
+    ``clip_weights``: OpenAI/OpenCLIP CLIP weights, or an ovseg ``.safetensors`` checkpoint
+    whose CLIP towers are copied (so that the trained head fits that CLIP's text space).
+    """
     from ovseg.build import MODELS, build_ovseg
-    from ovseg.checkpoints import load_checkpoint, load_clip_weights
+    from ovseg.checkpoints import load_checkpoint, load_clip_weights, read_metadata
     from ovseg.config import OVSegConfig
 
     if (model_name is None) == (init is None):
@@ -165,8 +169,23 @@ def build_start_model(
             torch.manual_seed(seed)
             model = build_ovseg(config)
     if clip_weights is not None:
-        load_clip_weights(model, clip_weights)
+        if str(clip_weights).endswith(".safetensors") and "format" in read_metadata(clip_weights):
+            copy_clip(load_checkpoint(clip_weights), model)  # the CLIP of an ovseg checkpoint
+        else:
+            load_clip_weights(model, clip_weights)
     return model
+
+
+def copy_clip(source: nn.Module, target: nn.Module) -> None:
+    """Copy the CLIP towers (``clip_adapter.clip_model``, not the mask prompts, which
+    proposal training does not use) from ``source`` to ``target``."""
+    if source.config.clip != target.config.clip:
+        raise ValueError(f"CLIP architectures differ: {source.config.clip} vs {target.config.clip}")
+    sd = source.clip_adapter.clip_model.state_dict()
+    sd.pop("visual.mask_embedding", None)
+    missing, unexpected = target.clip_adapter.clip_model.load_state_dict(sd, strict=False)
+    if unexpected or [k for k in missing if k != "visual.mask_embedding"]:
+        raise ValueError(f"CLIP keys do not fit: missing {missing}, unexpected {unexpected}")
 
 
 def train_proposals(
