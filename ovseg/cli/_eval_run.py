@@ -166,13 +166,19 @@ def weights_fingerprint(model) -> str:
 
 def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
     from ovseg.cli._common import load_model_from_args
-    from ovseg.cli._proposals import proposal_generator_from_args
+    from ovseg.cli._proposals import proposal_generator_from_args, proposal_options_from_args
     from ovseg.evaluation import oracles
 
     model = load_model_from_args(args)
     generator = proposal_generator_from_args(args, model)
     k = dataset.num_classes
-    key = {"model": weights_fingerprint(model), "proposals": args.proposals, "oracle": args.oracle}
+    options = {k: str(v) for k, v in sorted(proposal_options_from_args(args).items())}
+    key = {
+        "model": weights_fingerprint(model),
+        "proposals": args.proposals,
+        "proposal_options": options,  # e.g. another SAM checkpoint must not reuse the cache
+        "oracle": args.oracle,
+    }
 
     def image(index: int) -> np.ndarray:
         return read_image(dataset[index].image)

@@ -41,6 +41,6 @@ def _maskformer(model, **options) -> ProposalGenerator:
 
 
 # The built-in generators register themselves; their heavy dependencies load on first use.
-from ovseg.proposals import sam, superpixels  # noqa: E402, F401
+from ovseg.proposals import ground_truth, sam, superpixels  # noqa: E402, F401
 
 __all__ = ["Proposals", "ProposalGenerator", "build_generator", "list_generators", "register"]
