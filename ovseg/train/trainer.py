@@ -300,15 +300,15 @@ class Trainer:
             return final  # the run had finished
         log = CSVLog(self.out / "train_log.csv", self.step if resumed else None) if main else None
         eval_log = (
-            CSVLog(self.out / "eval_log.csv", self.step if resumed else None) if main else None
+            CSVLog(self.out / "eval_log.csv", self.step if resumed else None)
+            if main and self.task.evaluate is not None
+            else None
         )
         tb = TensorBoardLog(self.out / "tensorboard") if main else None
         if main:
             (self.out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
-            if not resumed and cfg.eval_every:
-                self._evaluate(eval_log, tb)
-        elif not resumed and cfg.eval_every:
-            distributed.barrier()
+        if not resumed and cfg.eval_every:
+            self._evaluate(eval_log, tb)
         bar = tqdm(
             total=self.total_steps, initial=self.step, disable=not (main and cfg.progress),
             desc="train", dynamic_ncols=True,
