@@ -1,1 +1,6 @@
-"""Training-side code: mining pairs, adapting CLIP. Imports the library, never the reverse."""
+"""Training for OVSeg: mining mask-noun pairs, CLIP adaptation (mask prompt tuning,
+fine-tuning) and the proposal model (MaskFormer set criterion), on one process or many
+under ``torchrun``.
+
+This package imports the library (``ovseg``); the library never imports it.
+"""

@@ -1,0 +1,120 @@
+"""Mined mask-category pairs for CLIP adaptation (the mining output folder).
+
+The folder (written by ``ovseg mine``, ``ovseg.train.pair_shards``) holds ``pairs.jsonl``,
+one JSON object per pair with at least ``key``, ``noun`` and ``shard`` (the tar file,
+relative to the folder), and webdataset-style tar shards with
+``<key>.crop.png`` (the masked crop at the CLIP input size, 0-255 RGB), ``<key>.mask.png``
+(its region mask, 0 / 255) and ``<key>.json``. Members are read by offset, so the dataset is
+random-access and works with any number of DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ovseg.modeling.clip_branch import CLIP_MEAN, CLIP_STD
+
+
+def read_pairs(folder: str | Path) -> list[dict]:
+    """The records of ``folder/pairs.jsonl``, checked for the fields training needs."""
+    path = Path(folder) / "pairs.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: --pairs must be a folder written by `ovseg mine`"
+        )
+    records = []
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            missing = [k for k in ("key", "noun", "shard") if k not in record]
+            if missing:
+                raise ValueError(f"{path}:{number}: pair lacks {missing} (has {sorted(record)})")
+            records.append(record)
+    if not records:
+        raise ValueError(f"{path} holds no pairs")
+    return records
+
+
+class PairDataset(Dataset):
+    """Masked crops, region masks and noun indices of mined pairs.
+
+    Args:
+        folder: the mining output folder.
+        vocabulary: the nouns, in class-index order; None takes the sorted unique nouns.
+        image_size: CLIP input size S; crops of another size are an error.
+
+    Items are ``{"crop": (3, S, S) float CLIP-normalised, "mask": (1, S, S) float {0, 1},
+    "label": int64 noun index}``.
+    """
+
+    def __init__(self, folder: str | Path, vocabulary: list[str] | None = None, image_size=224):
+        self.folder = Path(folder)
+        self.records = read_pairs(self.folder)
+        self.vocabulary = vocabulary or sorted({r["noun"] for r in self.records})
+        index = {n: i for i, n in enumerate(self.vocabulary)}
+        unknown = sorted({r["noun"] for r in self.records} - set(index))
+        if unknown:
+            raise ValueError(f"nouns not in the vocabulary: {unknown[:10]}")
+        self.labels = [index[r["noun"]] for r in self.records]
+        self.image_size = image_size
+        self._members: dict[str, dict[str, tuple[int, int]]] = {}
+        self._files: dict[str, object] = {}
+        self.mean = torch.tensor(CLIP_MEAN).view(3, 1, 1) * 255
+        self.std = torch.tensor(CLIP_STD).view(3, 1, 1) * 255
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _member_table(self, shard: str) -> dict[str, tuple[int, int]]:
+        if shard not in self._members:
+            path = self.folder / shard
+            if not path.is_file():
+                raise FileNotFoundError(f"shard {path} named in pairs.jsonl is missing")
+            with tarfile.open(path) as tar:
+                self._members[shard] = {m.name: (m.offset_data, m.size) for m in tar if m.isfile()}
+        return self._members[shard]
+
+    def _read(self, shard: str, name: str) -> bytes:
+        table = self._member_table(shard)
+        if name not in table:
+            raise KeyError(f"{self.folder / shard} has no member {name!r}")
+        if shard not in self._files:
+            self._files[shard] = open(self.folder / shard, "rb")
+        offset, size = table[name]
+        f = self._files[shard]
+        f.seek(offset)
+        return f.read(size)
+
+    def __getstate__(self):  # open files do not travel to DataLoader workers
+        return {**self.__dict__, "_files": {}}
+
+    def __getitem__(self, i: int) -> dict:
+        record = self.records[i]
+        key, shard = record["key"], record["shard"]
+        crop = np.array(Image.open(io.BytesIO(self._read(shard, f"{key}.crop.png"))).convert("RGB"))
+        mask = np.array(Image.open(io.BytesIO(self._read(shard, f"{key}.mask.png"))).convert("L"))
+        s = self.image_size
+        if crop.shape[:2] != (s, s) or mask.shape != (s, s):
+            raise ValueError(
+                f"pair {key} in {shard}: crop {crop.shape[:2]}, mask {mask.shape}; expected {s}x{s}"
+            )
+        crop_t = (torch.from_numpy(crop).permute(2, 0, 1).float() - self.mean) / self.std
+        return {
+            "crop": crop_t,
+            "mask": torch.from_numpy(mask > 0).float()[None],
+            "label": torch.tensor(self.labels[i], dtype=torch.int64),
+        }
+
+
+def collate_pairs(items: list[dict]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}

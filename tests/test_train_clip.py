@@ -1,0 +1,89 @@
+"""CLIP adaptation: MPT touches only the prompts, FT never the text tower; pairs reader."""
+
+import pytest
+import torch
+
+import ovseg
+from ovseg.checkpoints import read_metadata
+from ovseg.train.clip_adaptation import PROMPT_KEY, train_clip
+from ovseg.train.logs import read_csv
+from ovseg.train.pairs import PairDataset
+from tests.train_fixtures import NOUNS, loop_config, pairs_folder, tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clip")
+    return tiny_checkpoint(root / "init.safetensors"), pairs_folder(root / "pairs"), root
+
+
+def test_pair_dataset_reads_mining_format(setup):
+    _, pairs, _ = setup
+    ds = PairDataset(pairs)
+    assert len(ds) == 8 and ds.vocabulary == sorted(NOUNS)
+    item = ds[1]
+    assert item["crop"].shape == (3, 224, 224) and item["mask"].shape == (1, 224, 224)
+    assert set(item["mask"].unique().tolist()) == {0.0, 1.0}
+    assert ds.vocabulary[item["label"]] == NOUNS[1]
+
+
+def test_mpt_changes_only_the_prompts(setup):
+    init, pairs, root = setup
+    path = train_clip(pairs, init, "mpt", loop_config(root / "mpt", lr=2e-2))
+    before = ovseg.load_checkpoint(init).state_dict()
+    after = ovseg.load_checkpoint(path).state_dict()
+    assert set(before) == set(after)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed == [PROMPT_KEY]
+    meta = read_metadata(path)
+    assert meta["clip_adaptation"] == "mpt"
+    assert len(read_csv(root / "mpt" / "train_log.csv")) == 3
+
+
+def test_ft_keeps_the_text_tower_and_mpt_ft_needs_ft(setup):
+    init, pairs, root = setup
+    path = train_clip(pairs, init, "ft", loop_config(root / "ft", lr=1e-3, weight_decay=0.2))
+    before = ovseg.load_checkpoint(init).state_dict()
+    ft = ovseg.load_checkpoint(path)
+    after = ft.state_dict()
+    visual = "clip_adapter.clip_model.visual."
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(visual) and k != PROMPT_KEY for k in changed)
+    assert visual + "conv1.weight" in changed
+    assert ft.config.mask_prompt_fwd is False  # untrained prompts are not used after FT
+    with pytest.raises(ValueError, match="FT checkpoint"):
+        train_clip(pairs, init, "mpt+ft", loop_config(root / "bad"))
+    both = train_clip(pairs, path, "mpt+ft", loop_config(root / "ftmpt", lr=2e-2))
+    final = ovseg.load_checkpoint(both)
+    changed = [k for k, v in final.state_dict().items() if not torch.equal(v, after[k])]
+    assert changed == [PROMPT_KEY] and final.config.mask_prompt_fwd is True
+    assert read_metadata(both)["clip_adaptation"] == "ft+mpt"
+
+
+def test_gradient_accumulation_equals_the_large_batch(setup):
+    init, pairs, root = setup
+    one = train_clip(pairs, init, "mpt", loop_config(root / "b4", batch_size=4, max_steps=2))
+    acc = train_clip(
+        pairs, init, "mpt", loop_config(root / "b2x2", batch_size=2, accum_steps=2, max_steps=2)
+    )
+    a = read_csv(root / "b4" / "train_log.csv")
+    b = read_csv(root / "b2x2" / "train_log.csv")
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-5)
+    pa = ovseg.load_checkpoint(one).state_dict()[PROMPT_KEY]
+    pb = ovseg.load_checkpoint(acc).state_dict()[PROMPT_KEY]
+    torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-6)
+
+
+def test_prompt_depth_is_configurable():
+    from ovseg.train.clip_adaptation import prepare_for_mode
+    from tests.train_fixtures import make_tiny_model
+
+    model = make_tiny_model()
+    params = prepare_for_mode(model, "mpt", prompt_depth=2)
+    prompts = model.clip_adapter.clip_model.visual.mask_embedding
+    assert params == [prompts] and prompts.shape == (2, 196, 128)
+    assert model.config.prompt_depth == 2 and model.clip_adapter.prompt_depth == 2
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable == [PROMPT_KEY]
+    with pytest.raises(ValueError, match="prompt depth"):
+        prepare_for_mode(make_tiny_model(), "mpt", prompt_depth=9)
