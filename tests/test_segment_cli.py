@@ -159,3 +159,25 @@ def test_serve_binds_localhost_by_default():
 
     args = build_parser().parse_args(["serve", "--model", "ovseg-test-tiny"])
     assert args.host == "127.0.0.1" and args.port == 8000
+
+
+def test_segment_speed_knobs_bf16_and_top_k(tmp_path):
+    image = _photos(1)[0]
+    out = tmp_path / "out"
+    argv = ["segment", str(image), "--classes", "person, dog, sky", "--out", str(out)]
+    argv += ["--model", "ovseg-test-tiny", "--dtype", "bf16", "--top-k", "3"]
+    assert main(argv) == 0
+    _check_outputs(out, image, ["person", "dog", "sky"])
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "segment",
+                str(image),
+                "--classes",
+                "a",
+                "--model",
+                "ovseg-test-tiny",
+                "--dtype",
+                "fp16",
+            ]
+        )

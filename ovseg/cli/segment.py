@@ -37,6 +37,7 @@ def register(subparsers) -> None:
     parser.add_argument("--ensemble-weight", type=float, help="lambda of the CLIP ensemble")
     parser.add_argument("--mask-threshold", type=float, help="binarisation threshold of masks")
     parser.add_argument("--clip-only", action="store_true", help="classify with CLIP alone")
+    add_inference_args(parser)
     add_model_args(parser)
     add_proposal_args(parser)
     parser.set_defaults(func=run)
@@ -93,10 +94,30 @@ def read_vocabulary(args) -> list[str]:
 
 def make_predictor(args):
     """The ``ovseg.Predictor`` for the model and proposal options in ``args``."""
-    from ovseg import Predictor
+    from ovseg import InferenceOptions, Predictor
 
     model = load_model_from_args(args)
-    return Predictor(model, proposal_generator=proposal_generator_from_args(args, model))
+    options = InferenceOptions(
+        dtype=getattr(args, "dtype", "fp32"), top_k=getattr(args, "top_k", None)
+    )
+    generator = proposal_generator_from_args(args, model)
+    return Predictor(model, proposal_generator=generator, options=options)
+
+
+def add_inference_args(parser) -> None:
+    """Opt-in speed knobs (they change outputs slightly): bf16 weights, top-k proposals."""
+    parser.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16 runs backbone and CLIP image tower on bf16 weights (fast on CPUs with "
+        "AVX512-BF16/AMX); fp32 (default) is the official computation",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        help="classify only the K proposals with the highest proposal score (default: all)",
+    )
 
 
 def _read(path: Path):
