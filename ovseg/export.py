@@ -18,7 +18,6 @@ the graphs (mask upsampling, ensemble, fusion). ``onnx_predictor(model, folder)`
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ovseg.data.transforms import normalize_and_pad
+from ovseg.fileio import atomic_path, write_atomic
 from ovseg.modeling.clip_branch import LOGIT_TEMPERATURE
 from ovseg.modeling.proposals import Proposals
 
@@ -64,9 +64,8 @@ class ClipGraph(nn.Module):
 
 def _export(module: nn.Module, args: tuple, path: Path, names: dict, dynamic: dict) -> None:
     """Export (TorchScript tracing) to ``path`` atomically: a temporary file, then a rename."""
-    tmp = path.with_name(path.name + ".tmp")
     module.eval()  # the exporter restores the wrapper's mode recursively afterwards
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), atomic_path(path) as tmp:
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             module,
@@ -78,7 +77,6 @@ def _export(module: nn.Module, args: tuple, path: Path, names: dict, dynamic: di
             opset_version=18,
             dynamo=False,
         )
-    os.replace(tmp, path)
 
 
 def export_onnx(
@@ -127,9 +125,7 @@ def export_onnx(
         {"text": {0: "classes"}, "logits": {1: "classes"}},
     )
     meta = {"config": cfg.to_dict(), "crop_batch": crop_batch, "image_size": list(image_size)}
-    tmp = folder / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, folder / META_FILE)
+    write_atomic(folder / META_FILE, json.dumps(meta, indent=1).encode())
     return meta
 
 

@@ -18,7 +18,7 @@ from ovseg.data.image import to_rgb_array
 from ovseg.data.transforms import resize_shortest_edge
 from ovseg.inference import InferenceOptions, compiled, prepare_model
 from ovseg.modeling.fusion import proposal_class_probs, semantic_fusion
-from ovseg.modeling.ovseg import ClipImageFeatures, OVSeg
+from ovseg.modeling.ovseg import ClipImageFeatures, OVSeg, validate_class_names
 from ovseg.modeling.proposals import ProposalGenerator, Proposals
 from ovseg.segmentation import Segmentation
 
@@ -142,8 +142,8 @@ class Predictor:
             ``Segmentation`` with ``sem_seg`` (K, H, W) at the original image size.
         """
         self._require_image()
-        text = self.model.encode_text(class_names)
-        names = [n.strip() for n in class_names]
+        names = validate_class_names(class_names)
+        text = self.model.encode_text(names)
         cfg = self.model.config
         proposals = self.proposals
         queries = self.top_k_queries(text)

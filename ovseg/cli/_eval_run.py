@@ -152,21 +152,10 @@ def _predictions_mode(args, dataset: SemSegDataset):
     return [("default", {})], predict, key
 
 
-def weights_fingerprint(model) -> str:
-    """A digest of every parameter and buffer (names, dtypes, shapes and bytes)."""
-    import torch
-
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(model.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
     from ovseg.cli._common import load_model_from_args
     from ovseg.cli._proposals import proposal_generator_from_args, proposal_options_from_args
+    from ovseg.digest import tensor_digest
     from ovseg.evaluation import oracles
 
     model = load_model_from_args(args)
@@ -174,7 +163,7 @@ def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
     k = dataset.num_classes
     options = {k: str(v) for k, v in sorted(proposal_options_from_args(args).items())}
     key = {
-        "model": weights_fingerprint(model),
+        "model": tensor_digest(model.state_dict()),
         "proposals": args.proposals,
         "proposal_options": options,  # e.g. another SAM checkpoint must not reuse the cache
         "oracle": args.oracle,

@@ -13,7 +13,6 @@ training both call it.
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -22,6 +21,8 @@ import torch.nn.functional as F
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from open_clip.tokenizer import tokenize
 from torch import nn
+
+from ovseg.digest import tensor_digest
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -176,14 +177,13 @@ class MaskAdaptedCLIP(nn.Module):
 
     # ---- text side --------------------------------------------------------------------
     def weights_fingerprint(self) -> str:
-        """sha1 of the text tower's and no-object weights; recomputed only when they change."""
-        params = [p for n, p in self.named_parameters() if not n.startswith("clip_model.visual.")]
-        state = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+        """sha256 of the text tower's and no-object weights; recomputed only when they change."""
+        params = {
+            n: p for n, p in self.named_parameters() if not n.startswith("clip_model.visual.")
+        }
+        state = tuple((p.data_ptr(), p._version, p.dtype) for p in params.values())
         if self._fingerprint is None or self._fingerprint[0] != state:
-            h = hashlib.sha1()
-            for p in params:
-                h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
-            self._fingerprint = (state, h.hexdigest())
+            self._fingerprint = (state, tensor_digest(params))
         return self._fingerprint[1]
 
     @torch.no_grad()

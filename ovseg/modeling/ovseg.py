@@ -135,23 +135,44 @@ class OVSeg(nn.Module):
                 default ``clip_adapter.encode_masked`` (e.g. an onnxruntime session instead).
             batch_size: crops per encoder call; 0 means all in one call.
         """
-        encoder = self.clip_adapter.encode_masked if encoder is None else encoder
         crops, valid, inverse = self.clip_crops(image, masks, mask_threshold, fast)
-        if crops.crops.shape[0] == 0:
-            empty = crops.crops.new_zeros(0, self.config.clip.embed_dim)
-            return ClipImageFeatures(empty, valid)
-        region = crops.region_masks if self.config.mask_prompt_fwd else None
+        features = self.encode_crops(crops, encoder, batch_size)
+        if inverse is not None:
+            features = features[inverse]
+        return ClipImageFeatures(features, valid)
+
+    def encode_crops(
+        self,
+        crops: MaskedCrops,
+        encoder: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
+        batch_size: int = 0,
+    ) -> torch.Tensor:
+        """(V, C) float CLIP-branch features (not normalised) of ``crops``; mask prompts are
+        used when the config says so (``mask_prompt_fwd``). Arguments as in
+        ``clip_image_features``."""
         n = crops.crops.shape[0]
+        if n == 0:
+            return crops.crops.new_zeros(0, self.config.clip.embed_dim)
+        encoder = self.clip_adapter.encode_masked if encoder is None else encoder
+        region = crops.region_masks if self.config.mask_prompt_fwd else None
         step = batch_size if batch_size > 0 else n
-        features = torch.cat(
+        return torch.cat(
             [
                 encoder(crops.crops[i : i + step], None if region is None else region[i : i + step])
                 for i in range(0, n, step)
             ]
         ).float()
-        if inverse is not None:
-            features = features[inverse]
-        return ClipImageFeatures(features, valid)
+
+    def binary_crops(
+        self, image: torch.Tensor, binary: torch.Tensor, method: str = "reference"
+    ) -> MaskedCrops:
+        """``masked_crops`` of (N, H, W) bool masks with this model's CLIP-branch settings
+        (input size, fill, box expansion): the one place those settings are read."""
+        cfg = self.config
+        fill = MEAN_FILL if cfg.mask_fill == "mean" else (0.0, 0.0, 0.0)
+        return masked_crops(
+            image.to(self.device), binary, cfg.clip.image_size, fill, cfg.mask_expand_ratio, method
+        )
 
     def clip_crops(
         self,
@@ -171,26 +192,17 @@ class OVSeg(nn.Module):
             masks, ``inverse`` None. Fast path: ``crops`` of the U distinct valid masks and
             ``inverse`` (V,) mapping each valid mask to its crop.
         """
-        cfg = self.config
-        thr = cfg.mask_threshold if mask_threshold is None else mask_threshold
-        fill = MEAN_FILL if cfg.mask_fill == "mean" else (0.0, 0.0, 0.0)
+        thr = self.config.mask_threshold if mask_threshold is None else mask_threshold
         binary = masks.to(self.device) > thr
         image = image.to(self.device)
         if not fast:
-            crops = masked_crops(image, binary, cfg.clip.image_size, fill, cfg.mask_expand_ratio)
+            crops = self.binary_crops(image, binary)
             return crops, crops.valid, None
         valid = binary.view(torch.uint8).flatten(1).amax(1).bool()
         valid_idx = valid.nonzero()[:, 0]
         first, inverse = unique_masks(binary[valid_idx])
         method = crop_method or ("fast" if image.is_cuda else "reference")
-        crops = masked_crops(
-            image,
-            binary[valid_idx[first]],
-            cfg.clip.image_size,
-            fill,
-            cfg.mask_expand_ratio,
-            method,
-        )
+        crops = self.binary_crops(image, binary[valid_idx[first]], method)
         return crops, valid, inverse
 
     # ---- vocabulary ------------------------------------------------------------------------

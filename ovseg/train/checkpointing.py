@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ovseg.checkpoints import save_checkpoint
+from ovseg.fileio import write_atomic
 
 
 def rng_state() -> dict:
@@ -90,9 +91,7 @@ def save_training_checkpoint(
     torch.save(state, tmp / "state.pt")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    pointer_tmp = root / ".latest.tmp"
-    pointer_tmp.write_text(name + "\n")
-    os.replace(pointer_tmp, root / "latest")
+    write_atomic(root / "latest", (name + "\n").encode())
     done = sorted(p for p in root.glob("step-*") if p.is_dir())
     for old in done[: max(0, len(done) - keep)]:
         shutil.rmtree(old, ignore_errors=True)

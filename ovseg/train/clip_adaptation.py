@@ -12,12 +12,11 @@ The text tower is always frozen, so the noun embeddings are computed once per vo
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ovseg.digest import tensor_digest
 from ovseg.modeling.clip_branch import LOGIT_TEMPERATURE
 
 MODES = ("mpt", "ft", "mpt+ft")
@@ -28,16 +27,6 @@ RECIPES = {
     "mpt+ft": {"lr": 2e-2, "weight_decay": 0.0},
 }
 PROMPT_KEY = "clip_adapter.clip_model.visual.mask_embedding"
-
-
-def tensor_digest(named: dict[str, torch.Tensor]) -> str:
-    """sha256 over names, dtypes, shapes and bytes of tensors (sorted by name)."""
-    h = hashlib.sha256()
-    for name in sorted(named):
-        t = named[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def frozen_clip_digest(model: nn.Module, mode: str) -> str:

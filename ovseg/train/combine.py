@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ovseg.train.clip_adaptation import tensor_digest
+from ovseg.digest import tensor_digest
 
 CLIP_PREFIX = "clip_adapter.clip_model."
 

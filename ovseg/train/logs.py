@@ -4,8 +4,9 @@ installed). A resumed run first drops the rows written after its checkpoint."""
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
+
+from ovseg.fileio import atomic_path
 
 
 class CSVLog:
@@ -26,13 +27,11 @@ class CSVLog:
                 reader = csv.DictReader(f)
                 self.fields = reader.fieldnames
                 rows = [r for r in reader if int(r["step"]) <= resume_step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
             if self.fields:
                 writer = csv.DictWriter(f, self.fields)
                 writer.writeheader()
                 writer.writerows(rows)
-        os.replace(tmp, self.path)
 
     def write(self, row: dict) -> None:
         new = self.fields is None

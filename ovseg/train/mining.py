@@ -37,7 +37,6 @@ import torch.nn.functional as F
 
 from ovseg.data.coco_captions import CocoCaptions
 from ovseg.data.image import read_image
-from ovseg.data.masked_crops import MEAN_FILL, masked_crops
 from ovseg.data.transforms import resize_shortest_edge
 from ovseg.modeling.clip_branch import CLIP_MEAN, CLIP_STD
 from ovseg.train.pair_shards import ShardWriter, empty_stats, shard_done, write_json_atomic
@@ -107,17 +106,12 @@ class PairMiner:
 
     def masked_crops(self, image: torch.Tensor, binary: torch.Tensor):
         """The CLIP branch's crops of (N, H, W) bool masks, with the model's settings."""
-        cfg = self.model.config
-        fill = MEAN_FILL if cfg.mask_fill == "mean" else (0.0, 0.0, 0.0)
-        return masked_crops(image, binary, cfg.clip.image_size, fill, cfg.mask_expand_ratio)
+        return self.model.binary_crops(image, binary)
 
     @torch.no_grad()
     def encode(self, crops) -> torch.Tensor:
         """(V, C) normalised CLIP-branch features of ``MaskedCrops``."""
-        region = crops.region_masks if self.model.config.mask_prompt_fwd else None
-        return F.normalize(
-            self.model.clip_adapter.encode_masked(crops.crops, region).float(), dim=-1
-        )
+        return F.normalize(self.model.encode_crops(crops), dim=-1)
 
     @torch.no_grad()
     def image_pairs(
