@@ -39,7 +39,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # settings a resumed run must share with the run it resumes
 RESUME_KEYS = (
     "batch_size", "accum_steps", "max_steps", "epochs", "lr", "weight_decay", "schedule",
-    "warmup_steps", "seed", "precision",
+    "warmup_steps", "warmup_factor", "adam_betas", "adam_eps", "seed", "precision",
 )  # fmt: skip
 
 
@@ -58,7 +58,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "cosine"
     warmup_steps: int = 0
+    warmup_factor: float = 1e-3
     poly_power: float = 0.9
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
     grad_clip: float | None = None
     precision: str = "auto"
     device: str = "auto"
@@ -76,6 +79,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        self.adam_betas = tuple(float(b) for b in self.adam_betas)
+        if len(self.adam_betas) != 2:
+            raise ValueError(f"adam_betas must be two numbers, got {self.adam_betas}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
@@ -161,10 +167,18 @@ class Trainer:
             ids = [info.device.index] if info.device.type == "cuda" else None
             self.module = DistributedDataParallel(task.module, device_ids=ids)
         self.optimizer = torch.optim.AdamW(
-            task.param_groups, lr=config.lr, weight_decay=config.weight_decay
+            task.param_groups,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            betas=tuple(config.adam_betas),
+            eps=config.adam_eps,
         )
         self.schedule = WarmupSchedule(
-            config.schedule, self.total_steps, config.warmup_steps, power=config.poly_power
+            config.schedule,
+            self.total_steps,
+            config.warmup_steps,
+            warmup_factor=config.warmup_factor,
+            power=config.poly_power,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
