@@ -15,6 +15,7 @@ from ovseg.data.datasets.base import read_index_map
 from ovseg.data.image import read_image
 from ovseg.evaluation.loop import ConfusionCache, PredictFn, evaluate_dataset
 from ovseg.evaluation.report import format_table, save_bar_chart, write_json
+from ovseg.segmentation import unlabelled_as_negative, unlabelled_png_values
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -135,7 +136,7 @@ def _predictions_mode(args, dataset: SemSegDataset):
         path = folder / f"{dataset[index].stem}.png"
         if not path.is_file():
             raise FileNotFoundError(f"no prediction {path} for image {dataset[index].image}")
-        pred = read_index_map(path)
+        pred = unlabelled_as_negative(read_index_map(path), k)
         if pred.shape != gt.shape:
             raise ValueError(
                 f"{path}: prediction is {pred.shape[0]}x{pred.shape[1]} (HxW) but the ground "
@@ -144,7 +145,7 @@ def _predictions_mode(args, dataset: SemSegDataset):
         if pred.max() >= k:
             raise ValueError(
                 f"{path}: prediction values up to {int(pred.max())}, but {dataset.name} has "
-                f"classes 0..{k - 1}"
+                f"classes 0..{k - 1} (unlabelled: {unlabelled_png_values(k)})"
             )
         return {"default": pred}
 
