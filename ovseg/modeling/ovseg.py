@@ -93,6 +93,7 @@ class OVSeg(nn.Module):
         self.sem_seg_head = sem_seg_head
         self.clip_adapter = clip_adapter
         self.config = config
+        self.random_weights = False  # True when built without weights (ovseg-test-tiny)
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std), persistent=False)
 
