@@ -14,6 +14,7 @@ Two ways turn per-mask class probabilities into per-pixel scores, one per offici
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -34,6 +35,53 @@ class DemoSettings(NamedTuple):
 # unless the model's own config is a demo config (META_ARCHITECTURE OVSegDEMO) or the call
 # overrides it.
 OFFICIAL_DEMO_SETTINGS = DemoSettings(ensemble_weight=0.0, mask_threshold=0.35)
+
+
+@dataclass(frozen=True)
+class FusionSettings:
+    """How one prediction classifies and fuses the masks (``OVSeg.fusion_settings``).
+
+    Attributes:
+        mode: "eval" (``semantic_fusion``) or "demo" (``demo_fusion``).
+        ensemble_weight: lambda of ``p_prop^(1-lambda) * p_clip^lambda``.
+        mask_threshold: binarisation threshold (CLIP crops; demo masks too).
+        clip_ensemble: the CLIP branch is used (official ``CLIP_ENSEMBLE``); False classifies
+            with the proposal branch alone.
+        clip_alone: CLIP alone classifies, on the valid masks (lambda = 0 or ``clip_only``).
+    """
+
+    mode: str
+    ensemble_weight: float
+    mask_threshold: float
+    clip_ensemble: bool
+    clip_alone: bool
+
+
+def resolve_fusion_settings(
+    cfg,
+    mode: str | None = None,
+    ensemble_weight: float | None = None,
+    mask_threshold: float | None = None,
+    clip_only: bool | None = None,
+    clip_ensemble: bool | None = None,
+) -> FusionSettings:
+    """Resolve per-call options against ``cfg`` (an ``OVSegConfig``); see
+    ``OVSeg.fusion_settings``."""
+    mode = cfg.mode if mode is None else mode
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    defaults = OFFICIAL_DEMO_SETTINGS if mode == "demo" and cfg.mode != "demo" else cfg
+    weight = defaults.ensemble_weight if ensemble_weight is None else float(ensemble_weight)
+    thr = defaults.mask_threshold if mask_threshold is None else float(mask_threshold)
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"ensemble weight (lambda) must be in [0, 1], got {weight}")
+    if not 0.0 <= thr < 1.0:
+        raise ValueError(f"mask threshold must be in [0, 1), got {thr}")
+    clip_ensemble = cfg.clip_ensemble if clip_ensemble is None else bool(clip_ensemble)
+    if clip_only and not clip_ensemble:
+        raise ValueError("clip_only needs the CLIP branch; it contradicts clip_ensemble=False")
+    clip_alone = bool(clip_only) or (clip_ensemble and weight == 0)
+    return FusionSettings(mode, weight, thr, clip_ensemble, clip_alone)
 
 
 def proposal_class_probs(logits_with_void: torch.Tensor) -> torch.Tensor:

@@ -15,13 +15,13 @@ from ovseg.data.masked_crops import MEAN_FILL, MaskedCrops, masked_crops
 from ovseg.data.transforms import normalize_and_pad
 from ovseg.modeling.clip_branch import MaskAdaptedCLIP, prompt_templates
 from ovseg.modeling.fusion import (
-    MODES,
-    OFFICIAL_DEMO_SETTINGS,
+    FusionSettings,
     clip_class_probs,
     demo_fusion,
     demo_vocabulary,
     ensemble_probs,
     proposal_class_probs,
+    resolve_fusion_settings,
     semantic_fusion,
 )
 from ovseg.modeling.pixel_decoder import PixelDecoder
@@ -49,26 +49,6 @@ class ClipImageFeatures:
 
     features: torch.Tensor
     valid: torch.Tensor
-
-
-@dataclass(frozen=True)
-class FusionSettings:
-    """How one prediction classifies and fuses the masks (``OVSeg.fusion_settings``).
-
-    Attributes:
-        mode: "eval" (``semantic_fusion``) or "demo" (``demo_fusion``).
-        ensemble_weight: lambda of ``p_prop^(1-lambda) * p_clip^lambda``.
-        mask_threshold: binarisation threshold (CLIP crops; demo masks too).
-        clip_ensemble: the CLIP branch is used (official ``CLIP_ENSEMBLE``); False classifies
-            with the proposal branch alone.
-        clip_alone: CLIP alone classifies, on the valid masks (lambda = 0 or ``clip_only``).
-    """
-
-    mode: str
-    ensemble_weight: float
-    mask_threshold: float
-    clip_ensemble: bool
-    clip_alone: bool
 
 
 class OVSeg(nn.Module):
@@ -273,22 +253,9 @@ class OVSeg(nn.Module):
         weight 0. ``clip_ensemble=False`` (official ``CLIP_ENSEMBLE: False``) classifies with
         the proposal branch alone.
         """
-        cfg = self.config
-        mode = cfg.mode if mode is None else mode
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        defaults = OFFICIAL_DEMO_SETTINGS if mode == "demo" and cfg.mode != "demo" else cfg
-        weight = defaults.ensemble_weight if ensemble_weight is None else float(ensemble_weight)
-        thr = defaults.mask_threshold if mask_threshold is None else float(mask_threshold)
-        if not 0.0 <= weight <= 1.0:
-            raise ValueError(f"ensemble weight (lambda) must be in [0, 1], got {weight}")
-        if not 0.0 <= thr < 1.0:
-            raise ValueError(f"mask threshold must be in [0, 1), got {thr}")
-        clip_ensemble = cfg.clip_ensemble if clip_ensemble is None else bool(clip_ensemble)
-        if clip_only and not clip_ensemble:
-            raise ValueError("clip_only needs the CLIP branch; it contradicts clip_ensemble=False")
-        clip_alone = bool(clip_only) or (clip_ensemble and weight == 0)
-        return FusionSettings(mode, weight, thr, clip_ensemble, clip_alone)
+        return resolve_fusion_settings(
+            self.config, mode, ensemble_weight, mask_threshold, clip_only, clip_ensemble
+        )
 
     def classify(
         self,
