@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ovseg.data.image import to_rgb_array
 from ovseg.data.transforms import resize_shortest_edge
 from ovseg.inference import InferenceOptions, compiled, prepare_model
-from ovseg.modeling.fusion import demo_unlabelled, proposal_class_probs
+from ovseg.modeling.fusion import demo_unlabelled, fusion_settings, proposal_class_probs
 from ovseg.modeling.ovseg import ClipImageFeatures, OVSeg
 from ovseg.modeling.proposals import ProposalGenerator, Proposals
 from ovseg.segmentation import Segmentation
@@ -157,8 +157,8 @@ class Predictor:
         """
         self._require_image()
         model = self.model
-        settings = model.fusion_settings(
-            mode, ensemble_weight, mask_threshold, clip_only, clip_ensemble
+        settings = fusion_settings(
+            model.config, mode, ensemble_weight, mask_threshold, clip_only, clip_ensemble
         )
         names = model.vocabulary(class_names, settings)
         text = model.encode_text(names, templates)

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import ovseg
+from ovseg.modeling.fusion import fusion_settings
 
 
 @pytest.fixture()
@@ -97,13 +98,13 @@ def test_demo_mode_scores_are_confidences(predictor):
 
 
 def test_demo_mode_defaults_to_the_published_demo_settings(tiny_model):
-    settings = tiny_model.fusion_settings(mode="demo")
+    settings = fusion_settings(tiny_model.config, mode="demo")
     assert tiny_model.config.mode == "eval"
     assert (settings.ensemble_weight, settings.mask_threshold) == (0.0, 0.35)
     assert settings.clip_alone
-    mine = tiny_model.fusion_settings(mode="demo", ensemble_weight=0.5, mask_threshold=0.6)
+    mine = fusion_settings(tiny_model.config, mode="demo", ensemble_weight=0.5, mask_threshold=0.6)
     assert (mine.ensemble_weight, mine.mask_threshold, mine.clip_alone) == (0.5, 0.6, False)
-    default = tiny_model.fusion_settings()
+    default = fusion_settings(tiny_model.config)
     assert default.mode == "eval"
     assert default.ensemble_weight == tiny_model.config.ensemble_weight
 
@@ -124,7 +125,7 @@ def test_demo_mode_with_an_ensemble_selects_among_valid_masks(tiny_model):
     assert seg.class_names == names and seg.sem_seg.shape == (3, 48, 64)
     model, masks = predictor.model, predictor.proposals.masks
     with torch.inference_mode():
-        settings = model.fusion_settings("demo", 0.7, 0.5)
+        settings = fusion_settings(model.config, "demo", 0.7, 0.5)
         clip = predictor.clip_features(0.5)
         probs, _ = model.classify(predictor.proposals, clip, model.encode_text(names), settings)
     assert clip.valid.tolist() == [False, True] * 5 and probs.shape[0] == 10

@@ -37,6 +37,19 @@ def add_templates_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_classifier_args(parser) -> None:
+    """``--clip-only``, ``--no-clip-ensemble`` and ``--templates`` (segment, serve, eval)."""
+    parser.add_argument(
+        "--clip-only", action="store_true", help="classify with CLIP alone (= weight 0)"
+    )
+    parser.add_argument(
+        "--no-clip-ensemble",
+        action="store_true",
+        help="classify with the proposal branch alone (official CLIP_ENSEMBLE: False)",
+    )
+    add_templates_arg(parser)
+
+
 def add_prediction_args(parser: argparse.ArgumentParser) -> None:
     """``--mode``, ``--ensemble-weight``, ``--mask-threshold``, ``--clip-only``,
     ``--no-clip-ensemble``, ``--templates`` and the speed knobs."""
@@ -61,15 +74,7 @@ def add_prediction_args(parser: argparse.ArgumentParser) -> None:
         help="binarisation threshold of the masks; default: the config's, or "
         f"{OFFICIAL_DEMO_SETTINGS.mask_threshold} in demo mode",
     )
-    group.add_argument(
-        "--clip-only", action="store_true", help="classify with CLIP alone (= weight 0)"
-    )
-    group.add_argument(
-        "--no-clip-ensemble",
-        action="store_true",
-        help="classify with the proposal branch alone (official CLIP_ENSEMBLE: False)",
-    )
-    add_templates_arg(group)
+    add_classifier_args(group)
     add_speed_args(group)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from ovseg.cli._common import add_model_args
-from ovseg.cli._inference import add_templates_arg
+from ovseg.cli._inference import add_classifier_args
 from ovseg.cli._proposals import add_proposal_args
 from ovseg.data.datasets import list_datasets
 
@@ -74,15 +74,7 @@ def register(subparsers) -> None:
     source.add_argument(
         "--mask-threshold", type=float, default=None, help="MASK_THR (default: model's)"
     )
-    source.add_argument(
-        "--clip-only", action="store_true", help="classify with the CLIP branch only (= lambda 0)"
-    )
-    source.add_argument(
-        "--no-clip-ensemble",
-        action="store_true",
-        help="classify with the proposal branch alone (official CLIP_ENSEMBLE: False)",
-    )
-    add_templates_arg(source)
+    add_classifier_args(source)
     source.add_argument("--sweep", action="store_true", help="grid-search lambda x mask threshold")
     source.add_argument(
         "--lambdas", type=_floats, default=list(SWEEP_LAMBDAS), help="sweep lambdas"

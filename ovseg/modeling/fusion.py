@@ -39,7 +39,7 @@ OFFICIAL_DEMO_SETTINGS = DemoSettings(ensemble_weight=0.0, mask_threshold=0.35)
 
 @dataclass(frozen=True)
 class FusionSettings:
-    """How one prediction classifies and fuses the masks (``OVSeg.fusion_settings``).
+    """How one prediction classifies and fuses the masks (``fusion_settings``).
 
     Attributes:
         mode: "eval" (``semantic_fusion``) or "demo" (``demo_fusion``).
@@ -57,7 +57,7 @@ class FusionSettings:
     clip_alone: bool
 
 
-def resolve_fusion_settings(
+def fusion_settings(
     cfg,
     mode: str | None = None,
     ensemble_weight: float | None = None,
@@ -65,8 +65,15 @@ def resolve_fusion_settings(
     clip_only: bool | None = None,
     clip_ensemble: bool | None = None,
 ) -> FusionSettings:
-    """Resolve per-call options against ``cfg`` (an ``OVSegConfig``); see
-    ``OVSeg.fusion_settings``."""
+    """Resolve per-call options against ``cfg`` (an ``OVSegConfig``).
+
+    ``mode`` None is the config's (``"demo"`` for an ``OVSegDEMO`` config). Demo mode on a
+    non-demo config defaults to ``OFFICIAL_DEMO_SETTINGS`` (lambda 0, threshold 0.35);
+    otherwise weight and threshold default to the config's. As in the official code, a
+    weight of 0 means CLIP alone on the valid masks; ``clip_only=True`` is the same as
+    weight 0. ``clip_ensemble=False`` (official ``CLIP_ENSEMBLE: False``) classifies with
+    the proposal branch alone.
+    """
     mode = cfg.mode if mode is None else mode
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")

@@ -20,8 +20,8 @@ from ovseg.modeling.fusion import (
     demo_fusion,
     demo_vocabulary,
     ensemble_probs,
+    fusion_settings,
     proposal_class_probs,
-    resolve_fusion_settings,
     semantic_fusion,
 )
 from ovseg.modeling.pixel_decoder import PixelDecoder
@@ -236,27 +236,6 @@ class OVSeg(nn.Module):
         )
 
     # ---- stage 3: classification, ensemble, fusion -------------------------------------
-    def fusion_settings(
-        self,
-        mode: str | None = None,
-        ensemble_weight: float | None = None,
-        mask_threshold: float | None = None,
-        clip_only: bool | None = None,
-        clip_ensemble: bool | None = None,
-    ) -> FusionSettings:
-        """Resolve per-call options against the config.
-
-        ``mode`` None is the config's (``"demo"`` for an ``OVSegDEMO`` config). Demo mode on a
-        non-demo config defaults to ``OFFICIAL_DEMO_SETTINGS`` (lambda 0, threshold 0.35);
-        otherwise weight and threshold default to the config's. As in the official code, a
-        weight of 0 means CLIP alone on the valid masks; ``clip_only=True`` is the same as
-        weight 0. ``clip_ensemble=False`` (official ``CLIP_ENSEMBLE: False``) classifies with
-        the proposal branch alone.
-        """
-        return resolve_fusion_settings(
-            self.config, mode, ensemble_weight, mask_threshold, clip_only, clip_ensemble
-        )
-
     def classify(
         self,
         proposals: Proposals,
@@ -267,12 +246,12 @@ class OVSeg(nn.Module):
         """Per-proposal class probabilities and the masks they apply to.
 
         Args:
-            settings: from ``fusion_settings``; None for the config's.
+            settings: from ``ovseg.modeling.fusion.fusion_settings``; None for the config's.
         Returns ``(probs (N', K), masks (N', H, W))``: all N proposals normally; only the
         valid ones when CLIP alone classifies (lambda 0, ``clip_only``, or proposals without
         embeddings).
         """
-        settings = self.fusion_settings() if settings is None else settings
+        settings = fusion_settings(self.config) if settings is None else settings
         text = self.clip_adapter.with_void(text_features)
         no_embeddings = proposals.embeddings is None
         if not settings.clip_ensemble:
@@ -325,13 +304,13 @@ class OVSeg(nn.Module):
 
         Args:
             image: (3, H, W) uint8 or float 0-255, already resized.
-            others: see ``fusion_settings`` and ``encode_text``.
+            others: see ``ovseg.modeling.fusion.fusion_settings`` and ``encode_text``.
         Returns:
             sem_seg (K, H, W) over ``self.vocabulary(class_names, settings)`` (in demo mode a
             single name gets ``others`` appended).
         """
-        settings = self.fusion_settings(
-            mode, ensemble_weight, mask_threshold, clip_only, clip_ensemble
+        settings = fusion_settings(
+            self.config, mode, ensemble_weight, mask_threshold, clip_only, clip_ensemble
         )
         names = self.vocabulary(class_names, settings)
         proposals = self.propose(image)
