@@ -95,6 +95,8 @@ def test_demo_mode_scores_are_confidences(predictor):
     record = seg.to_json()
     assert record["unlabelled"]["area"] == int((seg.label_map < 0).sum())
     assert "sem_seg[k] / sum_j sem_seg[j]" in record["score_definition"]
+    with pytest.raises(ValueError, match="'others' alone"):
+        predictor.predict(["others"], mode="demo")
 
 
 def test_demo_mode_defaults_to_the_published_demo_settings(tiny_model):

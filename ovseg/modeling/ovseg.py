@@ -15,6 +15,7 @@ from ovseg.data.masked_crops import MEAN_FILL, MaskedCrops, masked_crops
 from ovseg.data.transforms import normalize_and_pad
 from ovseg.modeling.clip_branch import MaskAdaptedCLIP, prompt_templates
 from ovseg.modeling.fusion import (
+    OTHERS,
     FusionSettings,
     clip_class_probs,
     demo_fusion,
@@ -276,7 +277,14 @@ class OVSeg(nn.Module):
     def vocabulary(class_names: list[str], settings: FusionSettings) -> list[str]:
         """The classes a prediction uses: demo mode appends ``others`` to a single name."""
         names = validate_class_names(class_names)
-        return demo_vocabulary(names) if settings.mode == "demo" else names
+        if settings.mode != "demo":
+            return names
+        if [n.lower() for n in names] == [OTHERS]:
+            raise ValueError(
+                "demo mode adds 'others' to a single class name, so 'others' alone cannot be "
+                "segmented; name what to find, e.g. ['person']"
+            )
+        return demo_vocabulary(names)
 
     @staticmethod
     def fuse(
