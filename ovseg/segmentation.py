@@ -39,10 +39,10 @@ def unlabelled_as_negative(label: np.ndarray, num_classes: int) -> np.ndarray:
 def pixel_confidence(sem_seg: torch.Tensor, label_map: np.ndarray) -> np.ndarray:
     """(H, W) float64 normalised score of each pixel's label: ``sem_seg[l] / sum_j sem_seg[j]``
     (scores are >= 0); 0 where the scores sum to 0 or the pixel is unlabelled."""
-    scores = sem_seg.detach().double().cpu()
+    scores = sem_seg.detach().float().cpu()  # no copy for the predictor's float32 scores
     labels = torch.from_numpy(np.maximum(label_map, 0))
-    top = scores.gather(0, labels[None])[0]
-    total = scores.sum(dim=0)
+    top = scores.gather(0, labels[None])[0].double()
+    total = scores.sum(dim=0, dtype=torch.float64)
     share = torch.where(total > 0, top / total.clamp_min(1e-300), torch.zeros_like(top))
     share[torch.from_numpy(label_map < 0)] = 0.0
     return share.numpy()
