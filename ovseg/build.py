@@ -155,7 +155,8 @@ def build_model(name: str, checkpoint: str | Path | None = None) -> OVSeg:
         name: one of ``list_models()``.
         checkpoint: weights: our ``.safetensors`` format or an official ``.pth``/``.pt``.
             None: the cached released weights (``ovseg download NAME``); ``ovseg-test-tiny``
-            alone falls back to seeded random weights, with a warning.
+            alone falls back to seeded random weights, with a warning (and the model's
+            ``random_weights`` attribute set to True).
     """
     from ovseg import checkpoints, hub
 
@@ -173,7 +174,9 @@ def build_model(name: str, checkpoint: str | Path | None = None) -> OVSeg:
             )
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                return build_ovseg(MODELS[name]())
+                model = build_ovseg(MODELS[name]())
+            model.random_weights = True  # shown by `ovseg serve`'s page as a warning
+            return model
         else:
             raise FileNotFoundError(
                 f"no weights for {name!r} in {hub.ovseg_home()}: run `ovseg download {name}` "

@@ -42,6 +42,9 @@ class OVSegConfig:
     mask_threshold: float = 0.4
     ensemble_weight: float = 0.7
     clip_ensemble: bool = True
+    mode: str = "eval"  # "eval" (OVSeg semantic inference) or "demo" (OVSegDEMO)
+    text_templates: str = "vild"  # "vild", "imagenet" or "predefined"
+    predefined_templates: tuple = ("a photo of a {}.",)
     min_size_test: int = 640
     max_size_test: int = 2560
     size_divisibility: int = 32
@@ -60,7 +63,7 @@ class OVSegConfig:
         d = dict(d)
         if isinstance(d.get("clip"), dict):
             d["clip"] = ClipArch(**d["clip"])
-        for key in ("pixel_mean", "pixel_std"):
+        for key in ("pixel_mean", "pixel_std", "predefined_templates"):
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
@@ -153,8 +156,11 @@ def config_from_official(cfg: dict, clip_arch: ClipArch) -> OVSegConfig:
         raise ValueError("MODEL.MASK_FORMER.PRE_NORM=True is not supported")
     if ca.get("MASK_MATTING", False):
         raise ValueError("MODEL.CLIP_ADAPTER.MASK_MATTING=True is not supported")
-    if ca.get("TEXT_TEMPLATES", "vild") != "vild":
-        raise ValueError("only MODEL.CLIP_ADAPTER.TEXT_TEMPLATES=vild is supported")
+    templates = ca.get("TEXT_TEMPLATES", "vild")
+    if templates not in ("vild", "imagenet", "predefined"):
+        raise ValueError(
+            f"MODEL.CLIP_ADAPTER.TEXT_TEMPLATES={templates!r}; use vild, imagenet or predefined"
+        )
     fill = ca.get("MASK_FILL", "mean")
     if fill not in ("mean", "zero"):
         raise ValueError(f"MODEL.CLIP_ADAPTER.MASK_FILL={fill!r}; use 'mean' or 'zero'")
@@ -179,6 +185,9 @@ def config_from_official(cfg: dict, clip_arch: ClipArch) -> OVSegConfig:
         mask_threshold=ca.get("MASK_THR", 0.4),
         ensemble_weight=ca.get("CLIP_ENSEMBLE_WEIGHT", 0.7),
         clip_ensemble=ca.get("CLIP_ENSEMBLE", True),
+        mode="demo" if model.get("META_ARCHITECTURE") == "OVSegDEMO" else "eval",
+        text_templates=templates,
+        predefined_templates=tuple(ca.get("PREDEFINED_PROMPT_TEMPLATES", ["a photo of a {}."])),
         min_size_test=inp.get("MIN_SIZE_TEST", 640),
         max_size_test=inp.get("MAX_SIZE_TEST", 2560),
         size_divisibility=mf.get("SIZE_DIVISIBILITY", 32),

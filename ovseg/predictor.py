@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from ovseg.data.image import to_rgb_array
 from ovseg.data.transforms import resize_shortest_edge
 from ovseg.inference import InferenceOptions, compiled, prepare_model
-from ovseg.modeling.fusion import proposal_class_probs, semantic_fusion
-from ovseg.modeling.ovseg import ClipImageFeatures, OVSeg, validate_class_names
+from ovseg.modeling.fusion import demo_unlabelled, fusion_settings, proposal_class_probs
+from ovseg.modeling.ovseg import ClipImageFeatures, OVSeg
 from ovseg.modeling.proposals import ProposalGenerator, Proposals
 from ovseg.segmentation import Segmentation
 
@@ -129,34 +129,53 @@ class Predictor:
         ensemble_weight: float | None = None,
         mask_threshold: float | None = None,
         clip_only: bool | None = None,
+        mode: str | None = None,
+        templates: str | tuple[str, ...] | None = None,
+        clip_ensemble: bool | None = None,
     ) -> Segmentation:
         """Segment the current image with the vocabulary ``class_names``.
 
         Args:
             class_names: K distinct, non-blank names.
-            ensemble_weight: lambda of ``p_prop^(1-lambda) * p_clip^lambda``; default from the
-                model config (0.7 for the released models).
-            mask_threshold: binarisation threshold for the CLIP crops (default 0.4 / 0.5).
-            clip_only: classify with CLIP alone, on the non-empty masks.
+            ensemble_weight: lambda of ``p_prop^(1-lambda) * p_clip^lambda``; 0 means CLIP
+                alone on the valid masks, as in the official code. Default: the model
+                config's (0.7 for the released models), or 0.0 in demo mode.
+            mask_threshold: binarisation threshold for the CLIP crops (and the demo masks);
+                default the config's (0.4 / 0.5), or 0.35 in demo mode.
+            clip_only: classify with CLIP alone, on the non-empty masks (= weight 0).
+            mode: "eval" (official ``OVSeg``: soft fusion of all masks; every pixel labelled)
+                or "demo" (official ``OVSegDEMO``: each class keeps its best mask, binarised;
+                a single name gets ``others`` appended; uncovered pixels are unlabelled, -1).
+                None: the config's mode ("demo" for an ``OVSegDEMO`` config, else "eval").
+                Demo mode on a non-demo config defaults to ``OFFICIAL_DEMO_SETTINGS``.
+            templates: prompt templates, "vild", "imagenet", "predefined" or a sequence of
+                template strings; default the config's.
+            clip_ensemble: False classifies with the proposal branch alone (official
+                ``CLIP_ENSEMBLE: False``); default the config's (True).
         Returns:
             ``Segmentation`` with ``sem_seg`` (K, H, W) at the original image size.
         """
         self._require_image()
-        names = validate_class_names(class_names)
-        text = self.model.encode_text(names)
-        cfg = self.model.config
+        model = self.model
+        settings = fusion_settings(
+            model.config, mode, ensemble_weight, mask_threshold, clip_only, clip_ensemble
+        )
+        names = model.vocabulary(class_names, settings)
+        text = model.encode_text(names, templates)
         proposals = self.proposals
         queries = self.top_k_queries(text)
         if queries is not None:
             proposals = Proposals(proposals.masks[queries], proposals.embeddings[queries])
-        needs_clip = cfg.clip_ensemble or clip_only or proposals.embeddings is None
-        clip = self.clip_features(mask_threshold, queries) if needs_clip else None
-        probs, masks = self.model.classify(proposals, clip, text, ensemble_weight, clip_only)
-        sem_seg = semantic_fusion(probs, masks)
+        clip = None
+        if settings.clip_ensemble or proposals.embeddings is None:
+            clip = self.clip_features(settings.mask_threshold, queries)
+        probs, masks = model.classify(proposals, clip, text, settings)
+        sem_seg = model.fuse(probs, masks, settings, names)
         sem_seg = F.interpolate(
             sem_seg[None], size=self.original_size, mode="bilinear", align_corners=False
-        )[0]
-        return Segmentation.from_scores(names, sem_seg.float().cpu())
+        )[0].float()
+        unlabelled = demo_unlabelled(sem_seg) if settings.mode == "demo" else None
+        return Segmentation.from_scores(names, sem_seg.cpu(), unlabelled, mode=settings.mode)
 
     def _require_image(self) -> None:
         if not self.is_image_set:

@@ -13,32 +13,89 @@ from PIL import Image
 
 from ovseg.fileio import atomic_path, write_atomic
 
+UNLABELLED = -1  # label_map value of unlabelled pixels
+MAX_PALETTE_CLASSES = 255  # a P-mode PNG holds classes 0..254 and 255 for unlabelled
+
+SCORE_DEFINITION = (
+    "confidence in [0, 1]: the mean, over the segment's pixels, of the pixel's normalised "
+    "score sem_seg[k] / sum_j sem_seg[j] (the share of all class scores at that pixel that "
+    "goes to the segment's class; 0 where all scores are 0)"
+)
+
+
+def unlabelled_png_values(num_classes: int) -> tuple[int, ...]:
+    """Label-PNG values that mean "unlabelled" for ``num_classes`` classes: 65535, and 255
+    while 255 cannot be a class (at most 255 classes)."""
+    return (255, 65535) if num_classes <= MAX_PALETTE_CLASSES else (65535,)
+
+
+def unlabelled_as_negative(label: np.ndarray, num_classes: int) -> np.ndarray:
+    """A label PNG's values as int64 with the unlabelled values mapped to ``UNLABELLED``."""
+    out = label.astype(np.int64)
+    out[np.isin(out, unlabelled_png_values(num_classes))] = UNLABELLED
+    return out
+
+
+def pixel_confidence(sem_seg: torch.Tensor, label_map: np.ndarray) -> np.ndarray:
+    """(H, W) float64 normalised score of each pixel's label: ``sem_seg[l] / sum_j sem_seg[j]``
+    (scores are >= 0); 0 where the scores sum to 0 or the pixel is unlabelled."""
+    scores = sem_seg.detach().float().cpu()  # no copy for the predictor's float32 scores
+    labels = torch.from_numpy(np.maximum(label_map, 0))
+    top = scores.gather(0, labels[None])[0].double()
+    total = scores.sum(dim=0, dtype=torch.float64)
+    share = torch.where(total > 0, top / total.clamp_min(1e-300), torch.zeros_like(top))
+    share[torch.from_numpy(label_map < 0)] = 0.0
+    return share.numpy()
+
 
 @dataclass
 class Segmentation:
     """Per-pixel labelling of one image.
 
     Attributes:
-        class_names: the vocabulary, in class-index order.
-        sem_seg: (K, H, W) float32 scores at the original image size.
-        label_map: (H, W) int64 index into ``class_names`` (argmax of ``sem_seg``).
+        class_names: the classes used, in class-index order (in demo mode a single name gets
+            ``others`` appended).
+        sem_seg: (K, H, W) float32 raw scores (>= 0) at the original image size; not
+            normalised (eval mode sums over all masks, so they may exceed 1).
+        label_map: (H, W) int64 index into ``class_names`` (argmax of ``sem_seg``), or
+            ``UNLABELLED`` (-1) where no class applies (demo mode only).
+        mode: "eval" or "demo", the fusion that made ``sem_seg``.
     """
 
     class_names: list[str]
     sem_seg: torch.Tensor
     label_map: np.ndarray
+    mode: str = "eval"
 
     @classmethod
-    def from_scores(cls, class_names: list[str], sem_seg: torch.Tensor) -> Segmentation:
+    def from_scores(
+        cls,
+        class_names: list[str],
+        sem_seg: torch.Tensor,
+        unlabelled: torch.Tensor | np.ndarray | None = None,
+        mode: str = "eval",
+    ) -> Segmentation:
+        """Label map = argmax of ``sem_seg`` (K, H, W), ``UNLABELLED`` where ``unlabelled``
+        ((H, W) bool) is True."""
         label_map = sem_seg.argmax(dim=0).cpu().numpy().astype(np.int64)
-        return cls(list(class_names), sem_seg, label_map)
+        if unlabelled is not None:
+            mask = unlabelled.cpu().numpy() if torch.is_tensor(unlabelled) else unlabelled
+            label_map[np.asarray(mask, dtype=bool)] = UNLABELLED
+        return cls(list(class_names), sem_seg, label_map, mode)
+
+    @property
+    def unlabelled_value(self) -> int:
+        """Value of unlabelled pixels in ``label_image``: 255 (8-bit, at most 255 classes) or
+        65535 (16-bit)."""
+        return 255 if len(self.class_names) <= MAX_PALETTE_CLASSES else 65535
 
     @property
     def segments(self) -> list[dict]:
         """One entry per class present, as Hugging Face's image-segmentation pipeline does.
 
         ``{"label": str, "score": float, "mask": PIL.Image mode "L" (255 inside)}``; the score
-        is the mean ``sem_seg`` value of that class over its pixels.
+        is a confidence in [0, 1], see ``SCORE_DEFINITION``. Unlabelled pixels belong to no
+        segment.
         """
         out = []
         for k, inside, score in self._present():
@@ -47,22 +104,27 @@ class Segmentation:
         return out
 
     def _present(self) -> list[tuple[int, np.ndarray, float]]:
-        """(class index, (H, W) bool mask, mean score inside) for each class present."""
-        scores = self.sem_seg.detach().float().cpu()
+        """(class index, (H, W) bool mask, confidence) for each class present."""
+        confidence = pixel_confidence(self.sem_seg, self.label_map)
         out = []
         for k in np.unique(self.label_map).tolist():
+            if k < 0:
+                continue
             inside = self.label_map == k
-            out.append((k, inside, float(scores[k][torch.from_numpy(inside)].mean())))
+            out.append((k, inside, float(confidence[inside].mean())))
         return out
 
     def to_json(self) -> dict:
         """A JSON-ready dict: image size, vocabulary, and one entry per class present.
 
-        ``{"height", "width", "class_names", "segments": [{"id", "label", "score", "area",
-        "bbox", "rle"}]}``. ``id`` indexes ``class_names``; ``area`` is the pixel count;
+        ``{"height", "width", "class_names", "mode", "score_definition", "unlabelled":
+        {"value", "area"}, "segments": [{"id", "label", "score", "area", "bbox", "rle"}]}``.
+        ``id`` indexes ``class_names``; ``score`` is a confidence in [0, 1]
+        (``SCORE_DEFINITION``); ``area`` is the pixel count;
         ``bbox`` is COCO ``[x, y, w, h]``; ``rle`` is a COCO compressed RLE
         ``{"size": [H, W], "counts": str}`` that ``pycocotools.mask.decode`` turns back into
-        exactly ``label_map == id`` (after encoding ``counts`` to bytes).
+        exactly ``label_map == id`` (after encoding ``counts`` to bytes). Unlabelled pixels
+        have no segment; ``unlabelled`` gives their value in the label PNG and their count.
         """
         from pycocotools import mask as mask_utils
 
@@ -85,6 +147,12 @@ class Segmentation:
             "height": int(height),
             "width": int(width),
             "class_names": list(self.class_names),
+            "mode": self.mode,
+            "score_definition": SCORE_DEFINITION,
+            "unlabelled": {
+                "value": self.unlabelled_value,
+                "area": int((self.label_map < 0).sum()),
+            },
             "segments": segments,
         }
 
@@ -104,18 +172,26 @@ class Segmentation:
         return overlay_image(image, self.label_map, self.class_names, alpha=alpha, legend=legend)
 
     def label_image(self) -> Image.Image:
-        """The label map as an index PNG image: mode "P" with the class palette when there are
-        at most 256 classes (pixel value = class index, shown in colour), else 16-bit "I;16"."""
-        from ovseg.visualize import palette
+        """The label map as an index PNG image (pixel value = class index).
+
+        Up to 255 classes: mode "P" with the class palette, unlabelled = 255 (black). More:
+        16-bit "I;16", unlabelled = 65535. ``unlabelled_value`` says which.
+        """
+        from ovseg.visualize import UNLABELLED_RGB, palette
 
         k = len(self.class_names)
-        if k <= 256:
-            out = Image.fromarray(self.label_map.astype(np.uint8)).convert("P")
-            out.putpalette(palette(max(k, 1)).ravel().tolist())
-            return out
-        if k > 65536:
-            raise ValueError(f"at most 65536 classes fit a 16-bit label PNG, got {k}")
-        return Image.fromarray(self.label_map.astype(np.uint16))
+        if k > 65535:
+            raise ValueError(f"at most 65535 classes fit a 16-bit label PNG, got {k}")
+        dtype = np.uint8 if k <= MAX_PALETTE_CLASSES else np.uint16
+        values = np.where(self.label_map < 0, self.unlabelled_value, self.label_map)
+        if dtype is np.uint16:
+            return Image.fromarray(values.astype(np.uint16))
+        out = Image.fromarray(values.astype(np.uint8)).convert("P")
+        colours = np.zeros((256, 3), dtype=np.uint8)
+        colours[:k] = palette(max(k, 1))[:k]
+        colours[255] = UNLABELLED_RGB
+        out.putpalette(colours.ravel().tolist())
+        return out
 
     def save(
         self,

@@ -12,6 +12,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 _GOLDEN = 0.6180339887498949
+# Unlabelled pixels (negative labels): black in a colour map, the image itself in an overlay.
+UNLABELLED_RGB = (0, 0, 0)
+UNLABELLED_SWATCH = (255, 255, 255)
 
 
 @lru_cache(maxsize=8)
@@ -39,14 +42,19 @@ def palette(num_classes: int) -> np.ndarray:
 
 
 def colorize(label_map: np.ndarray, num_classes: int) -> np.ndarray:
-    """Colour image (H, W, 3) uint8 of a (H, W) integer label map with ``palette``."""
+    """Colour image (H, W, 3) uint8 of a (H, W) integer label map with ``palette``; negative
+    labels (unlabelled) are ``UNLABELLED_RGB``."""
     if label_map.ndim != 2:
         raise ValueError(f"label_map must be (H, W), got shape {tuple(label_map.shape)}")
-    return palette(max(num_classes, 1))[label_map]
+    colours = palette(max(num_classes, 1))[np.maximum(label_map, 0)]
+    colours[label_map < 0] = UNLABELLED_RGB
+    return colours
 
 
 def blend(image: np.ndarray, label_map: np.ndarray, num_classes: int, alpha: float) -> np.ndarray:
-    """``(1 - alpha) * image + alpha * colours``, (H, W, 3) uint8; image is (H, W, 3) uint8 RGB."""
+    """``(1 - alpha) * image + alpha * colours``, (H, W, 3) uint8; image is (H, W, 3) uint8 RGB.
+
+    Unlabelled pixels (negative labels) keep the image unchanged."""
     if image.shape[:2] != label_map.shape:
         raise ValueError(
             f"image is {image.shape[1]}x{image.shape[0]} but the label map is "
@@ -56,7 +64,10 @@ def blend(image: np.ndarray, label_map: np.ndarray, num_classes: int, alpha: flo
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     colours = colorize(label_map, num_classes).astype(np.float32)
     out = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    unlabelled = label_map < 0
+    out[unlabelled] = image[unlabelled]
+    return out
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -107,7 +118,8 @@ def overlay_image(
 
     Args:
         image: (H, W, 3) uint8 RGB, or None to draw the colour map alone.
-        label_map: (H, W) integer index into ``class_names``.
+        label_map: (H, W) integer index into ``class_names``; negative = unlabelled (left
+            uncoloured, listed as "unlabelled" in the legend).
         class_names: the vocabulary.
         alpha: colour weight in [0, 1].
         legend: add the legend panel (classes present, largest first).
@@ -122,9 +134,22 @@ def overlay_image(
     out = Image.fromarray(pixels)
     if not legend:
         return out
-    counts = np.bincount(label_map.ravel(), minlength=k)
+    return draw_legend(out, legend_entries(label_map, class_names))
+
+
+def legend_entries(
+    label_map: np.ndarray, class_names: list[str]
+) -> list[tuple[str, tuple[int, int, int], float]]:
+    """(name, rgb, share of pixels) per class present, largest first; then ("unlabelled",
+    ``UNLABELLED_SWATCH``, share) when some labels are negative."""
+    k = len(class_names)
+    labels = label_map.ravel()
+    counts = np.bincount(labels[labels >= 0], minlength=k)
     colours = palette(max(k, 1))
     present = [c for c in np.argsort(-counts, kind="stable").tolist() if counts[c] > 0]
     total = max(int(label_map.size), 1)
     entries = [(class_names[c], tuple(colours[c].tolist()), counts[c] / total) for c in present]
-    return draw_legend(out, entries)
+    unlabelled = int((labels < 0).sum())
+    if unlabelled:
+        entries.append(("unlabelled", UNLABELLED_SWATCH, unlabelled / total))
+    return entries

@@ -20,14 +20,16 @@ class FakePredictor:
         self.delay_s = delay_s
         self.image: np.ndarray | None = None
         self.calls = 0
+        self.options: dict | None = None  # the keyword arguments of the last predict call
 
     def set_image(self, image: np.ndarray) -> None:
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
         self.image = image
 
-    def predict(self, class_names: list[str]) -> Segmentation:
+    def predict(self, class_names: list[str], **options) -> Segmentation:
         time.sleep(self.delay_s)
         self.calls += 1
+        self.options = options
         gray = torch.from_numpy(self.image.astype(np.float32).mean(axis=2) / 256.0)
         centres = (torch.arange(len(class_names)) + 0.5) / len(class_names)
         scores = 1.0 - (gray[None] - centres[:, None, None]).abs()

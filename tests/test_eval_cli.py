@@ -91,6 +91,21 @@ def test_bad_input_errors_name_the_file(tmp_path, capsys):
     assert code == 2 and "--predictions" in text
 
 
+def test_unlabelled_prediction_pixels(tmp_path, capsys):
+    """255 in an 8-bit prediction PNG (what ``ovseg segment`` writes in demo mode) is
+    unlabelled: a miss for the ground-truth class, a prediction of no class."""
+    root = tiny_camvid(tmp_path, [np.array([[0, 0], [1, 1]])])
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    Image.fromarray(np.array([[0, 255], [1, 255]], np.uint8)).save(preds / "0.png")
+    out = tmp_path / "m.json"
+    argv = eval_argv("camvid", root, "--predictions", preds, "--json", out, "--quiet")
+    assert main(argv) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["pACC"] == 50.0 and metrics["num_pixels"] == 4
+    assert metrics["per_class_iou"]["sky"] == 50.0
+
+
 class Interrupted(Exception):
     pass
 

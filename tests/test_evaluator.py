@@ -107,3 +107,17 @@ def test_torch_inputs():
     torch = pytest.importorskip("torch")
     m = SemSegEvaluator(NAMES).update(torch.tensor([[0, 1]]), torch.tensor([[0, 1]]))
     assert m.sum() == 2 and not math.isnan(metrics_from_confusion(m, NAMES)["mIoU"])
+
+
+def test_unlabelled_predictions_count_as_misses():
+    gt = np.array([[0, 0, 1, 1, -1]])
+    pred = np.array([[0, -1, 1, -1, -1]])
+    ev = SemSegEvaluator(NAMES)
+    ev.update(pred, gt)
+    assert ev.confusion[3].tolist() == [1, 1, 0, 1]  # the "no prediction" row
+    m = ev.compute()
+    # TP a=1 b=1; GT a=2 b=2; Pred a=1 b=1 -> IoU 1 / (2 + 1 - 1) = 50 each
+    assert m["per_class_iou"] == {"a": 50.0, "b": 50.0, "c": None}
+    assert m["pACC"] == pytest.approx(50.0) and m["num_pixels"] == 4
+    with pytest.raises(ValueError, match="-1"):
+        ev.update(np.full((1, 5), -2), gt)

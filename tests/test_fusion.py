@@ -9,6 +9,9 @@ import torch
 
 from ovseg.modeling.fusion import (
     clip_class_probs,
+    demo_fusion,
+    demo_unlabelled,
+    demo_vocabulary,
     ensemble_probs,
     proposal_class_probs,
     semantic_fusion,
@@ -39,3 +42,39 @@ def test_semantic_fusion_by_hand():
     out = semantic_fusion(probs, masks)
     assert out.shape == (2, 1, 2)
     assert torch.allclose(out, torch.tensor([[[1.0, 0.7]], [[0.0, 0.8]]]))
+
+
+def test_demo_fusion_by_hand():
+    # 3 masks on a 1x4 image; classes a, b, c
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8]])
+    masks = torch.tensor([[[0.9, 0.9, 0.1, 0.0]], [[0.0, 0.6, 0.6, 0.0]], [[0.0, 0.0, 0.5, 0.5]]])
+    out = demo_fusion(probs, masks, 0.5, ["a", "b", "c"])
+    # a -> mask 0, b -> mask 1, c -> mask 2; 0.5 is not > 0.5, so mask 2 is empty (invalid)
+    # and c falls back to the valid mask with the highest p(c): mask 0 (0.1 ties with mask 1;
+    # the first wins)
+    assert out.select.tolist() == [0, 1, 0]
+    # mask 0 covers pixels 0, 1 with its whole row; mask 1 covers pixels 1, 2: rows add up
+    expected = torch.tensor(
+        [[[0.7, 1.3, 0.6, 0.0]], [[0.2, 0.5, 0.3, 0.0]], [[0.1, 0.2, 0.1, 0.0]]]
+    )
+    assert torch.allclose(out.sem_seg, expected)
+    assert demo_unlabelled(out.sem_seg).tolist() == [[False, False, False, True]]
+
+
+def test_demo_fusion_others_never_selects():
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    masks = torch.ones(2, 1, 2)
+    for names in (["cat", "others"], ["dog", "others"]):
+        out = demo_fusion(probs, masks, 0.5, names)
+        assert out.select.tolist() == [0]
+        assert torch.allclose(out.sem_seg[:, 0, 0], torch.tensor([0.9, 0.1]))
+    # the rule is only for two names ending in "others"
+    assert demo_fusion(probs, masks, 0.5, ["a", "b"]).select.tolist() == [0, 1]
+    assert demo_vocabulary(["cat"]) == ["cat", "others"]
+    assert demo_vocabulary(["cat", "dog"]) == ["cat", "dog"]
+
+
+def test_demo_fusion_without_valid_masks_labels_nothing():
+    out = demo_fusion(torch.rand(2, 3), torch.full((2, 2, 2), 0.2), 0.35, ["a", "b", "c"])
+    assert out.select.numel() == 0 and not out.sem_seg.any()
+    assert demo_unlabelled(out.sem_seg).all()

@@ -135,3 +135,24 @@ def test_end_to_end_matches_official(official_tiny):
     assert_close_to_scale(sem_seg, out["sem_seg"])
     assert torch.equal(sem_seg.argmax(0), out["sem_seg_argmax"])
     assert torch.equal(model(image, names).argmax(0), out["sem_seg_argmax"])
+
+
+@torch.no_grad()
+def test_lambda_zero_is_clip_alone_and_no_ensemble_is_proposals_alone(official_tiny):
+    """Official ``semantic_inference``: weight 0 -> CLIP probabilities on the valid masks
+    only; ``CLIP_ENSEMBLE: False`` -> the proposal branch on all masks."""
+    import copy
+    import dataclasses
+
+    model, out, image, names = official_tiny
+    valid = out["clip.valid_flag"].bool()
+    clip_alone = torch.einsum("qc,qhw->chw", out["clip.cls_probs"], out["mask_pred_probs"][valid])
+    proposals_alone = torch.einsum("qc,qhw->chw", out["mask_cls_probs"], out["mask_pred_probs"])
+    assert_close_to_scale(model(image, names, ensemble_weight=0.0), clip_alone)
+    assert_close_to_scale(model(image, names, clip_only=True), clip_alone)
+    zero_config = copy.copy(model)
+    zero_config.config = dataclasses.replace(model.config, ensemble_weight=0.0)
+    assert_close_to_scale(zero_config(image, names), clip_alone)
+    assert_close_to_scale(model(image, names, clip_ensemble=False), proposals_alone)
+    # a small weight is a real ensemble, not CLIP alone
+    assert max_abs(model(image, names, ensemble_weight=1e-3), clip_alone) > 1e-3

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -46,16 +47,19 @@ def _check_outputs(out: Path, image: Path, class_names: list[str]) -> None:
     assert record["class_names"] == class_names
     assert (record["height"], record["width"]) == labels.shape
     assert record["source"].endswith(image.name)
-    assert sorted(s["id"] for s in record["segments"]) == np.unique(labels).tolist()
-    covered = np.zeros(labels.shape, dtype=int)
+    unlabelled = labels == record["unlabelled"]["value"]
+    assert record["unlabelled"]["area"] == int(unlabelled.sum())
+    assert sorted(s["id"] for s in record["segments"]) == np.unique(labels[~unlabelled]).tolist()
+    covered = unlabelled.astype(int)
     for segment in record["segments"]:
         rle = dict(segment["rle"], counts=segment["rle"]["counts"].encode())
         mask = mask_utils.decode(rle).astype(bool)
         assert np.array_equal(mask, labels == segment["id"]), segment["label"]
         assert segment["area"] == int(mask.sum())
         assert segment["label"] == class_names[segment["id"]]
+        assert 0.0 <= segment["score"] <= 1.0
         covered += mask
-    assert (covered == 1).all()  # the segments tile the image exactly
+    assert (covered == 1).all()  # the segments and the unlabelled pixels tile the image
 
 
 def test_segment_real_photos_with_tiny_model(photo_dir, tmp_path, capsys):
@@ -67,6 +71,8 @@ def test_segment_real_photos_with_tiny_model(photo_dir, tmp_path, capsys):
     for image in images:
         folder = out / "photos" / image.parent.relative_to(photo_dir)
         _check_outputs(folder, image, ["person", "dog", "sky"])
+        record = json.loads((folder / f"{image.stem}.json").read_text())
+        assert record["mode"] == "demo" and record["options"] == {"mode": "demo"}
     assert "3 segmented, 0 already done, 0 failed" in capsys.readouterr().out
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
@@ -99,10 +105,13 @@ def test_single_files_resume_force_and_new_vocabulary(fake, tmp_path, capsys):
     assert main(argv) == 0
     assert fake.calls == 4
 
-    # another vocabulary is not "done"
+    # another vocabulary is not "done", nor are other options
     assert main(["segment", str(a), "--classes", "x; y; z", "--out", str(out)]) == 0
     assert fake.calls == 5
     _check_outputs(out, a, ["x", "y", "z"])
+    argv = ["segment", str(a), "--classes", "x; y; z", "--out", str(out), "--mode", "eval"]
+    assert main(argv) == 0
+    assert fake.calls == 6
 
 
 def test_classes_file_keeps_commas_inside_names(fake, tmp_path):
@@ -161,6 +170,27 @@ def test_serve_binds_localhost_by_default():
     assert args.host == "127.0.0.1" and args.port == 8000
 
 
+def test_serve_and_eval_prediction_flags():
+    from ovseg.cli import build_parser
+    from ovseg.cli._eval_run import eval_predict_kwargs
+    from ovseg.cli._inference import inference_options, predict_kwargs
+
+    parse = build_parser().parse_args
+    assert predict_kwargs(parse(["serve", "--model", "m"])) == {"mode": "demo"}
+    args = parse(["serve", "--model", "m", "--mode", "eval", "--templates", "vild", "--top-k", "7"])
+    assert predict_kwargs(args) == {"mode": "eval", "templates": "vild"}
+    assert inference_options(args).top_k == 7
+    argv = ["eval", "--dataset", "camvid", "--root", "r", "--model", "m"]
+    assert eval_predict_kwargs(parse(argv)) == {"mode": "eval", "clip_only": None}
+    args = parse(argv + ["--clip-only", "--templates", "imagenet", "--no-clip-ensemble"])
+    assert eval_predict_kwargs(args) == {
+        "mode": "eval",
+        "clip_only": True,
+        "clip_ensemble": False,
+        "templates": "imagenet",
+    }
+
+
 def test_segment_speed_knobs_bf16_and_top_k(tmp_path):
     image = _photos(1)[0]
     out = tmp_path / "out"
@@ -181,3 +211,48 @@ def test_segment_speed_knobs_bf16_and_top_k(tmp_path):
                 "fp16",
             ]
         )
+
+
+def test_segment_flags_reach_the_predictor(fake, tmp_path):
+    """Every prediction flag ends up in the ``predict`` call (the library tests show what
+    each one does)."""
+    (a,) = _photos(1)
+    argv = ["segment", str(a), "--classes", "a, b", "--out", str(tmp_path / "1")]
+    assert main(argv) == 0
+    assert fake.options == {"mode": "demo"}  # the official demo by default
+    argv = ["segment", str(a), "--classes", "a, b", "--out", str(tmp_path / "2")]
+    argv += ["--mode", "eval", "--ensemble-weight", "0.3", "--mask-threshold", "0.6"]
+    argv += ["--clip-only", "--templates", "imagenet"]
+    assert main(argv) == 0
+    assert fake.options == {
+        "mode": "eval",
+        "ensemble_weight": 0.3,
+        "mask_threshold": 0.6,
+        "clip_only": True,
+        "templates": "imagenet",
+    }
+    argv = ["segment", str(a), "--classes", "a", "--out", str(tmp_path / "3")]
+    assert main(argv + ["--no-clip-ensemble"]) == 0
+    assert fake.options == {"mode": "demo", "clip_ensemble": False}
+
+
+def test_speed_flags_build_the_inference_options(monkeypatch):
+    from ovseg.cli import _inference, build_parser
+
+    args = build_parser().parse_args(
+        ["segment", "x.jpg", "--classes", "a", "--dtype", "bf16", "--top-k", "5"]
+    )
+    options = _inference.inference_options(args)
+    assert (options.dtype, options.top_k) == ("bf16", 5)
+    default = _inference.inference_options(
+        build_parser().parse_args(["segment", "x", "--classes", "a"])
+    )
+    assert (default.dtype, default.top_k) == ("fp32", None)
+    # make_predictor hands them to the Predictor it builds
+    import ovseg
+
+    tiny = ovseg.build_model("ovseg-test-tiny")
+    monkeypatch.setattr("ovseg.cli._common.load_model_from_args", lambda _: tiny)
+    predictor = _inference.make_predictor(args)
+    assert predictor.options.top_k == 5
+    assert predictor.model.backbone.patch_embed.proj.weight.dtype == torch.bfloat16

@@ -38,8 +38,11 @@ def test_to_json_rle_decodes_to_the_label_map():
         "bbox": [2.0, 1.0, 4.0, 2.0],
         "rle": by_id[1]["rle"],
     }
-    assert by_id[2]["area"] == 6 and by_id[2]["score"] == pytest.approx(0.7)
-    assert by_id[0]["area"] == 48 - 8 - 6 and by_id[0]["score"] == pytest.approx(0.1)
+    # score = mean of sem_seg[k] / sum_j sem_seg[j]: 0.9 / (0.1 + 0.9), 0.7 / (0.1 + 0.7), 1
+    assert by_id[2]["area"] == 6 and by_id[2]["score"] == pytest.approx(0.875)
+    assert by_id[0]["area"] == 48 - 8 - 6 and by_id[0]["score"] == pytest.approx(1.0)
+    assert out["unlabelled"] == {"value": 255, "area": 0}
+    assert out["mode"] == "eval" and "[0, 1]" in out["score_definition"]
     for k, segment in by_id.items():
         rle = dict(segment["rle"], counts=segment["rle"]["counts"].encode())
         assert np.array_equal(mask_utils.decode(rle).astype(bool), seg.label_map == k)
@@ -93,6 +96,62 @@ def test_label_png_for_more_than_256_classes(tmp_path):
     label = np.asarray(Image.open(paths["label_map"]))
     assert label.dtype != np.uint8 and np.array_equal(label.astype(np.int64), seg.label_map)
     assert set(np.unique(label).tolist()) == {0, 1, 299}
+
+
+def _with_unlabelled(num_classes: int) -> Segmentation:
+    """The hand-made segmentation with its right-most two columns unlabelled (12 pixels)."""
+    seg = _hand_made(num_classes)
+    unlabelled = np.zeros((6, 8), dtype=bool)
+    unlabelled[:, 6:] = True
+    return Segmentation.from_scores(seg.class_names, seg.sem_seg, unlabelled, mode="demo")
+
+
+@pytest.mark.parametrize(("num_classes", "value"), [(3, 255), (255, 255), (256, 65535)])
+def test_unlabelled_pixels_in_the_png_and_json(tmp_path, num_classes, value):
+    seg = _with_unlabelled(num_classes)
+    assert (seg.label_map == -1).sum() == 12
+    paths = seg.save(tmp_path, "x", image=np.zeros((6, 8, 3), np.uint8))
+    png = Image.open(paths["label_map"])
+    assert png.mode == ("P" if num_classes <= 255 else "I;16")
+    label = np.asarray(png).astype(np.int64)
+    assert (label == value).sum() == 12 and np.array_equal(label[:, :6], seg.label_map[:, :6])
+    record = json.loads(paths["json"].read_text())
+    assert record["unlabelled"] == {"value": value, "area": 12}
+    assert record["mode"] == "demo"
+    covered = np.zeros((6, 8), dtype=bool)
+    for segment in record["segments"]:
+        rle = dict(segment["rle"], counts=segment["rle"]["counts"].encode())
+        inside = mask_utils.decode(rle).astype(bool)
+        assert not inside[:, 6:].any()
+        assert 0.0 <= segment["score"] <= 1.0
+        covered |= inside
+    assert covered.sum() == 48 - 12
+
+
+def test_class_255_and_unlabelled_differ_past_255_classes():
+    scores = torch.zeros(256, 2, 2)
+    scores[255] = 1.0
+    seg = Segmentation.from_scores([str(k) for k in range(256)], scores, np.eye(2, dtype=bool))
+    label = np.asarray(seg.label_image()).astype(np.int64)
+    assert label.tolist() == [[65535, 255], [255, 65535]]
+
+
+def test_overlay_leaves_unlabelled_pixels_uncoloured():
+    from ovseg.visualize import legend_entries
+
+    seg = _with_unlabelled(3)
+    image = np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    plain = np.asarray(seg.overlay(image, alpha=0.5, legend=False))
+    assert np.array_equal(plain[:, 6:], image[:, 6:])
+    assert not np.array_equal(plain[:, :6], image[:, :6])
+    entries = legend_entries(seg.label_map, seg.class_names)
+    assert entries[-1][0] == "unlabelled" and entries[-1][2] == pytest.approx(12 / 48)
+    assert [e[0] for e in legend_entries(_hand_made().label_map, seg.class_names)] == [
+        "class 0",
+        "class 1",
+        "class 2",
+    ]
+    assert np.asarray(seg.overlay(None, legend=False))[:, 6:].max() == 0  # black colour map
 
 
 def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):

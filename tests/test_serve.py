@@ -192,3 +192,54 @@ def test_image_modes_are_converted(client):
         response = _post(client, _png(array), "a, b")
         assert response.status_code == 200, response.text
         assert (response.json()["height"], response.json()["width"]) == (48, 64)
+
+
+def test_mode_field_reaches_the_predictor_and_bad_modes_get_400():
+    predictor = FakePredictor()
+    app = create_app(predictor, predict_options={"mode": "demo", "ensemble_weight": 0.2})
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+        assert _post(c, _png(_gradient())).status_code == 200
+        assert predictor.options == {"mode": "demo", "ensemble_weight": 0.2}
+        response = c.post(
+            "/segment",
+            files={"image": ("x.png", _png(_gradient()), "image/png")},
+            data={"classes": "a, b", "mode": "eval"},
+        )
+        assert response.status_code == 200
+        assert predictor.options == {"mode": "eval", "ensemble_weight": 0.2}
+        response = c.post(
+            "/segment",
+            files={"image": ("x.png", _png(_gradient()), "image/png")},
+            data={"classes": "a, b", "mode": "fast"},
+        )
+        assert response.status_code == 400 and "'mode'" in response.json()["error"]
+        health = c.get("/health").json()
+        assert health["mode"] == "demo" and health["random_weights"] is False
+
+
+def test_page_shows_model_mode_random_weights_and_unlabelled(tiny_model):
+    """The tiny model in demo mode: the API reports the random weights and the unlabelled
+    pixels; the page has the elements that show them (the browser test drives them)."""
+    import ovseg
+
+    assert tiny_model.random_weights  # built without a checkpoint
+    app = create_app(
+        ovseg.Predictor(tiny_model),
+        model_name="ovseg-test-tiny",
+        predict_options={"mode": "demo", "mask_threshold": 0.6},
+        random_weights=tiny_model.random_weights,
+    )
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=120) as c:
+        health = c.get("/health").json()
+        assert health["model"] == "ovseg-test-tiny" and health["mode"] == "demo"
+        assert health["random_weights"] is True
+        page = c.get("/").text
+        for element in ('id="model-name"', 'id="model-mode"', 'id="random-warning"'):
+            assert element in page
+        assert "random" in page and '"unlabelled"' in page and 'id="mode"' in page
+        body = _post(c, _png(_noise()), "cat").json()
+        assert body["mode"] == "demo" and body["class_names"] == ["cat", "others"]
+        labels = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["label_map_png"]))))
+        assert body["unlabelled"]["value"] == 255
+        assert body["unlabelled"]["area"] == int((labels == 255).sum())
+        assert all(0.0 <= s["score"] <= 1.0 for s in body["segments"])

@@ -15,6 +15,7 @@ from ovseg.data.datasets.base import read_index_map
 from ovseg.data.image import read_image
 from ovseg.evaluation.loop import ConfusionCache, PredictFn, evaluate_dataset
 from ovseg.evaluation.report import format_table, save_bar_chart, write_json
+from ovseg.segmentation import unlabelled_as_negative, unlabelled_png_values
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -135,7 +136,7 @@ def _predictions_mode(args, dataset: SemSegDataset):
         path = folder / f"{dataset[index].stem}.png"
         if not path.is_file():
             raise FileNotFoundError(f"no prediction {path} for image {dataset[index].image}")
-        pred = read_index_map(path)
+        pred = unlabelled_as_negative(read_index_map(path), k)
         if pred.shape != gt.shape:
             raise ValueError(
                 f"{path}: prediction is {pred.shape[0]}x{pred.shape[1]} (HxW) but the ground "
@@ -144,7 +145,7 @@ def _predictions_mode(args, dataset: SemSegDataset):
         if pred.max() >= k:
             raise ValueError(
                 f"{path}: prediction values up to {int(pred.max())}, but {dataset.name} has "
-                f"classes 0..{k - 1}"
+                f"classes 0..{k - 1} (unlabelled: {unlabelled_png_values(k)})"
             )
         return {"default": pred}
 
@@ -204,17 +205,33 @@ def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
                 {"ensemble_weight": args.ensemble_weight, "mask_threshold": args.mask_threshold},
             )
         ]
-    clip_only = True if args.clip_only else None
+    common = eval_predict_kwargs(args)
     key.update(clip_only=bool(args.clip_only), options=[opts for _, opts in settings])
+    if len(common) > 2:  # keys added only when used, so that existing caches stay valid
+        key.update(predict=common)
+    weights = [opts.get("ensemble_weight") for _, opts in settings]
+    if any((model.config.ensemble_weight if w is None else w) == 0 for w in weights):
+        key.update(lambda_zero="clip-alone")  # older caches held the proposal branch alone
 
     def predict(index, gt):
         predictor.set_image(image(index))
         return {
-            name: predictor.predict(vocabulary, clip_only=clip_only, **opts).label_map
+            name: predictor.predict(vocabulary, **common, **opts).label_map
             for name, opts in settings
         }
 
     return settings, predict, key
+
+
+def eval_predict_kwargs(args) -> dict:
+    """The ``predict`` options every setting shares: always eval mode (the official
+    evaluation), plus ``--clip-only``, ``--no-clip-ensemble`` and ``--templates``."""
+    out = {"mode": "eval", "clip_only": True if args.clip_only else None}
+    if getattr(args, "no_clip_ensemble", False):
+        out["clip_ensemble"] = False
+    if getattr(args, "templates", None):
+        out["templates"] = args.templates
+    return out
 
 
 def _cache(args, key: dict) -> ConfusionCache | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from ovseg.cli._common import add_model_args
+from ovseg.cli._inference import add_classifier_args
 from ovseg.cli._proposals import add_proposal_args
 from ovseg.data.datasets import list_datasets
 
@@ -59,7 +60,7 @@ def register(subparsers) -> None:
     source.add_argument(
         "--predictions",
         help="folder of prediction PNGs (0-based class indices, 8 or 16 bit, named by image "
-        "stem) to score instead of running a model",
+        "stem; 255 (8-bit) or 65535 = unlabelled, a miss) to score instead of running a model",
     )
     source.add_argument(
         "--oracle",
@@ -73,9 +74,7 @@ def register(subparsers) -> None:
     source.add_argument(
         "--mask-threshold", type=float, default=None, help="MASK_THR (default: model's)"
     )
-    source.add_argument(
-        "--clip-only", action="store_true", help="classify with the CLIP branch only"
-    )
+    add_classifier_args(source)
     source.add_argument("--sweep", action="store_true", help="grid-search lambda x mask threshold")
     source.add_argument(
         "--lambdas", type=_floats, default=list(SWEEP_LAMBDAS), help="sweep lambdas"

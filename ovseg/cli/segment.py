@@ -1,10 +1,12 @@
 """``ovseg segment IMAGE_OR_DIR... --classes "a, b; c"``: label maps, overlays and JSON.
 
-For each image it writes ``<stem>.png`` (label map: pixel value = class index),
-``<stem>_overlay.png`` (colours + legend) and ``<stem>.json`` (per-segment label, score, area,
-COCO RLE). Folders are walked recursively and mirrored under ``--out``. An image whose JSON
-already exists for the same vocabulary is skipped unless ``--force``, so an interrupted run
-resumes where it stopped.
+For each image it writes ``<stem>.png`` (label map: pixel value = class index, 255 (65535 past
+255 classes) = unlabelled), ``<stem>_overlay.png`` (colours + legend) and ``<stem>.json``
+(per-segment label, confidence score, area, COCO RLE). The default ``--mode demo`` does what the
+official demo does; ``--mode eval`` is the official evaluation's fusion. Folders are walked
+recursively and mirrored under ``--out``. An image whose JSON already exists for the same
+vocabulary and options is skipped unless ``--force``, so an interrupted run resumes where it
+stopped.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-from ovseg.cli._common import add_model_args, load_model_from_args
-from ovseg.cli._proposals import add_proposal_args, proposal_generator_from_args
+from ovseg.cli._common import add_model_args
+from ovseg.cli._inference import add_prediction_args, make_predictor, predict_kwargs
+from ovseg.cli._proposals import add_proposal_args
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
@@ -34,10 +37,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default="ovseg-out", help="output folder (default ./ovseg-out)")
     parser.add_argument("--force", action="store_true", help="redo images already done")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay colour weight (0..1)")
-    parser.add_argument("--ensemble-weight", type=float, help="lambda of the CLIP ensemble")
-    parser.add_argument("--mask-threshold", type=float, help="binarisation threshold of masks")
-    parser.add_argument("--clip-only", action="store_true", help="classify with CLIP alone")
-    add_inference_args(parser)
+    add_prediction_args(parser)
     add_model_args(parser)
     add_proposal_args(parser)
     parser.set_defaults(func=run)
@@ -71,15 +71,17 @@ def collect_images(inputs: list[str], out: Path) -> list[tuple[Path, Path, str]]
     return jobs
 
 
-def is_done(folder: Path, stem: str, class_names: list[str]) -> bool:
-    """True when all three outputs exist and the JSON was made with ``class_names``."""
+def is_done(folder: Path, stem: str, class_names: list[str], options: dict) -> bool:
+    """True when all three outputs exist and the JSON was made with ``class_names`` and the
+    prediction ``options``."""
     record = folder / f"{stem}.json"
     if not all(
         p.is_file() for p in (record, folder / f"{stem}.png", folder / f"{stem}_overlay.png")
     ):
         return False
     try:
-        return json.loads(record.read_text())["class_names"] == class_names
+        done = json.loads(record.read_text())
+        return done["vocabulary"] == class_names and done["options"] == options
     except (ValueError, KeyError, OSError):
         return False
 
@@ -90,34 +92,6 @@ def read_vocabulary(args) -> list[str]:
     if args.classes_file:
         return read_class_file(args.classes_file)
     return parse_class_names(args.classes)
-
-
-def make_predictor(args):
-    """The ``ovseg.Predictor`` for the model and proposal options in ``args``."""
-    from ovseg import InferenceOptions, Predictor
-
-    model = load_model_from_args(args)
-    options = InferenceOptions(
-        dtype=getattr(args, "dtype", "fp32"), top_k=getattr(args, "top_k", None)
-    )
-    generator = proposal_generator_from_args(args, model)
-    return Predictor(model, proposal_generator=generator, options=options)
-
-
-def add_inference_args(parser) -> None:
-    """Opt-in speed knobs (they change outputs slightly): bf16 weights, top-k proposals."""
-    parser.add_argument(
-        "--dtype",
-        choices=["fp32", "bf16"],
-        default="fp32",
-        help="bf16 runs backbone and CLIP image tower on bf16 weights (fast on CPUs with "
-        "AVX512-BF16/AMX); fp32 (default) is the official computation",
-    )
-    parser.add_argument(
-        "--top-k",
-        type=int,
-        help="classify only the K proposals with the highest proposal score (default: all)",
-    )
 
 
 def _read(path: Path):
@@ -139,21 +113,13 @@ def run(args) -> int:
     class_names = read_vocabulary(args)
     out = Path(args.out)
     jobs = collect_images(args.inputs, out)
-    todo = [job for job in jobs if args.force or not is_done(job[1], job[2], class_names)]
+    options = predict_kwargs(args)
+    todo = [job for job in jobs if args.force or not is_done(job[1], job[2], class_names, options)]
     skipped = len(jobs) - len(todo)
     if not todo:
         print(f"all {len(jobs)} image(s) already done in {out} (use --force to redo)")
         return 0
     predictor = make_predictor(args)
-    options = {
-        key: value
-        for key, value in (
-            ("ensemble_weight", args.ensemble_weight),
-            ("mask_threshold", args.mask_threshold),
-            ("clip_only", True if args.clip_only else None),
-        )
-        if value is not None
-    }
     failed: list[str] = []
     # Decoding the next images and writing finished ones overlap with the model; both queues
     # are short, so memory stays bounded however many images there are.
@@ -175,7 +141,7 @@ def run(args) -> int:
                 continue
             predictor.set_image(image)
             seg = predictor.predict(class_names, **options)
-            extra = {"source": str(image_path)}
+            extra = {"source": str(image_path), "vocabulary": class_names, "options": options}
             writes.append(
                 writer.submit(seg.save, folder, stem, image=image, alpha=args.alpha, extra=extra)
             )

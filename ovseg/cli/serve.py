@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ovseg.cli._common import add_model_args, load_model_from_args
-from ovseg.cli._proposals import add_proposal_args, proposal_generator_from_args
+from ovseg.cli._common import add_model_args
+from ovseg.cli._inference import add_prediction_args, make_predictor, predict_kwargs
+from ovseg.cli._proposals import add_proposal_args
 
 
 def register(subparsers) -> None:
@@ -11,10 +12,12 @@ def register(subparsers) -> None:
         "serve",
         help="web service (POST /segment) and a page to try the model in a browser",
         description="Serve POST /segment (multipart 'image' + comma-separated 'classes'), "
-        "GET /health and a page at /. Binds 127.0.0.1 unless --host says otherwise.",
+        "GET /health and a page at /. Binds 127.0.0.1 unless --host says otherwise. The "
+        "prediction options are the server's defaults; a request may set 'mode'.",
     )
     add_model_args(parser)
     add_proposal_args(parser)
+    add_prediction_args(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument(
@@ -44,13 +47,13 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import uvicorn
 
-    from ovseg import Predictor
     from ovseg.serve import create_app
 
-    model = load_model_from_args(args)
-    predictor = Predictor(model, proposal_generator=proposal_generator_from_args(args, model))
+    predictor = make_predictor(args)
     app = create_app(
         predictor,
+        predict_options=predict_kwargs(args),
+        random_weights=getattr(predictor.model, "random_weights", False),
         max_pending=args.max_pending,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_pixels=args.max_pixels,

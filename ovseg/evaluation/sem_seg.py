@@ -2,8 +2,10 @@
 
 The metrics follow detectron2's ``SemSegEvaluator`` as the official OVSeg evaluation runs it:
 
-- the confusion matrix ``conf`` is (K+1, K+1) int64 with ``conf[pred, gt]``; the last row and
-  column collect the ignored ground-truth pixels, which are never scored;
+- the confusion matrix ``conf`` is (K+1, K+1) int64 with ``conf[pred, gt]``; the last column
+  collects the ignored ground-truth pixels, which are never scored; the last row collects
+  unlabelled predictions (demo mode, label -1): each counts as a miss of its ground-truth
+  class and as a prediction of no class (the official evaluation never has any);
 - per-class IoU = TP / (GT + Pred - TP) and accuracy = TP / GT, defined (not NaN) only for
   classes present in the ground truth;
 - mIoU = sum of those IoUs / number of classes present in the GT *or* predicted on scored
@@ -40,7 +42,7 @@ def image_confusion(pred, gt, num_classes: int, ignore_label: int = IGNORE_LABEL
     """The (K+1, K+1) int64 confusion matrix ``conf[pred, gt]`` of one image.
 
     Args:
-        pred: (H, W) integer predictions in ``0..K-1`` (numpy or torch).
+        pred: (H, W) integer predictions in ``0..K-1``, or -1 for unlabelled (numpy or torch).
         gt: (H, W) integer ground truth in ``0..K-1`` or ``ignore_label``.
 
     Raises:
@@ -51,11 +53,12 @@ def image_confusion(pred, gt, num_classes: int, ignore_label: int = IGNORE_LABEL
         raise ValueError(f"prediction shape {pred.shape} does not match ground truth {gt.shape}")
     pred = pred.astype(np.int64, copy=False).reshape(-1)
     gt = gt.astype(np.int64).reshape(-1)
-    if pred.size and (pred.min() < 0 or pred.max() >= num_classes):
+    if pred.size and (pred.min() < -1 or pred.max() >= num_classes):
         raise ValueError(
-            f"predictions must be class indices in 0..{num_classes - 1}, "
+            f"predictions must be class indices in 0..{num_classes - 1} or -1 (unlabelled), "
             f"got values in {int(pred.min())}..{int(pred.max())}"
         )
+    pred = np.where(pred < 0, num_classes, pred)
     ignored = gt == ignore_label
     gt[ignored] = num_classes
     if gt.size and (gt.min() < 0 or gt.max() > num_classes):
@@ -143,7 +146,8 @@ def metrics_from_confusion(
     """mIoU, fwIoU, mACC, pACC (percent), per-class IoU / accuracy, optional seen/unseen.
 
     Args:
-        conf: (K+1, K+1) matrix ``conf[pred, gt]``, last row/column = ignored GT.
+        conf: (K+1, K+1) matrix ``conf[pred, gt]``, last column = ignored GT, last row =
+            unlabelled predictions.
         class_names: K names.
         seen_mask: (K,) bool, True for seen classes.
 
@@ -160,7 +164,7 @@ def metrics_from_confusion(
         )
     conf = conf.astype(np.float64)
     tp = conf.diagonal()[:-1]
-    pos_gt = conf[:-1, :-1].sum(axis=0)
+    pos_gt = conf[:, :-1].sum(axis=0)  # unlabelled predictions (last row) are misses
     pos_pred = conf[:-1, :-1].sum(axis=1)
     gt_present = pos_gt > 0
     scored = (pos_gt + pos_pred) > 0

@@ -13,10 +13,15 @@ from ovseg.config import OVSegConfig
 from ovseg.data.fast_crops import unique_masks
 from ovseg.data.masked_crops import MEAN_FILL, MaskedCrops, masked_crops
 from ovseg.data.transforms import normalize_and_pad
-from ovseg.modeling.clip_branch import MaskAdaptedCLIP
+from ovseg.modeling.clip_branch import MaskAdaptedCLIP, prompt_templates
 from ovseg.modeling.fusion import (
+    OTHERS,
+    FusionSettings,
     clip_class_probs,
+    demo_fusion,
+    demo_vocabulary,
     ensemble_probs,
+    fusion_settings,
     proposal_class_probs,
     semantic_fusion,
 )
@@ -69,6 +74,7 @@ class OVSeg(nn.Module):
         self.sem_seg_head = sem_seg_head
         self.clip_adapter = clip_adapter
         self.config = config
+        self.random_weights = False  # True when built without weights (ovseg-test-tiny)
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std), persistent=False)
 
@@ -206,9 +212,29 @@ class OVSeg(nn.Module):
         return crops, valid, inverse
 
     # ---- vocabulary ------------------------------------------------------------------------
-    def encode_text(self, class_names: list[str]) -> torch.Tensor:
-        """(K, C) normalised class text features (14 ViLD templates), cached per weights."""
-        return self.clip_adapter.text_features(validate_class_names(class_names))
+    def prompt_templates(self, templates: str | tuple[str, ...] | None = None) -> tuple[str, ...]:
+        """The prompt templates: None -> the config's (``text_templates``); "vild",
+        "imagenet" or "predefined" (the config's ``predefined_templates``); or a sequence of
+        template strings, each with one ``{}``."""
+        cfg = self.config
+        if templates is None:
+            templates = cfg.text_templates
+        if isinstance(templates, str):
+            return prompt_templates(templates, cfg.predefined_templates)
+        return prompt_templates("predefined", tuple(templates))
+
+    def encode_text(
+        self, class_names: list[str], templates: str | tuple[str, ...] | None = None
+    ) -> torch.Tensor:
+        """(K, C) normalised class text features, cached per weights, names and templates.
+
+        Each template is encoded and L2-normalised, the templates are averaged and the mean is
+        L2-normalised again, as every official prompt extractor does. ``templates`` as in
+        ``prompt_templates`` (default the config's, ViLD's 14 for the released models).
+        """
+        return self.clip_adapter.text_features(
+            validate_class_names(class_names), self.prompt_templates(templates)
+        )
 
     # ---- stage 3: classification, ensemble, fusion -------------------------------------
     def classify(
@@ -216,32 +242,59 @@ class OVSeg(nn.Module):
         proposals: Proposals,
         clip_features: ClipImageFeatures | None,
         text_features: torch.Tensor,
-        ensemble_weight: float | None = None,
-        clip_only: bool | None = None,
+        settings: FusionSettings | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-proposal class probabilities and the masks they apply to.
 
+        Args:
+            settings: from ``ovseg.modeling.fusion.fusion_settings``; None for the config's.
         Returns ``(probs (N', K), masks (N', H, W))``: all N proposals normally; only the
-        valid ones when CLIP alone classifies (``clip_only``, or proposals without
+        valid ones when CLIP alone classifies (lambda 0, ``clip_only``, or proposals without
         embeddings).
         """
-        cfg = self.config
-        weight = cfg.ensemble_weight if ensemble_weight is None else ensemble_weight
-        clip_only = cfg.clip_only_default if clip_only is None else clip_only
+        settings = fusion_settings(self.config) if settings is None else settings
         text = self.clip_adapter.with_void(text_features)
-        use_clip = cfg.clip_ensemble or clip_only or proposals.embeddings is None
-        if use_clip and clip_features is None:
+        no_embeddings = proposals.embeddings is None
+        if not settings.clip_ensemble:
+            if no_embeddings:
+                raise ValueError(
+                    "these proposals have no class embeddings, so the proposal branch cannot "
+                    "classify them; keep the CLIP branch (clip_ensemble=True)"
+                )
+            logits = self.clip_adapter.similarity_logits(proposals.embeddings, text)
+            return proposal_class_probs(logits), proposals.masks
+        if clip_features is None:
             raise ValueError("the CLIP branch is enabled but no clip_features were given")
-        if use_clip:
-            logits = self.clip_adapter.similarity_logits(clip_features.features, text)
-            p_clip = clip_class_probs(logits)
-        if clip_only or proposals.embeddings is None:
+        p_clip = clip_class_probs(self.clip_adapter.similarity_logits(clip_features.features, text))
+        if settings.clip_alone or no_embeddings:
             return p_clip, proposals.masks[clip_features.valid]
         logits = self.clip_adapter.similarity_logits(proposals.embeddings, text)
         p_prop = proposal_class_probs(logits)
-        if not use_clip:
-            return p_prop, proposals.masks
+        weight = settings.ensemble_weight
         return ensemble_probs(p_prop, p_clip, clip_features.valid, weight), proposals.masks
+
+    @staticmethod
+    def vocabulary(class_names: list[str], settings: FusionSettings) -> list[str]:
+        """The classes a prediction uses: demo mode appends ``others`` to a single name."""
+        names = validate_class_names(class_names)
+        if settings.mode != "demo":
+            return names
+        if [n.lower() for n in names] == [OTHERS]:
+            raise ValueError(
+                "demo mode adds 'others' to a single class name, so 'others' alone cannot be "
+                "segmented; name what to find, e.g. ['person']"
+            )
+        return demo_vocabulary(names)
+
+    @staticmethod
+    def fuse(
+        probs: torch.Tensor, masks: torch.Tensor, settings: FusionSettings, class_names: list[str]
+    ) -> torch.Tensor:
+        """(N', K) probabilities and (N', H, W) masks -> (K, H, W) scores for ``settings.mode``:
+        ``semantic_fusion`` (eval) or ``demo_fusion`` (demo, at ``settings.mask_threshold``)."""
+        if settings.mode == "demo":
+            return demo_fusion(probs, masks, settings.mask_threshold, class_names).sem_seg
+        return semantic_fusion(probs, masks)
 
     @torch.no_grad()
     def forward(
@@ -251,20 +304,32 @@ class OVSeg(nn.Module):
         ensemble_weight: float | None = None,
         mask_threshold: float | None = None,
         clip_only: bool | None = None,
+        mode: str | None = None,
+        templates: str | tuple[str, ...] | None = None,
+        clip_ensemble: bool | None = None,
     ) -> torch.Tensor:
         """The whole official pipeline on one model-input image.
 
         Args:
             image: (3, H, W) uint8 or float 0-255, already resized.
+            others: see ``ovseg.modeling.fusion.fusion_settings`` and ``encode_text``.
         Returns:
-            sem_seg (K, H, W).
+            sem_seg (K, H, W) over ``self.vocabulary(class_names, settings)`` (in demo mode a
+            single name gets ``others`` appended).
         """
-        proposals = self.propose(image)
-        clip_features = self.clip_image_features(image, proposals.masks, mask_threshold)
-        probs, masks = self.classify(
-            proposals, clip_features, self.encode_text(class_names), ensemble_weight, clip_only
+        settings = fusion_settings(
+            self.config, mode, ensemble_weight, mask_threshold, clip_only, clip_ensemble
         )
-        return semantic_fusion(probs, masks)
+        names = self.vocabulary(class_names, settings)
+        proposals = self.propose(image)
+        clip_features = None
+        if settings.clip_ensemble or proposals.embeddings is None:
+            clip_features = self.clip_image_features(
+                image, proposals.masks, settings.mask_threshold
+            )
+        text = self.encode_text(names, templates)
+        probs, masks = self.classify(proposals, clip_features, text, settings)
+        return self.fuse(probs, masks, settings, names)
 
 
 def _as_input_of(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """The web service: ``POST /segment``, ``GET /health`` and the single page at ``/``.
 
 ``create_app(predictor)`` takes a ready predictor (anything with ``set_image(HxWx3 uint8)``
-and ``predict(class_names) -> Segmentation``, e.g. ``ovseg.Predictor``), so the model is
+and ``predict(class_names, **options) -> Segmentation``, e.g. ``ovseg.Predictor``), so the model is
 loaded once, by the caller. The model runs in one worker thread; at most ``max_pending``
 requests are admitted (running or waiting) and the rest are answered 503 at once, so memory
 stays bounded however many clients connect.
@@ -62,6 +62,8 @@ def create_app(
     max_classes: int = DEFAULT_MAX_CLASSES,
     max_class_pixels: int = DEFAULT_MAX_CLASS_PIXELS,
     model_name: str = "ovseg",
+    predict_options: dict | None = None,
+    random_weights: bool = False,
 ):
     """Build the FastAPI app around a ready ``predictor``.
 
@@ -74,8 +76,16 @@ def create_app(
         max_classes: vocabularies longer than this get 400.
         max_class_pixels: bound on classes x pixels (the size of the score tensor); images
             over ``max_class_pixels // len(classes)`` pixels get 413.
-        model_name: reported by ``GET /health``.
+        model_name: reported by ``GET /health`` and shown on the page.
+        predict_options: keyword arguments of every ``predict`` call (e.g. ``mode``,
+            ``ensemble_weight``); a request's form field ``mode`` ("demo" or "eval")
+            overrides the mode.
+        random_weights: the model has random weights (``ovseg-test-tiny``): ``/health`` says
+            so and the page shows a warning.
     """
+    from ovseg.modeling.fusion import MODES
+
+    defaults = dict(predict_options or {})
     if max_pending < 1:
         raise ValueError(f"max_pending must be >= 1, got {max_pending}")
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ovseg-model")
@@ -99,7 +109,7 @@ def create_app(
             **{"Retry-After": "1"},
         )
 
-    def run_model(data: bytes, class_names: list[str]) -> dict:
+    def run_model(data: bytes, class_names: list[str], options: dict) -> dict:
         start = time.perf_counter()
         per_class = max_class_pixels // len(class_names)
         if per_class < max_pixels:
@@ -108,7 +118,7 @@ def create_app(
         else:
             image = decode_image(data, max_pixels)
         predictor.set_image(image)
-        seg = predictor.predict(class_names)
+        seg = predictor.predict(class_names, **options)
         return _segment_response(seg, image, time.perf_counter() - start)
 
     @app.get("/", response_class=HTMLResponse)
@@ -121,6 +131,9 @@ def create_app(
         return {
             "status": "ok",
             "model": model_name,
+            "mode": defaults.get("mode", "the model config's"),
+            "modes": list(MODES),
+            "random_weights": bool(random_weights),
             "pending": state["pending"],
             "max_pending": max_pending,
             "served": state["served"],
@@ -145,6 +158,12 @@ def create_app(
             class_names = parse_class_names(str(form.get("classes") or ""))
         except ValueError as exc:
             return error(400, f"{exc} (field 'classes', comma-separated)")
+        options = dict(defaults)
+        mode = form.get("mode")
+        if mode:
+            if mode not in MODES:
+                return error(400, f"mode {mode!r} is not one of {', '.join(MODES)} (field 'mode')")
+            options["mode"] = str(mode)
         if len(class_names) > max_classes:
             return error(
                 400, f"{len(class_names)} classes given; this server accepts at most {max_classes}"
@@ -154,7 +173,7 @@ def create_app(
         state["pending"] += 1
         try:
             data = await upload.read()
-            future = executor.submit(run_model, data, class_names)
+            future = executor.submit(run_model, data, class_names, options)
             body = await asyncio.wrap_future(future)
         except ImageRejected as exc:
             return error(exc.status, str(exc))

@@ -1,0 +1,112 @@
+"""Prediction options shared by ``ovseg segment`` and ``ovseg serve`` (eval takes some).
+
+``inference_options(args)``, ``predict_kwargs(args)`` and ``make_predictor(args)`` are what the
+commands build from their flags; tests call them to check that every flag takes effect.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ovseg.modeling.clip_branch import TEMPLATE_SETS
+from ovseg.modeling.fusion import MODES, OFFICIAL_DEMO_SETTINGS
+
+
+def add_speed_args(parser: argparse.ArgumentParser) -> None:
+    """Opt-in speed knobs (they change outputs slightly): bf16 weights, top-k proposals."""
+    parser.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16 runs backbone and CLIP image tower on bf16 weights (fast on CPUs with "
+        "AVX512-BF16/AMX); fp32 (default) is the official computation",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        help="classify only the K proposals with the highest proposal score (default: all)",
+    )
+
+
+def add_templates_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--templates",
+        choices=TEMPLATE_SETS,
+        help="prompt templates: vild (14), imagenet (80) or predefined (the config's "
+        "PREDEFINED_PROMPT_TEMPLATES); default: the model config's (vild)",
+    )
+
+
+def add_classifier_args(parser) -> None:
+    """``--clip-only``, ``--no-clip-ensemble`` and ``--templates`` (segment, serve, eval)."""
+    parser.add_argument(
+        "--clip-only", action="store_true", help="classify with CLIP alone (= weight 0)"
+    )
+    parser.add_argument(
+        "--no-clip-ensemble",
+        action="store_true",
+        help="classify with the proposal branch alone (official CLIP_ENSEMBLE: False)",
+    )
+    add_templates_arg(parser)
+
+
+def add_prediction_args(parser: argparse.ArgumentParser) -> None:
+    """``--mode``, ``--ensemble-weight``, ``--mask-threshold``, ``--clip-only``,
+    ``--no-clip-ensemble``, ``--templates`` and the speed knobs."""
+    group = parser.add_argument_group("prediction")
+    group.add_argument(
+        "--mode",
+        choices=MODES,
+        default="demo",
+        help="demo (default, as the official demo: each class keeps its best mask; pixels "
+        "no mask reaches stay unlabelled; one name gets 'others' added) or eval (the "
+        "official evaluation: soft fusion of all masks, every pixel labelled)",
+    )
+    group.add_argument(
+        "--ensemble-weight",
+        type=float,
+        help="lambda of the CLIP ensemble, 0 = CLIP alone; default: the config's, or "
+        f"{OFFICIAL_DEMO_SETTINGS.ensemble_weight} in demo mode (official demo config)",
+    )
+    group.add_argument(
+        "--mask-threshold",
+        type=float,
+        help="binarisation threshold of the masks; default: the config's, or "
+        f"{OFFICIAL_DEMO_SETTINGS.mask_threshold} in demo mode",
+    )
+    add_classifier_args(group)
+    add_speed_args(group)
+
+
+def inference_options(args: argparse.Namespace):
+    """The ``InferenceOptions`` of ``--dtype`` and ``--top-k``."""
+    from ovseg import InferenceOptions
+
+    return InferenceOptions(
+        dtype=getattr(args, "dtype", "fp32"), top_k=getattr(args, "top_k", None)
+    )
+
+
+def predict_kwargs(args: argparse.Namespace) -> dict:
+    """The ``Predictor.predict`` keyword arguments of the prediction flags (unset ones left
+    out, so the library's defaults apply)."""
+    pairs = (
+        ("mode", getattr(args, "mode", None)),
+        ("ensemble_weight", getattr(args, "ensemble_weight", None)),
+        ("mask_threshold", getattr(args, "mask_threshold", None)),
+        ("clip_only", True if getattr(args, "clip_only", False) else None),
+        ("clip_ensemble", False if getattr(args, "no_clip_ensemble", False) else None),
+        ("templates", getattr(args, "templates", None)),
+    )
+    return {key: value for key, value in pairs if value is not None}
+
+
+def make_predictor(args: argparse.Namespace):
+    """The ``ovseg.Predictor`` for the model, proposal and speed options in ``args``."""
+    from ovseg import Predictor
+    from ovseg.cli._common import load_model_from_args
+    from ovseg.cli._proposals import proposal_generator_from_args
+
+    model = load_model_from_args(args)
+    generator = proposal_generator_from_args(args, model)
+    return Predictor(model, proposal_generator=generator, options=inference_options(args))

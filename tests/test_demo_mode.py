@@ -1,0 +1,92 @@
+"""Demo mode reproduces the official OVSegDEMO run in ../shared/fixtures/official-demo.
+
+The fixture is the official ``VisualizationDemo.run_on_image`` with the official-tiny weights
+(CLIP alone, threshold 0.35) for a one-name vocabulary (``others`` appended) and a four-name
+one. Tolerances follow its README: label maps, selections and binary masks exactly; scores to
+float rounding.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ovseg
+from ovseg.modeling.fusion import demo_fusion, demo_unlabelled, fusion_settings
+from tests.conftest import FIXTURES, OFFICIAL_TINY, require
+
+DEMO = FIXTURES / "official-demo"
+VOCABULARIES = {"v1": ["person"], "v4": ["person", "grass", "helmet", "astronaut"]}
+
+
+@pytest.fixture(scope="module")
+def demo_fixture():
+    from safetensors.torch import load_file
+
+    require(DEMO)
+    model = ovseg.load_official(DEMO / "config.yaml", OFFICIAL_TINY / "model_state.safetensors")
+    meta = json.loads((DEMO / "meta.json").read_text())
+    return model, load_file(str(DEMO / "outputs.safetensors")), meta
+
+
+def test_demo_config_is_read(demo_fixture):
+    cfg = demo_fixture[0].config
+    assert (cfg.mode, cfg.ensemble_weight, cfg.mask_threshold) == ("demo", 0.0, 0.35)
+    assert (cfg.min_size_test, cfg.max_size_test) == (288, 400)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
+def test_demo_predictions_match_the_official_demo(demo_fixture, fast):
+    model, out, meta = demo_fixture
+    predictor = ovseg.Predictor(model, options=ovseg.InferenceOptions(fast=fast))
+    predictor.set_image(DEMO / "input.png")
+    assert torch.equal(predictor.input_image.float(), out["model_input_image_uint8"])
+    for key, names in VOCABULARIES.items():
+        passed = list(names)
+        seg = predictor.predict(passed)  # mode None: the config's, i.e. demo
+        assert passed == names  # unlike the official code, the caller's list is not changed
+        assert seg.mode == "demo"
+        assert seg.class_names == meta["vocabularies"][key]["class_names_used"]
+        expected = out[f"{key}.label_map"].numpy()
+        ours = np.where(seg.label_map < 0, 255, seg.label_map)
+        assert np.array_equal(ours, expected), f"{key}: {(ours != expected).sum()} pixels differ"
+        ref = out[f"{key}.sem_seg"]
+        assert seg.sem_seg.shape == ref.shape
+        err = (seg.sem_seg - ref).abs().max().item()
+        assert err <= 2e-6 * max(1.0, ref.abs().max().item()), f"{key}: sem_seg differs by {err}"
+        histogram = {str(k): int(n) for k, n in zip(*np.unique(ours, return_counts=True))}
+        assert histogram == meta["vocabularies"][key]["label_histogram"]
+        record = seg.to_json()
+        assert record["unlabelled"] == {"value": 255, "area": histogram["255"]}
+
+
+@torch.no_grad()
+def test_clip_probabilities_and_selection_match(demo_fixture):
+    model, out, _ = demo_fixture
+    predictor = ovseg.Predictor(model)
+    predictor.set_image(DEMO / "input.png")
+    clip = predictor.clip_features(0.35)
+    assert torch.equal(clip.valid, out["valid_flag"].bool())
+    valid_masks = predictor.proposals.masks[clip.valid]
+    assert (valid_masks - out["mask_pred_probs_valid"]).abs().max() < 5e-4
+    assert torch.equal(valid_masks > 0.35, out["bin_masks"].bool())
+    for key, names in VOCABULARIES.items():
+        used = model.vocabulary(names, fusion_settings(model.config))
+        text = model.clip_adapter.with_void(model.encode_text(used))
+        assert (text - out[f"{key}.text.features_with_void"]).abs().max() < 1e-5
+        probs, _ = model.classify(predictor.proposals, clip, model.encode_text(used))
+        assert (probs - out[f"{key}.mask_cls_probs"]).abs().max() < 5e-5
+        # the fusion alone, fed the official tensors
+        fused = demo_fusion(out[f"{key}.mask_cls_probs"], out["mask_pred_probs_valid"], 0.35, used)
+        assert fused.select.tolist() == out[f"{key}.select_mask"].tolist()
+        official = torch.einsum("qc,qhw->chw", out[f"{key}.select_cls"], out["bin_masks"].float())
+        assert torch.equal(fused.sem_seg, official)
+        resized = F.interpolate(fused.sem_seg[None], size=(240, 320), mode="bilinear")[0]
+        assert (resized - out[f"{key}.sem_seg"]).abs().max() < 1e-6
+        label = resized.argmax(0)
+        label[demo_unlabelled(resized)] = 255
+        assert torch.equal(label, out[f"{key}.label_map"])

@@ -1,0 +1,127 @@
+"""Prompt templates: the official sets, their aggregation, and where they are selected."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ovseg.config import config_from_official
+from ovseg.modeling.clip_branch import (
+    IMAGENET_TEMPLATES,
+    VILD_TEMPLATES,
+    ClipArch,
+    prompt_templates,
+)
+
+OFFICIAL_TEMPLATES = Path(
+    "/tmp/ovseg-official/open_vocab_seg/modeling/clip_adapter/text_template.py"
+)
+
+
+def test_imagenet_templates_are_the_official_80():
+    assert len(IMAGENET_TEMPLATES) == 80 and len(set(IMAGENET_TEMPLATES)) == 80
+    assert all(t.count("{}") == 1 for t in IMAGENET_TEMPLATES)
+    assert IMAGENET_TEMPLATES[0] == "a bad photo of a {}."
+    assert IMAGENET_TEMPLATES[39] == "a photo of a {}."
+    assert IMAGENET_TEMPLATES[-1] == "a tattoo of the {}."
+    assert "itap of my {}." in IMAGENET_TEMPLATES and "a {} in a video game." in IMAGENET_TEMPLATES
+    assert len(VILD_TEMPLATES) == 14 and VILD_TEMPLATES[1] == "This is a photo of a {}"
+
+
+def test_templates_equal_the_official_file_when_available():
+    if not OFFICIAL_TEMPLATES.is_file():
+        pytest.skip(f"the official source is not at {OFFICIAL_TEMPLATES}")
+    tree = ast.parse(OFFICIAL_TEMPLATES.read_text())
+    lists = {
+        node.targets[0].id: tuple(ast.literal_eval(node.value))
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+    }
+    assert lists["IMAGENET_PROMPT"] == IMAGENET_TEMPLATES
+    assert lists["VILD_PROMPT"] == VILD_TEMPLATES
+
+
+def test_prompt_template_sets_and_errors():
+    assert prompt_templates("vild") is VILD_TEMPLATES
+    assert prompt_templates("imagenet") is IMAGENET_TEMPLATES
+    assert prompt_templates("predefined", ("a {} here",)) == ("a {} here",)
+    assert prompt_templates("predefined") == ("a photo of a {}.",)  # the official default
+    with pytest.raises(ValueError, match="vild, imagenet, predefined"):
+        prompt_templates("clip")
+    with pytest.raises(ValueError, match="one '\\{\\}'"):
+        prompt_templates("predefined", ("no slot",))
+
+
+@torch.no_grad()
+def by_hand(model, names: list[str], templates: tuple[str, ...]) -> torch.Tensor:
+    """The official PredefinedPromptExtractor: per template, encode (open_clip's own full
+    77-token encode_text) and L2-normalise; mean over templates; L2-normalise."""
+    import open_clip
+
+    tokens = open_clip.tokenize([t.format(n) for t in templates for n in names])
+    encoded = model.clip_adapter.clip_model.encode_text(tokens).view(len(templates), len(names), -1)
+    per_template = [F.normalize(feats, dim=-1) for feats in encoded]
+    return F.normalize(torch.stack(per_template).mean(0), dim=-1)
+
+
+@pytest.mark.parametrize("kind", ["vild", "imagenet", "predefined"])
+def test_aggregation_matches_the_official_extractor(tiny_model, kind):
+    names = ["cat", "traffic light"]
+    model = copy.copy(tiny_model)  # the same modules, another config
+    model.config = dataclasses.replace(
+        tiny_model.config, predefined_templates=("a {} in the sun.", "the {}.")
+    )
+    templates = {
+        "vild": VILD_TEMPLATES,
+        "imagenet": IMAGENET_TEMPLATES,
+        "predefined": ("a {} in the sun.", "the {}."),
+    }[kind]
+    ours = model.encode_text(names, kind)
+    assert torch.allclose(ours, by_hand(model, names, templates), atol=1e-5)
+    # the config's choice is the default
+    model.config = dataclasses.replace(model.config, text_templates=kind)
+    assert torch.equal(model.encode_text(names), ours)
+
+
+def test_templates_are_part_of_the_text_cache_key(tiny_model):
+    clip = tiny_model.clip_adapter
+    vild = clip.text_features(["cat"], VILD_TEMPLATES)
+    imagenet = clip.text_features(["cat"], IMAGENET_TEMPLATES)
+    assert not torch.allclose(vild, imagenet)
+    assert clip.text_features(["cat"], VILD_TEMPLATES) is vild
+
+
+def test_predict_takes_templates(tiny_model):
+    import numpy as np
+
+    import ovseg
+
+    predictor = ovseg.Predictor(tiny_model)
+    predictor.set_image(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    names = ["cat", "dog"]
+    vild = predictor.predict(names, mode="eval").sem_seg
+    assert torch.equal(predictor.predict(names, mode="eval", templates="vild").sem_seg, vild)
+    imagenet = predictor.predict(names, mode="eval", templates="imagenet").sem_seg
+    assert not torch.allclose(imagenet, vild)
+    custom = predictor.predict(names, mode="eval", templates=["a photo of a {}."]).sem_seg
+    assert not torch.allclose(custom, vild)
+
+
+def test_config_reads_text_templates():
+    ca = {"TEXT_TEMPLATES": "predefined", "PREDEFINED_PROMPT_TEMPLATES": ["a {} photo."]}
+    cfg = config_from_official({"MODEL": {"CLIP_ADAPTER": ca}}, ClipArch())
+    assert (cfg.text_templates, cfg.predefined_templates) == ("predefined", ("a {} photo.",))
+    cfg = config_from_official({"MODEL": {"META_ARCHITECTURE": "OVSegDEMO"}}, ClipArch())
+    assert (cfg.mode, cfg.text_templates, cfg.predefined_templates) == (
+        "demo",
+        "vild",
+        ("a photo of a {}.",),
+    )
+    with pytest.raises(ValueError, match="TEXT_TEMPLATES='learned'"):
+        config_from_official({"MODEL": {"CLIP_ADAPTER": {"TEXT_TEMPLATES": "learned"}}}, ClipArch())
