@@ -17,8 +17,9 @@ from ovseg.modeling.clip_branch import ClipArch
 
 @dataclass
 class OVSegConfig:
-    # backbone: {"type": "swin", ...SwinTransformer kwargs} or {"type": "resnet", ...}
-    backbone: dict = field(default_factory=lambda: {"type": "swin"})
+    # backbone: {"type": "swin", ...SwinTransformer kwargs} or {"type": "resnet", ...}; None:
+    # no backbone and no MaskFormer head (CLIP branch only, for external proposal generators)
+    backbone: dict | None = field(default_factory=lambda: {"type": "swin"})
     # pixel decoder
     conv_dim: int = 256
     mask_dim: int = 256
@@ -38,6 +39,9 @@ class OVSegConfig:
     mask_prompt_fwd: bool = True
     mask_fill: str = "mean"  # "mean" (CLIP mean * 255) or "zero"
     mask_expand_ratio: float = 1.0
+    # class-name prompts: "vild" (14 ViLD templates, official) or "photo" ("a photo of {}",
+    # the authors' SAM demo)
+    text_templates: str = "vild"
     # inference defaults (per-call overridable in the predictor)
     mask_threshold: float = 0.4
     ensemble_weight: float = 0.7

@@ -111,6 +111,11 @@ def proposal_generator_from_args(args: argparse.Namespace, model):
 
     options = proposal_options_from_args(args)
     if args.proposals == "maskformer":
+        if not getattr(model, "has_proposal_head", True):
+            raise ValueError(
+                "this model is the CLIP branch alone (--clip): choose --proposals sam or "
+                "superpixels to give it masks"
+            )
         return None
     if args.proposals == "sam":
         options.setdefault("device", getattr(args, "device", None))

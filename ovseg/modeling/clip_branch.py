@@ -45,6 +45,10 @@ VILD_TEMPLATES = (
     "There is a large {} in the scene.",
 )
 
+# The authors' SAM demo (facebook/ov-seg space) encodes each class name with this one template.
+PHOTO_TEMPLATES = ("a photo of {}",)
+TEXT_TEMPLATES = {"vild": VILD_TEMPLATES, "photo": PHOTO_TEMPLATES}  # OVSegConfig.text_templates
+
 LOGIT_TEMPERATURE = 100.0  # fixed; CLIP's own logit_scale is not used
 
 
