@@ -150,3 +150,6 @@ def test_clip_option_errors(clip_sd, tmp_path, capsys, monkeypatch):
     assert "give it alone" in capsys.readouterr().err
     assert main([*base, "--clip", "ovseg-clip-vitL14", "--proposals", "sam"]) == 2
     assert "ovseg download ovseg-clip-vitL14" in capsys.readouterr().err
+    args = [*base, "--clip", str(tmp_path / "clip.pth"), "--proposals", "sam"]
+    assert main([*args, "--sam-checkpoint", "sam-vit-l"]) == 2
+    assert "run `ovseg download sam-vit-l`" in capsys.readouterr().err

@@ -27,23 +27,23 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
-def resolve_clip_weights(name_or_path: str) -> Path:
-    """A CLIP weights file from a download name (it must be cached) or a path."""
+def resolve_download(name_or_path: str, option: str) -> Path:
+    """A weights file from a download name (it must be cached) or a path, for ``option``."""
     from ovseg import hub
 
     if name_or_path in hub.REGISTRY:
         cached = hub.find_cached(name_or_path)
         if cached is None:
             raise FileNotFoundError(
-                f"{name_or_path} is not downloaded: run `ovseg download {name_or_path}` "
+                f"{option} {name_or_path}: not downloaded; run `ovseg download {name_or_path}` "
                 "(or pass the file's path)"
             )
         return cached
     path = Path(name_or_path)
     if not path.is_file():
-        clip_names = sorted(n for n in hub.REGISTRY if "clip" in n)
         raise FileNotFoundError(
-            f"--clip {name_or_path}: no such file, and not a download name ({clip_names})"
+            f"{option} {name_or_path}: no such file, and not a download name (see "
+            "`ovseg download --list`)"
         )
     return path
 
@@ -59,7 +59,7 @@ def load_model_from_args(args: argparse.Namespace):
             "without --model/--checkpoint/--config/--weights"
         )
     if clip:
-        model = ovseg.build_clip_only(resolve_clip_weights(clip))
+        model = ovseg.build_clip_only(resolve_download(clip, "--clip"))
     elif args.config or args.weights:
         if not (args.config and args.weights):
             raise ValueError("--config and --weights go together; give both")
