@@ -143,8 +143,12 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         raise ValueError(f"{path}: not a readable safetensors file ({error})") from error
 
 
-def load_checkpoint(path: str | Path):
-    """Load a model saved by ``save_checkpoint``: config from the metadata, exact weights."""
+def load_checkpoint(path: str | Path, config: dict | None = None):
+    """Load a model saved by ``save_checkpoint``: config from the metadata, exact weights.
+
+    ``config``: an ``OVSegConfig.to_dict()`` to build from instead of the metadata's (the
+    ``config.json`` of a ``save_pretrained`` folder); the weights must fit it exactly.
+    """
     from ovseg.build import build_ovseg
     from ovseg.config import OVSegConfig
 
@@ -154,7 +158,8 @@ def load_checkpoint(path: str | Path):
             f"{path}: not an ovseg checkpoint (metadata format {meta.get('format')!r}); for "
             "official .pth files use ovseg.load_official(config, weights)"
         )
-    model = build_ovseg(OVSegConfig.from_dict(json.loads(meta["config"])))
+    config = json.loads(meta["config"]) if config is None else config
+    model = build_ovseg(OVSegConfig.from_dict(config))
     sd = read_state_dict(path)
     try:
         check_state_dict(model, sd)

@@ -98,6 +98,20 @@ _MIRROR = "camenduru/ovseg"
 _OPENAI = "https://openaipublic.azureedge.net/clip/models/"
 _SAM = "https://dl.fbaipublicfiles.com/segment_anything/"
 
+
+def _sam_file(kind: str, md5_prefix: str, sha256: str) -> ReleasedFile:
+    """A SAM checkpoint: in the authors' space, and at Meta's URL."""
+    filename = f"sam_{kind}_{md5_prefix}.pth"
+    return ReleasedFile(
+        filename=filename,
+        sources=(HubFile(_SPACE, filename, "space"), _SAM + filename),
+        sha256=sha256,
+        md5_prefix=md5_prefix,
+        description=f"Segment Anything ViT-{kind[-1].upper()} (for --proposals sam)",
+        license="Apache-2.0",
+    )
+
+
 REGISTRY: dict[str, ReleasedFile] = {
     "ovseg-swinB-vitL14": ReleasedFile(
         filename="ovseg_swinbase_vitL14_ft_mpt.pth",
@@ -143,21 +157,11 @@ REGISTRY: dict[str, ReleasedFile] = {
     # size 2564550879; "oid sha256:3adcc431...", size 1249524607); the name's suffix is the
     # md5's first six hex digits (full md5 4b8939a88964f0f4ff5f5b2642c598a6 and
     # 0b3195507c641ddb6910d2bb5adee89c, as checked by several downloaders).
-    "sam-vit-h": ReleasedFile(
-        filename="sam_vit_h_4b8939.pth",
-        sources=(HubFile(_SPACE, "sam_vit_h_4b8939.pth", "space"), _SAM + "sam_vit_h_4b8939.pth"),
-        sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
-        md5_prefix="4b8939",
-        description="Segment Anything ViT-H (for --proposals sam)",
-        license="Apache-2.0",
+    "sam-vit-h": _sam_file(
+        "vit_h", "4b8939", "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"
     ),
-    "sam-vit-l": ReleasedFile(
-        filename="sam_vit_l_0b3195.pth",
-        sources=(HubFile(_SPACE, "sam_vit_l_0b3195.pth", "space"), _SAM + "sam_vit_l_0b3195.pth"),
-        sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
-        md5_prefix="0b3195",
-        description="Segment Anything ViT-L, the authors' SAM demo (for --proposals sam)",
-        license="Apache-2.0",
+    "sam-vit-l": _sam_file(
+        "vit_l", "0b3195", "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"
     ),
     "clip-vitL14": ReleasedFile(
         filename="ViT-L-14.pt",

@@ -20,7 +20,6 @@ WEIGHTS_NAME = "model.safetensors"
 HF_SCHEME = "hf://"
 # Hub licence identifiers (model card front matter) of the licences ovseg knows
 HUB_LICENSE_IDS = {"CC BY-NC 4.0": "cc-by-nc-4.0", "MIT": "mit", "Apache-2.0": "apache-2.0"}
-_PROVENANCE_KEY = "provenance"
 
 
 def parse_hf_ref(ref: str) -> tuple[str, str | None] | None:
@@ -72,9 +71,7 @@ def load_pretrained(
     (``backbone``). The architecture comes from ``config`` alone; the weights must fit it key
     for key and shape for shape.
     """
-    from ovseg.build import build_ovseg
-    from ovseg.checkpoints import check_state_dict, read_metadata, read_state_dict
-    from ovseg.config import OVSegConfig
+    from ovseg.checkpoints import load_checkpoint
 
     unknown = sorted(set(config_fields) - set(config or {}))
     if unknown:
@@ -98,15 +95,10 @@ def load_pretrained(
             local_files_only=local_files_only,
             token=token,
         )
-    model = build_ovseg(OVSegConfig.from_dict(config))
-    sd = read_state_dict(weights)
     try:
-        check_state_dict(model, sd)
+        model = load_checkpoint(weights, config=config)
     except ValueError as error:
         raise ValueError(f"{model_id}: {error}") from None
-    model.load_state_dict(sd, strict=True)
-    provenance = read_metadata(weights).get(_PROVENANCE_KEY)
-    model.provenance = json.loads(provenance) if provenance else {}
     return model.to(map_location).eval()
 
 

@@ -23,7 +23,8 @@ def clip_sd(tiny_model) -> dict[str, torch.Tensor]:
     """A tiny CLIP (our builders), OpenAI key layout, with mask prompts, values shifted so a
     load is visible."""
     sd = tiny_model.clip_adapter.clip_model.state_dict()
-    return {k: v.clone() + 0.01 for k, v in sd.items()}
+    # contiguous: a Predictor may have made the shared tiny model's convs channels_last
+    return {k: (v + 0.01).contiguous() for k, v in sd.items()}
 
 
 def _without_prompts(sd):

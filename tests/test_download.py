@@ -11,7 +11,7 @@ import pytest
 
 from ovseg import hub
 from ovseg.hub import DownloadError, HubFile, ReleasedFile, download
-from tests.hub_server import COMMIT, FakeHub, FileServer, patch_hub
+from tests.hub_server import COMMIT, FileServer, patch_hub
 
 DATA = os.urandom(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -23,14 +23,6 @@ MIRROR = HubFile("someone/mirror", "weights.pth")
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("OVSEG_HOME", str(tmp_path / "cache"))
     return tmp_path / "cache"
-
-
-@pytest.fixture
-def fake_hub(tmp_path, monkeypatch):
-    server = FakeHub().start()
-    patch_hub(monkeypatch, server, tmp_path / "hf")
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from huggingface_hub import ModelCard
 
 import ovseg
 from ovseg.pretrained import parse_hf_ref
-from tests.hub_server import FakeHub, patch_hub
 
 CLASSES = ["sky", "tree", "road"]
 
@@ -21,14 +20,6 @@ CLASSES = ["sky", "tree", "road"]
 def image():
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
-
-
-@pytest.fixture
-def fake_hub(tmp_path, monkeypatch):
-    server = FakeHub().start()
-    patch_hub(monkeypatch, server, tmp_path / "hf")
-    yield server
-    server.stop()
 
 
 def _segment(model, image) -> torch.Tensor:
