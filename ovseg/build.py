@@ -208,8 +208,8 @@ def build_ovseg(config: OVSegConfig) -> OVSeg:
 
     ``config.backbone`` None builds a CLIP-branch-only model (no backbone, no MaskFormer head).
     """
-    clip = MaskAdaptedCLIP(config.clip, config.prompt_depth)
     if config.backbone is None:
+        clip = MaskAdaptedCLIP(config.clip, config.prompt_depth)
         return OVSeg(None, None, clip, config).eval()
     bb = dict(config.backbone)
     kind = bb.pop("type")
@@ -237,6 +237,7 @@ def build_ovseg(config: OVSegConfig) -> OVSeg:
             config.enforce_input_proj,
         ),
     )
+    clip = MaskAdaptedCLIP(config.clip, config.prompt_depth)  # after the head: seeded inits
     return OVSeg(backbone, head, clip, config).eval()
 
 

@@ -343,7 +343,7 @@ def _offline_help(entry: ReleasedFile) -> str:
             "then use HF_HUB_OFFLINE=1; or"
         )
     lines.append(f"  - copy the file to {ovseg_home() / entry.filename} (or set OVSEG_HOME); or")
-    lines.append("  - pass the file itself (--checkpoint PATH).")
+    lines.append("  - pass the file's path (--checkpoint, --sam-checkpoint or --clip PATH).")
     return "\n".join(lines)
 
 
@@ -375,6 +375,9 @@ def download(
     Raises:
         KeyError: unknown name.
         DownloadError: every source failed; the message lists each one's reason.
+
+    With ``HF_HUB_OFFLINE=1`` nothing goes to the network: Hub files come from the cache, URL
+    sources are skipped.
     """
     registry = REGISTRY if registry is None else registry
     if name not in registry:
@@ -383,11 +386,15 @@ def download(
     manual = ovseg_home() / entry.filename
     if manual.is_file() and not force:
         return manual
+    from huggingface_hub import constants
+
     failures: list[str] = []
     for source in entry.sources:
         try:
             if isinstance(source, HubFile):
                 return _from_hub(source, entry, force, progress)
+            if constants.is_offline_mode():  # the ecosystem's offline switch covers URLs too
+                raise _SourceFailed("skipped: HF_HUB_OFFLINE is set")
             return _from_url(source, entry, force, progress, retries, timeout)
         except _SourceFailed as error:
             failures.append(f"{source}: {error}")

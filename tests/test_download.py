@@ -110,9 +110,13 @@ def test_offline_mode_uses_the_cache_and_says_so_when_it_cannot(fake_hub, tmp_pa
     assert download("w", progress=False, registry=_hub_registry()) == path
     assert fake_hub.methods() == []
 
-    other = {"x": ReleasedFile("x.pth", (HubFile("a/b", "x.pth"),), SHA, None, "", "MIT")}
-    with pytest.raises(DownloadError, match="not in the Hugging Face cache, and HF_HUB_OFFLINE"):
+    url = "http://127.0.0.1:9/x.pth"  # never asked: offline mode covers URL sources too
+    other = {"x": ReleasedFile("x.pth", (HubFile("a/b", "x.pth"), url), SHA, None, "", "MIT")}
+    with pytest.raises(
+        DownloadError, match="not in the Hugging Face cache, and HF_HUB_OFFLINE"
+    ) as info:
         download("x", progress=False, registry=other)
+    assert "http://127.0.0.1:9/x.pth: skipped: HF_HUB_OFFLINE is set" in str(info.value)
     assert fake_hub.methods() == []
 
 
