@@ -77,9 +77,11 @@ def load_pretrained(
     if unknown:
         raise TypeError(f"OVSeg.from_pretrained got unexpected arguments {unknown}")
     if config is None:
+        where = "folder" if Path(model_id).is_dir() else "Hub repository (missing, private "
+        where += "" if Path(model_id).is_dir() else "without a token, or not an ovseg model?)"
         raise ValueError(
-            f"{model_id}: no {CONFIG_NAME} found; an ovseg model folder or Hub repository holds "
-            f"{CONFIG_NAME}, {WEIGHTS_NAME} and README.md (written by model.save_pretrained)"
+            f"{model_id}: no {CONFIG_NAME} in this {where}; an ovseg model holds {CONFIG_NAME}, "
+            f"{WEIGHTS_NAME} and README.md (written by model.save_pretrained)"
         )
     if Path(model_id).is_dir():
         weights = Path(model_id) / WEIGHTS_NAME

@@ -106,6 +106,13 @@ def test_cli_model_option_takes_hf_uris(saved, tiny_model, fake_hub):
         )
 
 
+def test_missing_repository_or_config_is_a_clear_error(fake_hub, tmp_path):
+    with pytest.raises(ValueError, match="no config.json in this Hub repository"):
+        ovseg.OVSeg.from_pretrained("nobody/nothing")
+    with pytest.raises(ValueError, match="no config.json in this folder"):
+        ovseg.OVSeg.from_pretrained(tmp_path)
+
+
 def test_weights_that_do_not_fit_the_config_are_refused(saved, tmp_path):
     folder = tmp_path / "bad"
     folder.mkdir()
