@@ -1,6 +1,6 @@
 """ovseg: open-vocabulary semantic segmentation with mask-adapted CLIP (OVSeg)."""
 
-from ovseg.build import build_model, build_ovseg, list_models
+from ovseg.build import build_clip_only, build_model, build_ovseg, list_models
 from ovseg.checkpoints import load_checkpoint, load_clip_weights, load_official, save_checkpoint
 from ovseg.config import OVSegConfig
 from ovseg.inference import InferenceOptions
@@ -18,6 +18,7 @@ __all__ = [
     "Predictor",
     "Proposals",
     "Segmentation",
+    "build_clip_only",
     "build_model",
     "build_ovseg",
     "list_models",

@@ -123,6 +123,8 @@ def save_checkpoint(model, path: str | Path, extra_metadata: dict | None = None)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, "config": json.dumps(model.config.to_dict())}
+    if getattr(model, "provenance", None):
+        metadata["provenance"] = json.dumps(model.provenance)
     for k, v in (extra_metadata or {}).items():
         metadata[k] = v if isinstance(v, str) else json.dumps(v)
     with atomic_path(path) as tmp:
@@ -141,8 +143,12 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         raise ValueError(f"{path}: not a readable safetensors file ({error})") from error
 
 
-def load_checkpoint(path: str | Path):
-    """Load a model saved by ``save_checkpoint``: config from the metadata, exact weights."""
+def load_checkpoint(path: str | Path, config: dict | None = None):
+    """Load a model saved by ``save_checkpoint``: config from the metadata, exact weights.
+
+    ``config``: an ``OVSegConfig.to_dict()`` to build from instead of the metadata's (the
+    ``config.json`` of a ``save_pretrained`` folder); the weights must fit it exactly.
+    """
     from ovseg.build import build_ovseg
     from ovseg.config import OVSegConfig
 
@@ -152,18 +158,68 @@ def load_checkpoint(path: str | Path):
             f"{path}: not an ovseg checkpoint (metadata format {meta.get('format')!r}); for "
             "official .pth files use ovseg.load_official(config, weights)"
         )
-    model = build_ovseg(OVSegConfig.from_dict(json.loads(meta["config"])))
+    config = json.loads(meta["config"]) if config is None else config
+    model = build_ovseg(OVSegConfig.from_dict(config))
     sd = read_state_dict(path)
     try:
         check_state_dict(model, sd)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
     model.load_state_dict(sd, strict=True)
+    model.provenance = json.loads(meta["provenance"]) if "provenance" in meta else {}
     return model.eval()
 
 
+# Keys every OpenAI/open_clip-layout CLIP state dict has (the shapes give the architecture).
+_CLIP_MARKERS = ("visual.conv1.weight", "visual.proj", "token_embedding.weight", "text_projection")
+
+
+def clip_state_dict(sd: dict[str, torch.Tensor], source: str | Path = "checkpoint") -> dict:
+    """The OpenAI-layout CLIP tensors in ``sd``, whichever accepted layout it has.
+
+    Accepted: an OpenAI or open_clip CLIP state dict (the same key names), with or without
+    ``visual.mask_embedding`` (mask prompts), its keys optionally under ``module.`` (DDP) or
+    ``clip_adapter.clip_model.`` (an OVSeg checkpoint, or the CLIP extracted from one; the
+    other OVSeg tensors are then left out). ``{"state_dict": ...}`` / ``{"model": ...}``
+    wrappers are removed by ``read_state_dict``. Anything else raises ``ValueError`` naming
+    what was found.
+    """
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    if any(k.startswith(CLIP_PREFIX) for k in sd):
+        sd = {k[len(CLIP_PREFIX) :]: v for k, v in sd.items() if k.startswith(CLIP_PREFIX)}
+    missing = [k for k in _CLIP_MARKERS if k not in sd]
+    if missing:
+        groups: dict[str, int] = {}
+        for key in sd:
+            head = key.split(".")[0]
+            groups[head] = groups.get(head, 0) + 1
+        found = ", ".join(f"{h}.* ({n})" for h, n in sorted(groups.items(), key=lambda x: -x[1]))
+        hint = ""
+        if any(k.startswith("visual.trunk.") for k in sd):
+            hint = " (a timm-backbone open_clip model, which OVSeg does not use)"
+        elif any(k.startswith("text.") for k in sd):
+            hint = " (an open_clip CustomTextCLIP, which OVSeg does not use)"
+        raise ValueError(
+            f"{source}: not a CLIP state dict{hint}: it lacks {missing}. Found {len(sd)} "
+            f"tensors: {found[:400] or 'none'}. Accepted: OpenAI/open_clip CLIP keys "
+            f"(visual.conv1.weight, token_embedding.weight, ...), optionally with "
+            f"visual.mask_embedding, under {CLIP_PREFIX!r} or 'module.', bare or under "
+            "'state_dict'/'model'"
+        )
+    sd = dict(sd)
+    for key in ("input_resolution", "context_length", "vocab_size"):
+        sd.pop(key, None)
+    return sd
+
+
 def read_clip_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """OpenAI (TorchScript archive or state dict) or OpenCLIP weights as an OpenAI-layout dict."""
+    """CLIP weights from a file, as an OpenAI-layout dict (see ``clip_state_dict``).
+
+    Reads OpenAI's TorchScript ``.pt`` archives, state dicts (``.pth``/``.pt``/
+    ``.safetensors``), OVSeg checkpoints (their CLIP part) and the authors' standalone
+    mask-adapted CLIP (``ovseg_clip_l_9a1909.pth``).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CLIP weights not found: {path}")
@@ -176,17 +232,21 @@ def read_clip_weights(path: str | Path) -> dict[str, torch.Tensor]:
             raise ValueError(
                 f"{path}: neither a state dict nor a TorchScript CLIP ({error})"
             ) from error
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    for key in ("input_resolution", "context_length", "vocab_size"):
-        sd.pop(key, None)
-    return sd
+    return clip_state_dict(sd, source=path)
+
+
+def clip_prompt_depth(sd: dict[str, torch.Tensor]) -> int:
+    """Depth of the mask prompts in an OpenAI-layout CLIP dict (0 when it has none)."""
+    prompts = sd.get("visual.mask_embedding")
+    return 0 if prompts is None else int(prompts.shape[0])
 
 
 def load_clip_weights(model, path: str | Path) -> None:
-    """Load OpenAI/OpenCLIP CLIP weights into ``model.clip_adapter.clip_model``.
+    """Load CLIP weights (any layout of ``clip_state_dict``) into ``model.clip_adapter``.
 
-    The mask prompts (``visual.mask_embedding``) and the no-object embedding keep their
-    initialisation: they are what mask prompt tuning trains.
+    Mask prompts (``visual.mask_embedding``) are loaded when the file has them (a
+    mask-adapted CLIP); otherwise they keep their initialisation, which is what mask prompt
+    tuning trains. The no-object embedding keeps its initialisation.
     """
     sd = {k: v.float() for k, v in read_clip_weights(path).items()}
     arch = ClipArch.from_state_dict(sd)
@@ -195,8 +255,18 @@ def load_clip_weights(model, path: str | Path) -> None:
             f"{path}: CLIP architecture {arch} does not match the model's {model.clip_adapter.arch}"
         )
     clip = model.clip_adapter.clip_model
-    own = {k for k in clip.state_dict() if k != "visual.mask_embedding"}
-    missing, unexpected = sorted(own - set(sd)), sorted(set(sd) - own)
+    own_state = clip.state_dict()
+    prompts = sd.get("visual.mask_embedding")
+    own_prompts = own_state.get("visual.mask_embedding")
+    if prompts is not None and (own_prompts is None or own_prompts.shape != prompts.shape):
+        have = "none" if own_prompts is None else tuple(own_prompts.shape)
+        raise ValueError(
+            f"{path}: has mask prompts of shape {tuple(prompts.shape)}, the model has {have} "
+            "(build it with prompt_depth equal to the file's)"
+        )
+    own = {k for k in own_state if k != "visual.mask_embedding"}
+    given = {k for k in sd if k != "visual.mask_embedding"}
+    missing, unexpected = sorted(own - given), sorted(given - own)
     if missing or unexpected:
         raise ValueError(
             f"{path}: CLIP keys do not fit: missing {missing[:20]}, unexpected {unexpected[:20]}"

@@ -17,8 +17,9 @@ from ovseg.modeling.clip_branch import ClipArch
 
 @dataclass
 class OVSegConfig:
-    # backbone: {"type": "swin", ...SwinTransformer kwargs} or {"type": "resnet", ...}
-    backbone: dict = field(default_factory=lambda: {"type": "swin"})
+    # backbone: {"type": "swin", ...SwinTransformer kwargs} or {"type": "resnet", ...}; None:
+    # no backbone and no MaskFormer head (CLIP branch only, for external proposal generators)
+    backbone: dict | None = field(default_factory=lambda: {"type": "swin"})
     # pixel decoder
     conv_dim: int = 256
     mask_dim: int = 256
@@ -43,7 +44,9 @@ class OVSegConfig:
     ensemble_weight: float = 0.7
     clip_ensemble: bool = True
     mode: str = "eval"  # "eval" (OVSeg semantic inference) or "demo" (OVSegDEMO)
-    text_templates: str = "vild"  # "vild", "imagenet" or "predefined"
+    # class-name prompts: "vild" (official default), "imagenet" (80), "predefined", or "photo"
+    # ("a photo of {}", the authors' SAM demo space)
+    text_templates: str = "vild"
     predefined_templates: tuple = ("a photo of a {}.",)
     min_size_test: int = 640
     max_size_test: int = 2560

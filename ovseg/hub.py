@@ -1,30 +1,47 @@
-"""Released weights: names, URLs, checksums, the local cache folder and ``download``.
+"""Released weights: names, where they live, checksums, licences, and ``download``.
 
-The model builders only need ``find_cached`` to locate weights already on disk; nothing here
-touches the network unless ``download`` is called (``ovseg download NAME``).
+Nothing here touches the network unless ``download`` is called (``ovseg download NAME``); the
+model builders only call ``find_cached``.
 
-Checksums. OpenAI publishes the sha256 of each CLIP file in its URL path. The OVSeg authors
-publish only the first six hex digits of each checkpoint's md5 (GETTING_STARTED.md); those are
-checked, and since no sha256 is published for them, the sha256 of the first complete download
-is recorded next to the file (``<file>.sha256``) and checked on every later download.
+Where files live. A file on the Hugging Face Hub is fetched with ``huggingface_hub``
+(``hf_hub_download``) into the standard Hugging Face cache (``$HF_HUB_CACHE``, shared with every
+other tool; ``HF_HUB_OFFLINE=1`` uses it without a network). A file published only as a URL
+(Google Drive, OpenAI's CDN) is fetched with ``gdown``, which follows Google Drive's
+confirmation pages and resumes an interrupted transfer from its ``.part`` file, into
+``ovseg_home()`` (``$OVSEG_HOME``). A file copied by hand to ``ovseg_home()/<filename>`` is used
+as is, for every name. Sources are tried in order; the next one is tried when one fails.
+
+Checksums. A sha256 is pinned where a verifiable source publishes it: the Hub's LFS metadata
+(its pointer files carry ``oid sha256:...``) and OpenAI's URLs. It is checked after every
+download, whatever the source, and a file that does not match is deleted. (huggingface_hub
+2.4 does not hash what it downloads; it only compares the size.) Where only the first six hex
+digits of the md5 are published (the OVSeg authors' Google Drive files; SAM's file names), those
+are checked, and the sha256 of the first complete download is recorded next to the file
+(``<file>.sha256``) and enforced on every later download.
+
+Licences. The released OVSeg weights are CC BY-NC 4.0 (non-commercial use only), whereas this
+code is MIT; each entry names its licence, and ``ovseg download --list`` prints it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import os
-import socket
-import sys
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+CODE_LICENSE = "MIT"
+OVSEG_WEIGHTS_LICENSE = "CC BY-NC 4.0"  # the ov-seg repository's LICENSE (non-commercial)
+LICENSE_URLS = {
+    "CC BY-NC 4.0": "https://creativecommons.org/licenses/by-nc/4.0/",
+    "MIT": "https://opensource.org/licenses/MIT",
+    "Apache-2.0": "https://www.apache.org/licenses/LICENSE-2.0",
+}
+
 
 def ovseg_home() -> Path:
-    """The cache folder: ``$OVSEG_HOME``, else the platform's user cache dir + ``/ovseg``."""
+    """The cache folder for URL downloads: ``$OVSEG_HOME``, else the user cache dir + ``/ovseg``."""
     env = os.environ.get("OVSEG_HOME")
     if env:
         return Path(env).expanduser()
@@ -34,194 +51,191 @@ def ovseg_home() -> Path:
 
 
 @dataclass(frozen=True)
+class HubFile:
+    """A file in a Hugging Face Hub repository (``repo_type``: model, space or dataset)."""
+
+    repo_id: str
+    filename: str
+    repo_type: str = "model"
+    revision: str = "main"
+
+    def __str__(self) -> str:
+        prefix = "" if self.repo_type == "model" else f"{self.repo_type}s/"
+        return f"hf://{prefix}{self.repo_id}/{self.filename}@{self.revision}"
+
+
+@dataclass(frozen=True)
 class ReleasedFile:
     """One downloadable file.
 
     Attributes:
-        filename: name inside ``ovseg_home()``.
-        urls: where to get it, tried in order (mirrors).
-        sha256: full hex digest, or None where none is published (then it is recorded on
-            first download and checked afterwards).
-        md5_prefix: leading hex digits of the md5 where that is all that is published.
+        filename: its name (in the Hub repositories, and in ``ovseg_home()`` for URLs).
+        sources: where to get it, tried in order: ``HubFile`` (huggingface_hub) or a URL (gdown).
+        sha256: full hex digest from a verifiable source, or None (then the md5 prefix is
+            checked and the sha256 of the first download is recorded and enforced).
+        md5_prefix: leading hex digits of the md5 where that is what is published.
         description: one line for ``ovseg download --list``.
+        license: licence of the weights (``LICENSE_URLS`` keys).
     """
 
     filename: str
-    urls: tuple[str, ...]
+    sources: tuple[HubFile | str, ...]
     sha256: str | None
     md5_prefix: str | None
     description: str
+    license: str
 
 
 def _gdrive(file_id: str) -> str:
-    return f"https://drive.usercontent.google.com/download?id={file_id}&export=download&confirm=t"
+    return f"https://drive.google.com/uc?id={file_id}"
 
 
-# The authors' demo space first fetched the Swin-B checkpoint from Google Drive with gdown;
-# its later app.py reads a copy stored in the space itself (as it does the SAM checkpoints).
-_HF_SPACE = "https://huggingface.co/spaces/facebook/ov-seg/resolve/main/"
+# The authors' demo space facebook/ov-seg stores the Swin-B checkpoint, the standalone
+# mask-adapted CLIP of its SAM mode and the two SAM checkpoints it uses; camenduru/ovseg mirrors
+# the first two. The sha256 values are the Hub's LFS metadata of those files.
+_SPACE = "facebook/ov-seg"
+_MIRROR = "camenduru/ovseg"
 _OPENAI = "https://openaipublic.azureedge.net/clip/models/"
+_SAM = "https://dl.fbaipublicfiles.com/segment_anything/"
 
-# download name -> file. The OVSeg names are the model variants that load them.
+
+def _sam_file(kind: str, md5_prefix: str, sha256: str) -> ReleasedFile:
+    """A SAM checkpoint: in the authors' space, and at Meta's URL."""
+    filename = f"sam_{kind}_{md5_prefix}.pth"
+    return ReleasedFile(
+        filename=filename,
+        sources=(HubFile(_SPACE, filename, "space"), _SAM + filename),
+        sha256=sha256,
+        md5_prefix=md5_prefix,
+        description=f"Segment Anything ViT-{kind[-1].upper()} (for --proposals sam)",
+        license="Apache-2.0",
+    )
+
+
 REGISTRY: dict[str, ReleasedFile] = {
     "ovseg-swinB-vitL14": ReleasedFile(
         filename="ovseg_swinbase_vitL14_ft_mpt.pth",
-        urls=(
-            _HF_SPACE + "ovseg_swinbase_vitL14_ft_mpt.pth",
+        sources=(
+            HubFile(_SPACE, "ovseg_swinbase_vitL14_ft_mpt.pth", "space"),
+            HubFile(_MIRROR, "ovseg_swinbase_vitL14_ft_mpt.pth"),
             _gdrive("1cn-ohxgXDrDfkzC1QdO-fi8IjbjXmgKy"),
         ),
-        sha256=None,
+        sha256="dd3731dde48d96654aba63e5a93753dc837d6889162a18ddf0877f5463d94c90",
         md5_prefix="526080",
         description="official OVSeg Swin-B + CLIP ViT-L/14, fine-tuned + mask prompts",
+        license=OVSEG_WEIGHTS_LICENSE,
     ),
     "ovseg-R101c-vitB16": ReleasedFile(
         filename="ovseg_R101c_vitB16_ft_mpt.pth",
-        urls=(_gdrive("1ZmeFMEkhuLqaWkhz4t4IlQ8YflrYja8q"),),
+        sources=(_gdrive("1ZmeFMEkhuLqaWkhz4t4IlQ8YflrYja8q"),),
         sha256=None,
         md5_prefix="c746f4",
         description="official OVSeg R101c + CLIP ViT-B/16, fine-tuned + mask prompts",
+        license=OVSEG_WEIGHTS_LICENSE,
     ),
     "ovseg-swinB-vitL14-mpt-only": ReleasedFile(
         filename="ovseg_swinbase_vitL14_mpt_only.pt",
-        urls=(_gdrive("1LJGWFjHw76OGDNy9r9KQIaACfIm9KMhQ"),),
+        sources=(_gdrive("1LJGWFjHw76OGDNy9r9KQIaACfIm9KMhQ"),),
         sha256=None,
         md5_prefix="2dd495",
         description="official OVSeg Swin-B + CLIP ViT-L/14, mask prompts only (CLIP frozen)",
+        license=OVSEG_WEIGHTS_LICENSE,
+    ),
+    "ovseg-clip-vitL14": ReleasedFile(
+        filename="ovseg_clip_l_9a1909.pth",
+        sources=(
+            HubFile(_SPACE, "ovseg_clip_l_9a1909.pth", "space"),
+            HubFile(_MIRROR, "ovseg_clip_l_9a1909.pth"),
+        ),
+        sha256="eb5cbc83b922e18241654a19ad4cb836cf4f00169cd5684a4932d8a6f825dd36",
+        md5_prefix=None,
+        description="mask-adapted CLIP ViT-L/14 alone (the authors' SAM demo; --clip)",
+        license=OVSEG_WEIGHTS_LICENSE,
+    ),
+    # SAM: sha256 from the Hub's LFS pointers of these files (e.g. huggingface.co
+    # andzhang01/segment_anything commits d579a94 and 9946685: "oid sha256:a7bf3b02...",
+    # size 2564550879; "oid sha256:3adcc431...", size 1249524607); the name's suffix is the
+    # md5's first six hex digits (full md5 4b8939a88964f0f4ff5f5b2642c598a6 and
+    # 0b3195507c641ddb6910d2bb5adee89c, as checked by several downloaders).
+    "sam-vit-h": _sam_file(
+        "vit_h", "4b8939", "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"
+    ),
+    "sam-vit-l": _sam_file(
+        "vit_l", "0b3195", "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"
     ),
     "clip-vitL14": ReleasedFile(
         filename="ViT-L-14.pt",
-        urls=(
+        sources=(
             _OPENAI
             + "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
         ),
         sha256="b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836",
         md5_prefix=None,
         description="OpenAI CLIP ViT-L/14 (224 px)",
+        license="MIT",
     ),
     "clip-vitB16": ReleasedFile(
         filename="ViT-B-16.pt",
-        urls=(
+        sources=(
             _OPENAI
             + "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
         ),
         sha256="5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f",
         md5_prefix=None,
         description="OpenAI CLIP ViT-B/16 (224 px)",
+        license="MIT",
     ),
 }
 
-# model variant -> file name of its released checkpoint inside ovseg_home()
+# model variant -> download name of its released checkpoint
 RELEASED_FILES: dict[str, str] = {
     name: REGISTRY[name].filename for name in ("ovseg-swinB-vitL14", "ovseg-R101c-vitB16")
 }
 
 
-def find_cached(name: str) -> Path | None:
-    """Path of the cached released file for ``name`` (a variant or download name), or None."""
-    entry = REGISTRY.get(name)
-    filename = entry.filename if entry else RELEASED_FILES.get(name)
-    if filename is None:
+def find_cached(name: str, registry: dict[str, ReleasedFile] | None = None) -> Path | None:
+    """Path of the cached file for ``name`` (a variant or download name), or None. No network.
+
+    Looks in ``ovseg_home()`` (URL downloads and hand-copied files), then in the Hugging Face
+    cache for each Hub source.
+    """
+    entry = (REGISTRY if registry is None else registry).get(name)
+    if entry is None:
         return None
-    path = ovseg_home() / filename
-    return path if path.is_file() else None
+    manual = ovseg_home() / entry.filename
+    if manual.is_file():
+        return manual
+    for source in entry.sources:
+        if isinstance(source, HubFile):
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(
+                source.repo_id,
+                source.filename,
+                revision=source.revision,
+                repo_type=source.repo_type,
+            )
+            if isinstance(found, str) and os.path.isfile(found):
+                return Path(found)
+    return None
 
 
 class DownloadError(RuntimeError):
-    """A download failed; the message names the URL and what to do."""
+    """A download failed; the message names every source tried and what to do."""
 
 
-def _offline_help(entry: ReleasedFile, dest: Path) -> str:
-    return (
-        f"If this machine is offline, download {entry.urls[0]} on another machine and copy it "
-        f"to {dest} (or set OVSEG_HOME), or pass the file with --checkpoint."
-    )
+class _SourceFailed(Exception):
+    """This source did not give a good file; the next one is tried."""
 
 
-def _hash_file(path: Path, hashers: list) -> None:
+def _digests(path: Path, with_md5: bool) -> tuple[str, str | None]:
+    sha, md5 = hashlib.sha256(), (hashlib.md5() if with_md5 else None)
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
-            for h in hashers:
-                h.update(chunk)
-
-
-class _NotTheFile(Exception):
-    """The server answered, but with something other than the file (an HTML page)."""
-
-
-def _fetch(url: str, part: Path, timeout: float, progress: bool, desc: str) -> None:
-    """Append the rest of ``url`` to ``part``, resuming from its size with an HTTP Range."""
-    from tqdm import tqdm
-
-    start = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "ovseg-download"})
-    if start:
-        request.add_header("Range", f"bytes={start}-")
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as error:
-        if error.code == 416 and start:
-            # "bytes */N": the part already holds all N bytes, or it is longer than the file
-            if error.headers.get("Content-Range", "").strip() == f"bytes */{start}":
-                return
-            part.unlink()
-            return _fetch(url, part, timeout, progress, desc)
-        raise
-    with response:
-        if response.headers.get_content_type() == "text/html":
-            raise _NotTheFile(
-                "the server sent a web page instead of the file (a sign-in, quota or "
-                "virus-scan page); open the URL in a browser to download it by hand"
-            )
-        length = response.headers.get("Content-Length")
-        if start and response.status != 206:  # server ignored the Range: start over
-            start = 0
-        total = start + int(length) if length is not None else None
-        mode = "ab" if start else "wb"
-        received = start
-        with (
-            open(part, mode) as f,
-            tqdm(
-                total=total,
-                initial=start,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=desc,
-                disable=not progress,
-                file=sys.stderr,
-            ) as bar,
-        ):
-            while True:
-                chunk = response.read(1 << 16)
-                if not chunk:
-                    break
-                f.write(chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
-    if total is not None and received < total:
-        raise ConnectionError(f"transfer cut off after {received} of {total} bytes")
-
-
-def _verify(entry: ReleasedFile, path: Path, url: str) -> str:
-    """Check ``path`` against the published digests; returns its sha256."""
-    sha, md5 = hashlib.sha256(), hashlib.md5()
-    _hash_file(path, [sha, md5])
-    digest = sha.hexdigest()
-    recorded = _recorded_sha256(entry)
-    expected = entry.sha256 or recorded
-    if expected and digest != expected:
-        source = "published" if entry.sha256 else f"recorded in {_sha_record(entry)}"
-        raise DownloadError(
-            f"sha256 mismatch for {url}: got {digest}, expected {expected} ({source}). "
-            f"The file was removed; run the download again. If it keeps failing, the mirror "
-            f"serves a different file."
-        )
-    if entry.md5_prefix and not md5.hexdigest().startswith(entry.md5_prefix):
-        raise DownloadError(
-            f"md5 mismatch for {url}: got {md5.hexdigest()}, the authors publish "
-            f"{entry.md5_prefix}... The file was removed; run the download again."
-        )
-    return digest
+            sha.update(chunk)
+            if md5 is not None:
+                md5.update(chunk)
+    return sha.hexdigest(), None if md5 is None else md5.hexdigest()
 
 
 def _sha_record(entry: ReleasedFile) -> Path:
@@ -233,33 +247,106 @@ def _recorded_sha256(entry: ReleasedFile) -> str | None:
     return record.read_text().split()[0] if record.is_file() else None
 
 
-def _fetch_with_retries(
-    url: str,
-    part: Path,
-    entry: ReleasedFile,
-    retries: int,
-    timeout: float,
-    progress: bool,
-    failures: list[str],
-) -> bool:
-    """Fetch ``url`` into ``part``, resuming after network errors; False (with the reasons
-    appended to ``failures``) when this URL is no good."""
-    for attempt in range(retries + 1):
-        try:
-            _fetch(url, part, timeout, progress, entry.filename)
-            return True
-        except urllib.error.HTTPError as error:
-            failures.append(f"{url}: HTTP {error.code} {error.reason}")
-            return False  # the server answered: asking again will not help
-        except _NotTheFile as error:
-            failures.append(f"{url}: {error}")
-            return False
-        except (OSError, http.client.HTTPException) as error:
-            reason = getattr(error, "reason", None) or error
-            failures.append(f"{url}: {type(reason).__name__}: {reason} (attempt {attempt + 1})")
-            if isinstance(reason, socket.gaierror):
-                return False  # the name does not resolve: offline
-    return False
+def _check(entry: ReleasedFile, path: Path) -> str:
+    """The sha256 of ``path``; raises ``_SourceFailed`` when it contradicts a known digest."""
+    # a pinned sha256 says all; the (3x slower) md5 is only computed where it is the check
+    sha, md5 = _digests(path, with_md5=entry.sha256 is None and entry.md5_prefix is not None)
+    expected = entry.sha256 or _recorded_sha256(entry)
+    if expected and sha != expected:
+        where = "pinned" if entry.sha256 else f"recorded in {_sha_record(entry)}"
+        raise _SourceFailed(f"sha256 mismatch: got {sha}, expected {expected} ({where})")
+    if md5 is not None and not md5.startswith(entry.md5_prefix):
+        raise _SourceFailed(f"md5 mismatch: got {md5}, the publisher gives {entry.md5_prefix}...")
+    return sha
+
+
+def _from_hub(source: HubFile, entry: ReleasedFile, force: bool, progress: bool) -> Path:
+    import httpx2
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.utils import disable_progress_bars
+
+    bars = contextlib.nullcontext() if progress else disable_progress_bars("huggingface_hub")
+    try:
+        with bars:
+            path = Path(
+                hf_hub_download(
+                    source.repo_id,
+                    source.filename,
+                    repo_type=source.repo_type,
+                    revision=source.revision,
+                    force_download=force,
+                )
+            )
+    except LocalEntryNotFoundError:
+        if constants.is_offline_mode():
+            raise _SourceFailed(
+                "not in the Hugging Face cache, and HF_HUB_OFFLINE is set"
+            ) from None
+        raise _SourceFailed("could not reach the Hub, and the file is not cached") from None
+    except HfHubHTTPError as error:
+        status = error.response.status_code if error.response is not None else "?"
+        raise _SourceFailed(f"HTTP {status}: {str(error).splitlines()[0]}") from None
+    except (OSError, httpx2.HTTPError) as error:
+        raise _SourceFailed(f"{type(error).__name__}: {error}") from None
+    try:
+        _check(entry, path)
+    except _SourceFailed:
+        blob = Path(os.path.realpath(path))
+        for item in (path, blob):
+            with contextlib.suppress(FileNotFoundError):
+                item.unlink()
+        raise
+    return path
+
+
+def _from_url(
+    url: str, entry: ReleasedFile, force: bool, progress: bool, retries: int, timeout: float
+) -> Path:
+    import gdown
+    import requests
+
+    dest = ovseg_home() / entry.filename
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.with_name(dest.name + ".download")  # gdown keeps <staging>XXXXXXXX.part
+    if force:
+        for stale in [staging, *dest.parent.glob(staging.name + "????????.part")]:
+            stale.unlink(missing_ok=True)
+    try:
+        gdown.download(
+            url,
+            str(staging),
+            quiet=not progress,
+            resume=True,
+            retries=retries,
+            timeout=timeout,
+        )
+    except (gdown.exceptions.DownloadError, requests.RequestException, OSError) as error:
+        reason = str(error).strip().splitlines()
+        raise _SourceFailed(f"{type(error).__name__}: {' '.join(reason)[:500]}") from None
+    try:
+        digest = _check(entry, staging)
+    except _SourceFailed:
+        staging.unlink()
+        raise
+    os.replace(staging, dest)
+    if entry.sha256 is None and _recorded_sha256(entry) is None:
+        _sha_record(entry).write_text(f"{digest}  {entry.filename}\n")
+    return dest
+
+
+def _offline_help(entry: ReleasedFile) -> str:
+    hub = [s for s in entry.sources if isinstance(s, HubFile)]
+    lines = [f"If this machine is offline, download {entry.filename} elsewhere and either:"]
+    if hub:
+        lines.append(
+            f"  - fill the Hugging Face cache there (`hf download {hub[0].repo_id} "
+            f"{hub[0].filename} --repo-type {hub[0].repo_type}`) and copy $HF_HUB_CACHE here, "
+            "then use HF_HUB_OFFLINE=1; or"
+        )
+    lines.append(f"  - copy the file to {ovseg_home() / entry.filename} (or set OVSEG_HOME); or")
+    lines.append("  - pass the file's path (--checkpoint, --sam-checkpoint or --clip PATH).")
+    return "\n".join(lines)
 
 
 def download(
@@ -271,52 +358,52 @@ def download(
     timeout: float = 30.0,
     registry: dict[str, ReleasedFile] | None = None,
 ) -> Path:
-    """Download the released file ``name`` into ``ovseg_home()`` and return its path.
+    """Download the released file ``name`` and return its local path.
 
-    An existing complete file is returned as is (unless ``force``). Bytes arrive in
-    ``<file>.part``; an interrupted transfer resumes from there with an HTTP Range request,
-    on the next retry or the next call. The finished file is checked against its checksums
-    before it is renamed into place.
+    Sources are tried in order (Hub repository, mirror, URL); the first good file wins. A file
+    copied to ``ovseg_home()`` by hand is returned as is. Hub files land in the Hugging Face
+    cache (a cached one is returned without a transfer, online or with ``HF_HUB_OFFLINE=1``),
+    URL files in ``ovseg_home()``. Every file is checked against its checksums (see the module
+    docstring) before it is returned; one that fails is deleted and the next source is tried.
 
     Args:
-        name: a key of ``REGISTRY`` (see ``ovseg download --list``).
-        force: download again even if the file is cached.
-        progress: show a tqdm progress bar on stderr.
-        retries: extra attempts per URL after a network error (each resumes).
-        timeout: seconds to wait for the server before giving up on an attempt.
+        name: a key of ``registry`` (see ``ovseg download --list``).
+        force: download again even if cached.
+        progress: show progress bars on stderr.
+        retries: extra attempts of a URL transfer after a network error (each resumes);
+            huggingface_hub retries Hub transfers on its own (resuming with an HTTP Range).
+        timeout: seconds to wait for a URL server between bytes.
         registry: the table to look ``name`` up in (default ``REGISTRY``; tests pass their own).
     Raises:
         KeyError: unknown name.
-        DownloadError: every URL failed, or the checksum did not match.
+        DownloadError: every source failed; the message lists each one's reason.
+
+    With ``HF_HUB_OFFLINE=1`` nothing goes to the network: Hub files come from the cache, URL
+    sources are skipped.
     """
     registry = REGISTRY if registry is None else registry
     if name not in registry:
         raise KeyError(f"unknown download {name!r}; choose one of {sorted(registry)}")
     entry = registry[name]
-    dest = ovseg_home() / entry.filename
-    if dest.is_file() and not force:
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    if force:
-        with contextlib.suppress(FileNotFoundError):
-            part.unlink()
+    manual = ovseg_home() / entry.filename
+    if manual.is_file() and not force:
+        return manual
+    from huggingface_hub import constants
+
     failures: list[str] = []
-    for url in entry.urls:
-        if not _fetch_with_retries(url, part, entry, retries, timeout, progress, failures):
-            continue
+    for source in entry.sources:
         try:
-            digest = _verify(entry, part, url)
-        except DownloadError:
-            part.unlink()
-            raise
-        os.replace(part, dest)
-        if entry.sha256 is None and _recorded_sha256(entry) is None:
-            _sha_record(entry).write_text(f"{digest}  {entry.filename}\n")
-        return dest
+            if isinstance(source, HubFile):
+                return _from_hub(source, entry, force, progress)
+            if constants.is_offline_mode():  # the ecosystem's offline switch covers URLs too
+                raise _SourceFailed("skipped: HF_HUB_OFFLINE is set")
+            return _from_url(source, entry, force, progress, retries, timeout)
+        except _SourceFailed as error:
+            failures.append(f"{source}: {error}")
+    parts = list(manual.parent.glob(manual.name + ".download????????.part"))
     raise DownloadError(
         f"could not download {name!r} ({entry.filename}):\n  "
         + "\n  ".join(failures)
-        + f"\n{_offline_help(entry, dest)}"
-        + (f"\nThe partial file {part} is kept; the next try resumes it." if part.exists() else "")
+        + f"\n{_offline_help(entry)}"
+        + (f"\nThe partial file {parts[0]} is kept; the next try resumes it." if parts else "")
     )

@@ -62,11 +62,10 @@ class InferenceOptions:
 
 def image_side_modules(model) -> list[nn.Module]:
     """The modules that take the dtype option: backbone, pixel decoder, CLIP image tower."""
-    return [
-        model.backbone,
-        model.sem_seg_head.pixel_decoder,
-        model.clip_adapter.clip_model.visual,
-    ]
+    modules = [model.clip_adapter.clip_model.visual]
+    if model.sem_seg_head is not None:  # None: a CLIP-branch-only model
+        modules[:0] = [model.backbone, model.sem_seg_head.pixel_decoder]
+    return modules
 
 
 def prepare_model(model, options: InferenceOptions):

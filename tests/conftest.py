@@ -52,3 +52,15 @@ def official_tiny():
     image = np.array(Image.open(OFFICIAL_TINY / "input.png").convert("RGB"))
     names = json.loads((OFFICIAL_TINY / "meta.json").read_text())["class_names"]
     return model, outputs, torch.from_numpy(image).permute(2, 0, 1), names
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """A stand-in Hugging Face Hub on 127.0.0.1, with huggingface_hub pointed at it and its
+    cache in ``tmp_path / "hf"`` (see ``tests/hub_server.py``)."""
+    from tests.hub_server import FakeHub, patch_hub
+
+    server = FakeHub().start()
+    patch_hub(monkeypatch, server, tmp_path / "hf")
+    yield server
+    server.stop()

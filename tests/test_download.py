@@ -1,83 +1,22 @@
-"""``ovseg.hub.download`` against an HTTP server on 127.0.0.1 that serves files the test made."""
+"""``ovseg.hub.download`` against local stand-ins on 127.0.0.1: a Hugging Face Hub (files fetched
+with huggingface_hub) and a plain HTTP server (URLs fetched with gdown)."""
 
 from __future__ import annotations
 
 import hashlib
-import http.server
 import os
 import socket
-import threading
 
 import pytest
 
 from ovseg import hub
-from ovseg.hub import DownloadError, ReleasedFile, download
+from ovseg.hub import DownloadError, HubFile, ReleasedFile, download
+from tests.hub_server import COMMIT, FileServer, patch_hub
 
 DATA = os.urandom(300_000)
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.files: dict[str, bytes] = {"/weights.bin": DATA}
-        self.cut_after: int | None = None  # the next GET sends only this many bytes, then drops
-        self.ranges: list[str | None] = []  # Range header of every GET, in order
-        self.honour_range = True
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        server: _Server = self.server
-        body = server.files.get(self.path)
-        server.ranges.append(self.headers.get("Range"))
-        if body is None:
-            self.send_error(404, "Not Found")
-            return
-        start = 0
-        rng = self.headers.get("Range") if server.honour_range else None
-        if path_is_html := self.path.endswith(".html"):
-            body = b"<html>please sign in</html>"
-        if rng:
-            start = int(rng.removeprefix("bytes=").split("-")[0])
-            if start >= len(body):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(body)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-        else:
-            self.send_response(200)
-        payload = body[start:]
-        self.send_header(
-            "Content-Type", "text/html" if path_is_html else "application/octet-stream"
-        )
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        if server.cut_after is not None:
-            self.wfile.write(payload[: server.cut_after])
-            server.cut_after = None
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_RDWR)
-            self.close_connection = True
-            return
-        self.wfile.write(payload)
-
-
-@pytest.fixture
-def server():
-    srv = _Server()
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+SHA = hashlib.sha256(DATA).hexdigest()
+SPACE = HubFile("facebook/ov-seg", "weights.pth", "space")
+MIRROR = HubFile("someone/mirror", "weights.pth")
 
 
 @pytest.fixture(autouse=True)
@@ -86,133 +25,218 @@ def home(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def _registry(server, path="/weights.bin", sha256=None, md5_prefix=None, known=True) -> dict:
-    url = f"http://127.0.0.1:{server.server_address[1]}{path}"
-    if known and sha256 is None:
-        sha256 = hashlib.sha256(DATA).hexdigest()
-    return {"w": ReleasedFile("weights.bin", (url,), sha256, md5_prefix, "test file")}
+@pytest.fixture
+def files(monkeypatch):
+    # gdown writes in 512 KiB chunks; bytes of a chunk cut short are not kept. Smaller chunks
+    # make the resume points of these 300 kB transfers visible.
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("gdown.download"), "CHUNK_SIZE", 50_000)
+    server = FileServer().start()
+    server.files["/weights.pth"] = DATA
+    yield server
+    server.stop()
 
 
-def test_good_download_is_cached(server, home):
-    path = download("w", progress=False, registry=_registry(server))
-    assert path == home / "weights.bin"
-    assert path.read_bytes() == DATA
-    assert not (home / "weights.bin.part").exists()
-    assert download("w", progress=False, registry=_registry(server)) == path
-    assert server.ranges == [None]  # the second call did not touch the network
+def _hub_registry(sha256=SHA, md5_prefix=None) -> dict:
+    entry = ReleasedFile("weights.pth", (SPACE, MIRROR), sha256, md5_prefix, "test", "MIT")
+    return {"w": entry}
 
 
-def test_bad_sha256_is_refused_and_removed(server, home):
-    with pytest.raises(DownloadError, match="sha256 mismatch for http://127.0.0.1"):
-        download("w", progress=False, registry=_registry(server, sha256="0" * 64))
-    assert not (home / "weights.bin").exists()
-    assert not (home / "weights.bin.part").exists()
+def _url_registry(server, path="/weights.pth", sha256=SHA, md5_prefix=None) -> dict:
+    entry = ReleasedFile("weights.pth", (server.url + path,), sha256, md5_prefix, "test", "MIT")
+    return {"w": entry}
 
 
-def test_cut_off_transfer_resumes_on_next_call(server, home):
-    server.cut_after = 100_000
-    with pytest.raises(DownloadError, match="the next try resumes it"):
-        download("w", progress=False, retries=0, registry=_registry(server))
-    assert (home / "weights.bin.part").stat().st_size == 100_000
-    assert not (home / "weights.bin").exists()
-
-    path = download("w", progress=False, retries=0, registry=_registry(server))
-    assert path.read_bytes() == DATA
-    assert server.ranges == [None, "bytes=100000-"]
+# ---- Hub files: huggingface_hub into the Hugging Face cache -----------------------------------
 
 
-def test_cut_off_transfer_resumes_within_one_call(server):
-    server.cut_after = 123_456
-    path = download("w", progress=False, retries=2, registry=_registry(server))
-    assert path.read_bytes() == DATA
-    assert server.ranges == [None, "bytes=123456-"]
+def test_hub_download_lands_in_the_hf_cache(fake_hub, tmp_path):
+    fake_hub.add("facebook/ov-seg", {"weights.pth": DATA}, "space")
+    path = download("w", progress=False, registry=_hub_registry())
+    expected = tmp_path / "hf" / "spaces--facebook--ov-seg" / "snapshots" / COMMIT / "weights.pth"
+    assert path == expected and path.read_bytes() == DATA
+    assert os.path.basename(os.path.realpath(path)) == SHA  # the blob is named by its etag
+    assert hub.find_cached("w", _hub_registry()) == path
+    assert fake_hub.methods() == ["HEAD", "GET"]
+
+    fake_hub.requests.clear()
+    assert download("w", progress=False, registry=_hub_registry()) == path
+    assert fake_hub.methods() == ["HEAD"]  # cached: no transfer
 
 
-def test_complete_part_file_is_not_fetched_again(server, home):
-    home.mkdir(parents=True)
-    (home / "weights.bin.part").write_bytes(DATA)
-    path = download("w", progress=False, registry=_registry(server))
-    assert path.read_bytes() == DATA
-    assert server.ranges == [f"bytes={len(DATA)}-"]  # answered 416 "bytes */N": already complete
-
-
-def test_server_ignoring_range_restarts_cleanly(server, home):
-    server.cut_after = 50_000
-    server.honour_range = False
-    path = download("w", progress=False, retries=1, registry=_registry(server))
-    assert path.read_bytes() == DATA  # the 200 answer replaced the part instead of appending
-
-
-def test_html_page_instead_of_the_file(server, home):
-    server.files["/page.html"] = b""
-    with pytest.raises(DownloadError, match="web page instead of the file"):
-        download("w", progress=False, registry=_registry(server, path="/page.html"))
-    assert server.ranges == [None]
-
-
-def test_404_names_the_url_and_what_to_do(server, home):
+def test_hub_file_with_wrong_sha256_is_refused_and_deleted(fake_hub, tmp_path):
+    fake_hub.add("facebook/ov-seg", {"weights.pth": DATA[::-1]}, "space")
     with pytest.raises(DownloadError) as info:
-        download("w", progress=False, registry=_registry(server, path="/missing.bin"))
+        download("w", progress=False, registry=_hub_registry())
     message = str(info.value)
-    assert "/missing.bin: HTTP 404" in message
-    assert "offline" in message and "--checkpoint" in message
-    assert server.ranges == [None]  # a 404 is not retried
-    assert not (home / "weights.bin").exists()
+    assert "hf://spaces/facebook/ov-seg/weights.pth@main: sha256 mismatch" in message
+    assert "hf://someone/mirror/weights.pth@main: HTTP 404" in message
+    assert "HF_HUB_OFFLINE=1" in message and "--checkpoint" in message
+    blobs = list((tmp_path / "hf" / "spaces--facebook--ov-seg" / "blobs").iterdir())
+    assert blobs == []  # the bad blob was removed
+    assert hub.find_cached("w", _hub_registry()) is None
 
 
-def test_unreachable_server_says_what_to_do_offline():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again on exit: nothing listens there
-    entry = ReleasedFile("x.bin", (f"http://127.0.0.1:{port}/x.bin",), None, None, "")
-    with pytest.raises(DownloadError, match="If this machine is offline"):
-        download("x", progress=False, retries=1, registry={"x": entry})
+def test_mirror_is_used_when_the_first_source_fails(fake_hub):
+    fake_hub.add("someone/mirror", {"weights.pth": DATA})  # no space at all: 404
+    path = download("w", progress=False, registry=_hub_registry())
+    assert "models--someone--mirror" in str(path) and path.read_bytes() == DATA
+
+    fake_hub.add("facebook/ov-seg", {"weights.pth": DATA[:-1]}, "space")  # corrupt first source
+    path = download("w", progress=False, force=True, registry=_hub_registry())
+    assert "models--someone--mirror" in str(path) and path.read_bytes() == DATA
 
 
-def test_unpublished_sha256_is_recorded_then_enforced(server, home):
-    registry = _registry(server, known=False)
+def test_interrupted_hub_transfer_resumes_with_a_range_request(fake_hub, monkeypatch):
+    # huggingface_hub writes in 10 MiB chunks and resumes after the last whole chunk; smaller
+    # chunks make that visible on a 300 kB file.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 50_000)
+    fake_hub.add("facebook/ov-seg", {"weights.pth": DATA}, "space")
+    fake_hub.cut_after = 100_000
+    path = download("w", progress=False, registry=_hub_registry())
+    assert path.read_bytes() == DATA
+    ranges = [rng for _, rng in fake_hub.gets()]
+    assert ranges == [None, "bytes=100000-"]
+
+
+def test_offline_mode_uses_the_cache_and_says_so_when_it_cannot(fake_hub, tmp_path, monkeypatch):
+    fake_hub.add("facebook/ov-seg", {"weights.pth": DATA}, "space")
+    path = download("w", progress=False, registry=_hub_registry())
+    patch_hub(monkeypatch, fake_hub, tmp_path / "hf", offline=True)
+    fake_hub.requests.clear()
+    assert download("w", progress=False, registry=_hub_registry()) == path
+    assert fake_hub.methods() == []
+
+    url = "http://127.0.0.1:9/x.pth"  # never asked: offline mode covers URL sources too
+    other = {"x": ReleasedFile("x.pth", (HubFile("a/b", "x.pth"), url), SHA, None, "", "MIT")}
+    with pytest.raises(
+        DownloadError, match="not in the Hugging Face cache, and HF_HUB_OFFLINE"
+    ) as info:
+        download("x", progress=False, registry=other)
+    assert "http://127.0.0.1:9/x.pth: skipped: HF_HUB_OFFLINE is set" in str(info.value)
+    assert fake_hub.methods() == []
+
+
+def test_hand_copied_file_in_ovseg_home_is_used(fake_hub, home):
+    home.mkdir(parents=True)
+    (home / "weights.pth").write_bytes(b"copied by hand")
+    assert download("w", progress=False, registry=_hub_registry()) == home / "weights.pth"
+    assert hub.find_cached("w", _hub_registry()) == home / "weights.pth"
+    assert fake_hub.methods() == []
+
+
+# ---- URL files: gdown into OVSEG_HOME ---------------------------------------------------------
+
+
+def test_url_download(files, home):
+    path = download("w", progress=False, registry=_url_registry(files))
+    assert path == home / "weights.pth" and path.read_bytes() == DATA
+    assert sorted(p.name for p in home.iterdir()) == ["weights.pth"]
+    assert download("w", progress=False, registry=_url_registry(files)) == path
+    assert len(files.gets()) == 1  # the second call did not touch the network
+
+
+def test_cut_off_url_transfer_resumes_on_the_next_call(files, home):
+    files.cut_after = 100_000
+    with pytest.raises(DownloadError, match="the next try resumes it"):
+        download("w", progress=False, retries=0, registry=_url_registry(files))
+    parts = list(home.glob("weights.pth.download*.part"))
+    assert len(parts) == 1 and parts[0].stat().st_size == 100_000
+
+    path = download("w", progress=False, retries=0, registry=_url_registry(files))
+    assert path.read_bytes() == DATA
+    # gdown opens with a plain GET (Google Drive's confirmation step), then asks for the rest
+    assert [rng for _, rng in files.gets()][-1] == "bytes=100000-"
+    assert not list(home.glob("*.part"))
+
+
+def test_cut_off_url_transfer_resumes_within_one_call(files):
+    files.cut_after = 123_456
+    path = download("w", progress=False, retries=2, registry=_url_registry(files))
+    assert path.read_bytes() == DATA
+    assert [rng for _, rng in files.gets()] == [None, "bytes=100000-"]  # after 2 whole chunks
+
+
+def test_url_file_with_wrong_sha256_is_removed(files, home):
+    with pytest.raises(DownloadError, match="sha256 mismatch"):
+        download("w", progress=False, registry=_url_registry(files, sha256="0" * 64))
+    assert list(home.iterdir()) == []
+
+
+def test_unpublished_sha256_is_recorded_then_enforced(files, home):
+    md5 = hashlib.md5(DATA).hexdigest()[:6]
+    registry = _url_registry(files, sha256=None, md5_prefix=md5)
     download("w", progress=False, registry=registry)
-    record = (home / "weights.bin.sha256").read_text().split()[0]
-    assert record == hashlib.sha256(DATA).hexdigest()
+    assert (home / "weights.pth.sha256").read_text().split()[0] == SHA
 
-    server.files["/weights.bin"] = DATA[::-1]  # the mirror now serves a different file
+    files.files["/weights.pth"] = DATA[::-1]  # the source now serves a different file
     with pytest.raises(DownloadError, match="recorded in"):
         download("w", progress=False, force=True, registry=registry)
 
 
-def test_md5_prefix_is_checked(server):
-    good = hashlib.md5(DATA).hexdigest()[:6]
-    download("w", progress=False, registry=_registry(server, known=False, md5_prefix=good))
-    bad = "zzzzzz"
+def test_md5_prefix_is_checked(files):
     with pytest.raises(DownloadError, match="md5 mismatch"):
-        download("w", progress=False, force=True, registry=_registry(server, md5_prefix=bad))
+        download("w", progress=False, registry=_url_registry(files, sha256=None, md5_prefix="zz"))
+
+
+def test_unreachable_server_says_what_to_do_offline(home):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again on exit: nothing listens there
+    entry = ReleasedFile("x.bin", (f"http://127.0.0.1:{port}/x.bin",), SHA, None, "", "MIT")
+    with pytest.raises(DownloadError, match="If this machine is offline") as info:
+        download("x", progress=False, retries=0, registry={"x": entry})
+    assert str(home / "x.bin") in str(info.value)
+
+
+# ---- the registry and the command --------------------------------------------------------------
 
 
 def test_registry_is_well_formed():
     for name, entry in hub.REGISTRY.items():
-        assert entry.urls and all(u.startswith("https://") for u in entry.urls), name
-        if entry.sha256 is not None:
-            assert len(entry.sha256) == 64 and entry.sha256 in entry.urls[0], name
-        else:
-            assert entry.md5_prefix, f"{name}: no checksum published at all"
-    assert set(hub.RELEASED_FILES) <= set(hub.REGISTRY)
+        assert entry.sources, name
+        assert entry.sha256 or entry.md5_prefix, f"{name}: no checksum at all"
+        assert entry.license in hub.LICENSE_URLS, name
+        for source in entry.sources:
+            if isinstance(source, HubFile):
+                assert entry.sha256, f"{name}: Hub files have a pinned sha256 (LFS metadata)"
+                assert source.filename == entry.filename
+            else:
+                assert source.startswith("https://"), name
+        if entry.md5_prefix and "_" in entry.filename:
+            stem = entry.filename.rsplit(".", 1)[0]
+            if stem.startswith("sam_"):  # SAM's names end with the md5 prefix
+                assert stem.endswith(entry.md5_prefix), name
+    for name in hub.RELEASED_FILES:
+        assert hub.REGISTRY[name].license == "CC BY-NC 4.0"
+    assert hub.REGISTRY["ovseg-clip-vitL14"].license == "CC BY-NC 4.0"
 
 
-def test_find_cached(home):
+def test_find_cached_without_anything(home, fake_hub):
     assert hub.find_cached("ovseg-swinB-vitL14") is None
-    home.mkdir(parents=True)
-    (home / "ovseg_swinbase_vitL14_ft_mpt.pth").write_bytes(b"x")
-    assert hub.find_cached("ovseg-swinB-vitL14") == home / "ovseg_swinbase_vitL14_ft_mpt.pth"
     assert hub.find_cached("no-such-model") is None
 
 
-def test_download_command(server, home, monkeypatch, capsys):
+def test_download_command(fake_hub, home, monkeypatch, capsys):
     from ovseg.cli import main
 
-    monkeypatch.setattr(hub, "REGISTRY", _registry(server))
+    fake_hub.add("facebook/ov-seg", {"weights.pth": DATA}, "space")
+    monkeypatch.setattr(hub, "REGISTRY", _hub_registry())
     assert main(["download", "w"]) == 0
-    assert capsys.readouterr().out.strip() == str(home / "weights.bin")
+    assert capsys.readouterr().out.strip().endswith(f"snapshots/{COMMIT}/weights.pth")
     assert main(["download", "--list"]) == 0
-    assert "cached" in capsys.readouterr().out
+    listing = capsys.readouterr().out
+    assert "cached" in listing and "MIT" in listing
     assert main(["download", "nope"]) == 2
     assert "unknown name" in capsys.readouterr().err
+
+
+def test_list_states_the_weights_licence(capsys, home, fake_hub):
+    from ovseg.cli import main
+
+    assert main(["download", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "CC BY-NC 4.0" in out and "non-commercial" in out and "MIT" in out

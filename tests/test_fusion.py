@@ -78,3 +78,18 @@ def test_demo_fusion_without_valid_masks_labels_nothing():
     out = demo_fusion(torch.rand(2, 3), torch.full((2, 2, 2), 0.2), 0.35, ["a", "b", "c"])
     assert out.select.numel() == 0 and not out.sem_seg.any()
     assert demo_unlabelled(out.sem_seg).all()
+
+
+def test_granularity_selection_by_hand():
+    from ovseg.modeling.fusion import granularity_selection
+
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.5, 0.5]])
+    # class 0: best 0.9, threshold 0.8*0.9 = 0.72 -> mask 0; class 1: best 0.8, > 0.64 -> mask 2
+    kept = granularity_selection(probs, 0.8)
+    assert torch.equal(kept, torch.tensor([[0.9, 0.1], [0, 0], [0.2, 0.8], [0, 0]]))
+    # 0.5: class 0 > 0.45 -> masks 0, 1, 3; class 1 > 0.4 -> masks 2, 3
+    assert torch.equal(granularity_selection(probs, 0.5), probs)
+    # 1.0: the best mask of each class only (masks 0 and 2)
+    assert torch.equal(granularity_selection(probs, 1.0), kept)
+    with pytest.raises(ValueError, match="granularity"):
+        granularity_selection(probs, 1.5)

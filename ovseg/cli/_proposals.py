@@ -33,7 +33,8 @@ def add_proposal_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--sam-checkpoint",
         metavar="PATH",
-        help="SAM weights for --proposals sam, e.g. sam_vit_b_01ec64.pth",
+        help="SAM weights for --proposals sam: a file (e.g. sam_vit_b_01ec64.pth) or a "
+        "download name (sam-vit-l, sam-vit-h; see `ovseg download --list`)",
     )
     group.add_argument(
         "--sam-model-type",
@@ -111,7 +112,16 @@ def proposal_generator_from_args(args: argparse.Namespace, model):
 
     options = proposal_options_from_args(args)
     if args.proposals == "maskformer":
+        if not getattr(model, "has_proposal_head", True):
+            raise ValueError(
+                "this model is the CLIP branch alone (--clip): choose --proposals sam or "
+                "superpixels to give it masks"
+            )
         return None
     if args.proposals == "sam":
         options.setdefault("device", getattr(args, "device", None))
+        if options.get("checkpoint"):  # a download name (sam-vit-h, sam-vit-l) or a path
+            from ovseg.cli._common import resolve_download
+
+            options["checkpoint"] = resolve_download(options["checkpoint"], "--sam-checkpoint")
     return build_generator(args.proposals, model, **options)

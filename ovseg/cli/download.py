@@ -1,14 +1,23 @@
-"""``ovseg download NAME``: fetch released weights into the cache folder."""
+"""``ovseg download NAME``: fetch released weights (Hugging Face cache or ``$OVSEG_HOME``)."""
 
 from __future__ import annotations
+
+_LICENCE_NOTE = (
+    "Licences: the ovseg code is MIT. The released OVSeg weights (ovseg-*) are CC BY-NC 4.0: "
+    "non-commercial use only (https://creativecommons.org/licenses/by-nc/4.0/). OpenAI CLIP "
+    "weights are MIT, Segment Anything weights Apache-2.0."
+)
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "download",
-        help="download released weights into the cache ($OVSEG_HOME)",
-        description="Download released weights (official OVSeg checkpoints, OpenAI CLIP) into "
-        "$OVSEG_HOME (default: the platform cache folder). Interrupted downloads resume.",
+        help="download released weights (Hugging Face cache, or $OVSEG_HOME for URLs)",
+        description="Download released weights: official OVSeg checkpoints, the mask-adapted "
+        "CLIP of the authors' SAM demo, SAM, OpenAI CLIP. Files on the Hugging Face Hub go to "
+        "the Hugging Face cache ($HF_HUB_CACHE; HF_HUB_OFFLINE=1 uses it offline), other "
+        "files to $OVSEG_HOME. Every file is checked against its sha256 (or published md5 "
+        "prefix); mirrors are tried in turn; interrupted transfers resume. " + _LICENCE_NOTE,
     )
     parser.add_argument("names", nargs="*", metavar="NAME", help="what to download (see --list)")
     parser.add_argument("--list", action="store_true", help="list the names and exit")
@@ -21,10 +30,15 @@ def run(args) -> int:
     from ovseg import hub
 
     if args.list or not args.names:
-        print(f"cache folder: {hub.ovseg_home()}")
+        print(f"URL downloads and hand-copied files: {hub.ovseg_home()}")
+        print("Hugging Face Hub files: the Hugging Face cache ($HF_HUB_CACHE)")
         for name, entry in hub.REGISTRY.items():
             cached = "cached" if hub.find_cached(name) else ""
-            print(f"  {name:30s} {entry.filename:36s} {cached:7s} {entry.description}")
+            print(
+                f"  {name:28s} {entry.filename:34s} {cached:6s} {entry.license:13s} "
+                f"{entry.description}"
+            )
+        print(_LICENCE_NOTE)
         return 0
     unknown = [n for n in args.names if n not in hub.REGISTRY]
     if unknown:

@@ -58,7 +58,7 @@ def run(args) -> int:
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_pixels=args.max_pixels,
         max_class_pixels=args.max_class_pixels,
-        model_name=args.model or args.config,
+        model_name=args.model or args.config or args.clip,
     )
     print(f"ovseg serve: open http://{args.host}:{args.port}/ in a browser")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")

@@ -130,7 +130,10 @@ IMAGENET_TEMPLATES = (
     "a tattoo of the {}.",
 )
 
-TEMPLATE_SETS = ("vild", "imagenet", "predefined")
+# The authors' SAM demo (facebook/ov-seg space) encodes each class name with this one template.
+PHOTO_TEMPLATES = ("a photo of {}",)
+
+TEMPLATE_SETS = ("vild", "imagenet", "predefined", "photo")
 
 
 def prompt_templates(kind: str, predefined: tuple[str, ...] = ("a photo of a {}.",)) -> tuple:
@@ -143,6 +146,8 @@ def prompt_templates(kind: str, predefined: tuple[str, ...] = ("a photo of a {}.
         return VILD_TEMPLATES
     if kind == "imagenet":
         return IMAGENET_TEMPLATES
+    if kind == "photo":  # the authors' SAM demo space, not an official config value
+        return PHOTO_TEMPLATES
     if kind != "predefined":
         raise ValueError(f"text templates {kind!r}: use one of {', '.join(TEMPLATE_SETS)}")
     templates = tuple(predefined)

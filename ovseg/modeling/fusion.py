@@ -199,3 +199,30 @@ def demo_unlabelled(sem_seg: torch.Tensor) -> torch.Tensor:
     fidelity).
     """
     return sem_seg[0] == 0
+
+
+def granularity_selection(class_probs: torch.Tensor, granularity: float) -> torch.Tensor:
+    """Keep the masks the authors' SAM demo keeps (its "granularity" slider, default 0.8).
+
+    For each class k, a mask i is kept when ``p[i, k] > granularity * max_j p[j, k]``; with
+    ``granularity >= 1`` only the best mask of each class is kept. A kept mask keeps its whole
+    probability row, the others get zeros, so ``semantic_fusion`` then sums the kept masks and
+    pixels that no kept mask covers score 0 for every class (unlabelled in the demo).
+
+    Args:
+        class_probs: (N, K) CLIP class probabilities of the N masks.
+        granularity: in [0, 1]; lower keeps more masks.
+    Returns:
+        (N, K), rows of ``class_probs`` or zeros.
+    """
+    if not 0.0 <= granularity <= 1.0:
+        raise ValueError(f"granularity must be in [0, 1], got {granularity}")
+    if class_probs.shape[0] == 0:
+        return class_probs
+    best, best_mask = class_probs.max(dim=0)
+    if granularity >= 1.0:
+        keep = torch.zeros(class_probs.shape[0], dtype=torch.bool, device=class_probs.device)
+        keep[best_mask] = True
+    else:
+        keep = (class_probs > granularity * best).any(dim=1)
+    return class_probs * keep[:, None].to(class_probs.dtype)

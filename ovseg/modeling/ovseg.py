@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from ovseg.config import OVSegConfig
@@ -52,35 +53,82 @@ class ClipImageFeatures:
     valid: torch.Tensor
 
 
-class OVSeg(nn.Module):
+class OVSeg(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="ovseg",
+    tags=["ovseg", "open-vocabulary-segmentation", "semantic-segmentation"],
+    pipeline_tag="image-segmentation",
+    paper_url="https://arxiv.org/abs/2210.04150",
+):
     """Open-vocabulary segmenter. Children carry the official checkpoint names.
 
     Args:
-        backbone: module mapping (B, 3, H, W) to ``{"res2".."res5"}`` features.
-        sem_seg_head: pixel decoder + open-vocabulary predictor.
+        backbone: module mapping (B, 3, H, W) to ``{"res2".."res5"}`` features; None (with
+            ``sem_seg_head`` None) for a CLIP-branch-only model whose proposals come from an
+            external generator (SAM, superpixels), classified by CLIP alone.
+        sem_seg_head: pixel decoder + open-vocabulary predictor, or None (see ``backbone``).
         clip_adapter: the mask-adapted CLIP branch.
         config: the ``OVSegConfig`` the model was built from (saved with checkpoints).
+
+    Hub conventions (``huggingface_hub.PyTorchModelHubMixin``): ``save_pretrained(folder)``
+    writes ``config.json``, ``model.safetensors`` and a model card (``README.md``);
+    ``OVSeg.from_pretrained(repo_id_or_folder)`` reads them back; ``push_to_hub(repo_id)``
+    uploads them. ``provenance`` (where the weights come from, their licence, evaluation
+    results) travels in the safetensors metadata and fills the model card.
     """
 
     def __init__(
         self,
-        backbone: nn.Module,
-        sem_seg_head: SemSegHead,
+        backbone: nn.Module | None,
+        sem_seg_head: SemSegHead | None,
         clip_adapter: MaskAdaptedCLIP,
         config: OVSegConfig,
     ):
         super().__init__()
+        if (backbone is None) != (sem_seg_head is None):
+            raise ValueError("give both backbone and sem_seg_head, or neither (CLIP branch only)")
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
         self.clip_adapter = clip_adapter
         self.config = config
         self.random_weights = False  # True when built without weights (ovseg-test-tiny)
+        self.provenance: dict = {}
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std), persistent=False)
 
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+    @property
+    def has_proposal_head(self) -> bool:
+        """False for a CLIP-branch-only model (proposals must come from a generator)."""
+        return self.sem_seg_head is not None
+
+    # ---- Hugging Face Hub (PyTorchModelHubMixin); the formats live in ovseg.pretrained -------
+    def _save_pretrained(self, save_directory) -> None:
+        from ovseg.pretrained import save_pretrained_files
+
+        save_pretrained_files(self, save_directory)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, config: dict | None = None, **kwargs) -> OVSeg:
+        from ovseg.pretrained import load_pretrained
+
+        return load_pretrained(model_id, config=config, **kwargs)
+
+    def push_to_hub(self, repo_id: str, *, model_card_kwargs: dict | None = None, **kwargs):
+        """Upload ``config.json``, ``model.safetensors`` and the model card to ``repo_id``
+        (``huggingface_hub``; needs a token with write access). ``model_card_kwargs``: see
+        ``ovseg.pretrained.model_card`` (provenance, recipe, license, eval_results)."""
+        card = {"repo_id": repo_id, **(model_card_kwargs or {})}
+        return super().push_to_hub(repo_id, model_card_kwargs=card, **kwargs)
+
+    def generate_model_card(self, *args, **kwargs):
+        from ovseg.pretrained import model_card
+
+        return model_card(self, **kwargs)
 
     # ---- stage 1: proposals (vocabulary-free) -----------------------------------------
     def proposal_outputs(self, image: torch.Tensor, all_layers: bool = False):
@@ -92,6 +140,12 @@ class OVSeg(nn.Module):
             ``(embeddings (B, Q, C), mask_logits (B, Q, Hp/4, Wp/4))``; lists over layers
             when ``all_layers``.
         """
+        if not self.has_proposal_head:
+            raise ValueError(
+                "this model has no MaskFormer proposal head (CLIP branch only): give it a "
+                "proposal generator, e.g. Predictor(model, proposal_generator=build_generator("
+                '"sam", model, checkpoint=...)) or --proposals sam'
+            )
         features = self.backbone(_as_input_of(self.backbone, image))
         names = sorted(features)
         decoder = self.sem_seg_head.pixel_decoder
