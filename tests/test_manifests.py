@@ -79,7 +79,10 @@ def test_demo_config_means_clip_only_at_the_demo_threshold():
 
 
 def test_base_chains_and_bad_values(tmp_path):
-    (tmp_path / "base.yaml").write_text("MODEL:\n  MASK_FORMER:\n    NUM_OBJECT_QUERIES: 50\n")
+    (tmp_path / "base.yaml").write_text(
+        "INPUT:\n  FORMAT: RGB\nMODEL:\n  BACKBONE:\n    NAME: D2SwinTransformer\n"
+        "  MASK_FORMER:\n    NUM_OBJECT_QUERIES: 50\n"
+    )
     (tmp_path / "child.yaml").write_text(
         "_BASE_: base.yaml\nMODEL:\n  CLIP_ADAPTER:\n    MASK_THR: 0.45\n"
     )
