@@ -13,7 +13,12 @@ import json
 import sys
 from pathlib import Path
 
-from ovseg.cli._common import add_model_args, load_model_from_args
+from ovseg.cli._common import (
+    add_model_args,
+    add_tta_args,
+    load_model_from_args,
+    tta_options_from_args,
+)
 from ovseg.cli._proposals import add_proposal_args, proposal_generator_from_args
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
@@ -38,6 +43,7 @@ def register(subparsers) -> None:
     parser.add_argument("--mask-threshold", type=float, help="binarisation threshold of masks")
     parser.add_argument("--clip-only", action="store_true", help="classify with CLIP alone")
     add_inference_args(parser)
+    add_tta_args(parser)
     add_model_args(parser)
     add_proposal_args(parser)
     parser.set_defaults(func=run)
@@ -97,8 +103,9 @@ def make_predictor(args):
     from ovseg import InferenceOptions, Predictor
 
     model = load_model_from_args(args)
+    tta = tta_options_from_args(args, model.config) if hasattr(args, "tta_sizes") else {}
     options = InferenceOptions(
-        dtype=getattr(args, "dtype", "fp32"), top_k=getattr(args, "top_k", None)
+        dtype=getattr(args, "dtype", "fp32"), top_k=getattr(args, "top_k", None), **tta
     )
     generator = proposal_generator_from_args(args, model)
     return Predictor(model, proposal_generator=generator, options=options)
