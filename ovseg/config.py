@@ -106,7 +106,7 @@ def config_from_official(cfg: dict, clip_arch: ClipArch) -> OVSegConfig:
             "qkv_bias": sw["QKV_BIAS"],
             "patch_norm": sw["PATCH_NORM"],
         }
-        _require(sw, "MODEL.SWIN", APE=False, QK_SCALE=None)
+        _require(sw, "MODEL.SWIN", APE=False, QK_SCALE=None, NORM_INDICES=None, PROJECTION=False)
         _require_features(sw, "MODEL.SWIN.OUT_FEATURES")
     elif name == "build_resnet_deeplab_backbone":
         rn = model["RESNETS"]
@@ -139,6 +139,7 @@ def config_from_official(cfg: dict, clip_arch: ClipArch) -> OVSegConfig:
             "build_resnet_deeplab_backbone"
         )
     _require(head, "MODEL.SEM_SEG_HEAD", PIXEL_DECODER_NAME="BasePixelDecoder", NORM="GN")
+    _require_features(head, "MODEL.SEM_SEG_HEAD.IN_FEATURES", key="IN_FEATURES")
     if mf["ENC_LAYERS"] or head["TRANSFORMER_ENC_LAYERS"]:
         raise ValueError("transformer encoder layers (ENC_LAYERS > 0) are not supported")
     _require(mf, "MODEL.MASK_FORMER", PRE_NORM=False, TRANSFORMER_IN_FEATURE="res5")
@@ -200,9 +201,9 @@ def _require(node: dict, prefix: str, **expected) -> None:
             raise ValueError(f"{prefix}.{key}={node[key]!r} is not supported; only {value!r}")
 
 
-def _require_features(node: dict, key: str) -> None:
-    if list(node["OUT_FEATURES"]) != ["res2", "res3", "res4", "res5"]:
+def _require_features(node: dict, name: str, key: str = "OUT_FEATURES") -> None:
+    if list(node[key]) != ["res2", "res3", "res4", "res5"]:
         raise ValueError(
-            f"{key}={list(node['OUT_FEATURES'])} is not supported; the head needs "
+            f"{name}={list(node[key])} is not supported; the head needs "
             "['res2', 'res3', 'res4', 'res5']"
         )

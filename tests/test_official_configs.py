@@ -71,7 +71,10 @@ def test_published_values_and_official_defaults():
     assert swin.sliding_window is False and swin.sliding_tile_size == 224
     # a minimal file: every omitted key takes the official default, not ours
     minimal = {
-        "MODEL": {"BACKBONE": {"NAME": "D2SwinTransformer"}},
+        "MODEL": {
+            "BACKBONE": {"NAME": "D2SwinTransformer"},
+            "SEM_SEG_HEAD": {"IN_FEATURES": ["res2", "res3", "res4", "res5"]},
+        },
         "INPUT": {"FORMAT": "RGB"},
     }
     cfg = config_from_official(minimal, ClipArch())
@@ -81,7 +84,11 @@ def test_published_values_and_official_defaults():
     assert cfg.conv_dim == 128  # detectron2 SEM_SEG_HEAD.CONVS_DIM
     assert cfg.test_aug_min_sizes == (400, 500, 600, 700, 800, 900, 1000, 1100, 1200)
     assert cfg.test_aug_max_size == 4000 and cfg.sliding_overlap == 2 / 3
-    with pytest.raises(ValueError, match="STRIDE_IN_1X1|OUT_FEATURES"):
+    with pytest.raises(ValueError, match="IN_FEATURES=\\['p2'"):  # detectron2's default
+        config_from_official(
+            {**minimal, "MODEL": {"BACKBONE": {"NAME": "D2SwinTransformer"}}}, ClipArch()
+        )
+    with pytest.raises(ValueError, match="OUT_FEATURES"):
         config_from_official(
             {"MODEL": {"BACKBONE": {"NAME": "build_resnet_deeplab_backbone"}}}, ClipArch()
         )

@@ -19,6 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import ovseg
+from ovseg.config import config_from_official, read_official_yaml
 from ovseg.data.transforms import normalize_and_pad, resize_shortest_edge
 from ovseg.modeling.fusion import (
     clip_class_probs,
@@ -175,3 +176,22 @@ def test_end_to_end_through_the_predictor(r101c, fast):
     stable = out["sem_seg_argmax_stable_mask"].bool().numpy()
     assert stable.sum() == 15868
     assert np.array_equal(seg.label_map[stable], out["sem_seg_argmax"].numpy()[stable])
+
+
+def test_raw_published_file_with_the_fixture_options_gives_the_fixture_model(r101c, tmp_path):
+    """The fixture was made from the raw published R101c file plus TINY_OPTS (README); the
+    same, as a ``_BASE_`` chain on the raw file, loads to the same model config."""
+    model, _, _ = r101c
+    raw = require(FIXTURES / "configs" / "raw" / "ovseg_R101c_vitB_bs32_120k.yaml")
+    (tmp_path / "tiny.yaml").write_text(
+        f"_BASE_: {raw}\n"
+        "MODEL:\n"
+        "  RESNETS: {DEPTH: 50, STEM_OUT_CHANNELS: 16, RES2_OUT_CHANNELS: 32, WIDTH_PER_GROUP: 8}\n"
+        "  SEM_SEG_HEAD: {CONVS_DIM: 64, MASK_DIM: 64, EMBEDDING_DIM: 32, EMBED_HIDDEN_DIM: 64}\n"
+        "  MASK_FORMER: {HIDDEN_DIM: 64, NHEADS: 4, DIM_FEEDFORWARD: 128, DEC_LAYERS: 3,\n"
+        "                NUM_OBJECT_QUERIES: 10}\n"
+        "  CLIP_ADAPTER: {CLIP_MODEL_NAME: tiny-ViT}\n"
+        "INPUT: {MIN_SIZE_TEST: 192, MAX_SIZE_TEST: 320}\n"
+    )
+    cfg = config_from_official(read_official_yaml(tmp_path / "tiny.yaml"), model.config.clip)
+    assert cfg == model.config
