@@ -144,9 +144,7 @@ def config_from_official(cfg: dict, clip_arch: ClipArch) -> OVSegConfig:
         raise ValueError("transformer encoder layers (ENC_LAYERS > 0) are not supported")
     _require(mf, "MODEL.MASK_FORMER", PRE_NORM=False, TRANSFORMER_IN_FEATURE="res5")
     _require(mf["TEST"], "MODEL.MASK_FORMER.TEST", SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE=False)
-    _require(
-        ca, "MODEL.CLIP_ADAPTER", MASK_MATTING=False, REGION_RESIZED=True, PROMPT_CHECKPOINT=""
-    )
+    _require(ca, "MODEL.CLIP_ADAPTER", MASK_MATTING=False, REGION_RESIZED=True)
     if ca["TEXT_TEMPLATES"] != "vild":
         raise ValueError("only MODEL.CLIP_ADAPTER.TEXT_TEMPLATES=vild is supported")
     fill = ca["MASK_FILL"]

@@ -88,7 +88,6 @@ OFFICIAL_DEFAULTS: dict = {
         "CLIP_ADAPTER": {
             "TEXT_TEMPLATES": "vild",
             "PREDEFINED_PROMPT_TEMPLATES": ["a photo of a {}."],
-            "PROMPT_CHECKPOINT": "",
             "MASK_FILL": "mean",
             "MASK_EXPAND_RATIO": 1.0,
             "MASK_THR": 0.4,
