@@ -49,3 +49,17 @@ def test_resize_values_against_pil_and_interpolate():
         )
         assert np.abs(out.astype(np.float64) - ref[0].permute(1, 2, 0).numpy()).max() < 1.0
     assert resize_shortest_edge(image, 150, 320) is image  # already at size: untouched
+
+
+def test_resize_equals_the_official_demo_model_input():
+    """official-demo: the official predictor's ResizeShortestEdge([288, 288], 400), 240x320 in."""
+    from safetensors.torch import load_file
+
+    from tests.conftest import FIXTURES, require
+
+    folder = require(FIXTURES / "official-demo")
+    out = load_file(str(folder / "outputs.safetensors"))
+    image = out["input_image_uint8_HWC_RGB"].numpy()
+    resized = resize_shortest_edge(image, 288, 400)
+    assert resized.shape == (288, 384, 3)
+    assert np.array_equal(resized.transpose(2, 0, 1), out["model_input_image_uint8"].numpy())
