@@ -154,3 +154,24 @@ def test_base_chain_of_a_raw_file(tmp_path):
     cfg = config_from_official(read_official_yaml(tmp_path / "child.yaml"), ClipArch())
     assert cfg.test_aug and cfg.test_aug_min_sizes == (320, 640) and cfg.test_aug_max_size == 3584
     assert cfg.backbone["type"] == "resnet" and cfg.mask_threshold == 0.5
+
+
+def test_load_official_reads_a_raw_file_with_the_eval_tag(tmp_path, official_tiny):
+    """official-tiny was built from the raw published Swin file (which has the Python eval
+    tag) plus tiny overrides (its README); the same as a ``_BASE_`` chain on the raw file
+    loads with ``ovseg.load_official`` to the fixture's model."""
+    import ovseg
+    from tests.conftest import OFFICIAL_TINY
+
+    model, _, _, _ = official_tiny
+    raw = require(CONFIGS / "raw" / "ovseg_swinB_vitL_bs32_120k.yaml")
+    (tmp_path / "tiny.yaml").write_text(
+        f"_BASE_: {raw}\n"
+        "MODEL:\n"
+        "  SWIN: {EMBED_DIM: 16, DEPTHS: [2, 2, 2, 2], NUM_HEADS: [2, 2, 4, 8], WINDOW_SIZE: 7}\n"
+        "  SEM_SEG_HEAD: {CONVS_DIM: 64, MASK_DIM: 64, EMBEDDING_DIM: 32, EMBED_HIDDEN_DIM: 64}\n"
+        "  MASK_FORMER: {HIDDEN_DIM: 64, NHEADS: 4, DIM_FEEDFORWARD: 128, DEC_LAYERS: 3,\n"
+        "                NUM_OBJECT_QUERIES: 10}\n"
+    )
+    loaded = ovseg.load_official(tmp_path / "tiny.yaml", OFFICIAL_TINY / "model_state.safetensors")
+    assert loaded.config == model.config
