@@ -18,7 +18,7 @@ from PIL import Image
 
 import ovseg
 from ovseg.inference import InferenceOptions
-from ovseg.tta import Augmentation, sliding_windows
+from ovseg.tta import Augmentation, sliding_windows, tile_side
 from tests.conftest import FIXTURES, require
 from tests.official_compare import assert_close
 
@@ -168,3 +168,10 @@ def test_per_proposal_results_refused_with_tta(model, image):
     predictor.set_image(image)
     with pytest.raises(RuntimeError, match="test-time augmentation"):
         predictor.clip_features()
+
+
+def test_tile_side_by_short_side():
+    assert tile_side(300, 500, 224) == 224
+    assert tile_side(512, 683, 0) == 256 and tile_side(896, 1195, -1) == 512  # official table
+    with pytest.raises(ValueError, match="short side"):
+        tile_side(500, 700, 0)
