@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import yaml
 
 from ovseg.modeling.clip_branch import ClipArch
+from ovseg.official_yaml import read_official_yaml, with_official_defaults
+
+__all__ = ["OVSegConfig", "config_from_official", "read_official_yaml"]
 
 
 @dataclass
@@ -53,6 +53,15 @@ class OVSegConfig:
     size_divisibility: int = 32
     pixel_mean: tuple = (123.675, 116.28, 103.53)
     pixel_std: tuple = (58.395, 57.12, 57.375)
+    # test-time augmentation (official TEST.AUG) and sliding window (TEST.SLIDING_*); the
+    # defaults are those of the published configs (off)
+    test_aug: bool = False
+    test_aug_min_sizes: tuple = (256, 384, 512, 640, 768, 896)
+    test_aug_max_size: int = 3584
+    test_aug_flip: bool = True
+    sliding_window: bool = False
+    sliding_tile_size: int = 224
+    sliding_overlap: float = 2 / 3.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -66,7 +75,7 @@ class OVSegConfig:
         d = dict(d)
         if isinstance(d.get("clip"), dict):
             d["clip"] = ClipArch(**d["clip"])
-        for key in ("pixel_mean", "pixel_std", "predefined_templates"):
+        for key in ("pixel_mean", "pixel_std", "predefined_templates", "test_aug_min_sizes"):
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
@@ -77,123 +86,134 @@ class OVSegConfig:
         return self.clip_ensemble and self.ensemble_weight == 0
 
 
-def read_official_yaml(path: str | Path) -> dict:
-    """Read a detectron2-style YAML with ``yaml.safe_load``, resolving ``_BASE_`` chains."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config not found: {path}")
-    try:
-        cfg = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML ({error})") from error
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    base = cfg.pop("_BASE_", None)
-    if base:
-        merged = read_official_yaml(path.parent / base)
-        _merge(merged, cfg)
-        cfg = merged
-    return cfg
-
-
-def _merge(dst: dict, src: dict) -> None:
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _merge(dst[k], v)
-        else:
-            dst[k] = v
-
-
 def config_from_official(cfg: dict, clip_arch: ClipArch) -> OVSegConfig:
-    """Translate an official config (keys under MODEL.* and INPUT) to ``OVSegConfig``.
+    """Translate an official config (keys under MODEL.*, INPUT and TEST) to ``OVSegConfig``.
 
-    The CLIP architecture comes from the checkpoint's tensor shapes, never from
-    ``CLIP_MODEL_NAME``. Unsupported options raise ``ValueError`` naming the key.
+    A key ``cfg`` omits takes its official default (``ovseg.official_yaml.OFFICIAL_DEFAULTS``:
+    detectron2 ``get_cfg`` + ``add_deeplab_config`` + ``add_ovseg_config``), so a raw published
+    file and its resolved dump give the same config. The CLIP architecture comes from the
+    checkpoint's tensor shapes, never from ``CLIP_MODEL_NAME``. Unsupported options raise
+    ``ValueError`` naming the key.
     """
-    model = cfg.get("MODEL", {})
-    inp = cfg.get("INPUT", {})
-    head = model.get("SEM_SEG_HEAD", {})
-    mf = model.get("MASK_FORMER", {})
-    ca = model.get("CLIP_ADAPTER", {})
-    name = model.get("BACKBONE", {}).get("NAME", "D2SwinTransformer")
+    cfg = with_official_defaults(cfg)
+    model, inp, test = cfg["MODEL"], cfg["INPUT"], cfg["TEST"]
+    head, mf, ca = model["SEM_SEG_HEAD"], model["MASK_FORMER"], model["CLIP_ADAPTER"]
+    name = model["BACKBONE"]["NAME"]
     if name == "D2SwinTransformer":
-        sw = model.get("SWIN", {})
+        sw = model["SWIN"]
         backbone = {
             "type": "swin",
-            "embed_dim": sw.get("EMBED_DIM", 96),
-            "depths": list(sw.get("DEPTHS", [2, 2, 6, 2])),
-            "num_heads": list(sw.get("NUM_HEADS", [3, 6, 12, 24])),
-            "window_size": sw.get("WINDOW_SIZE", 7),
-            "patch_size": sw.get("PATCH_SIZE", 4),
-            "mlp_ratio": sw.get("MLP_RATIO", 4.0),
-            "qkv_bias": sw.get("QKV_BIAS", True),
-            "patch_norm": sw.get("PATCH_NORM", True),
+            "embed_dim": sw["EMBED_DIM"],
+            "depths": list(sw["DEPTHS"]),
+            "num_heads": list(sw["NUM_HEADS"]),
+            "window_size": sw["WINDOW_SIZE"],
+            "patch_size": sw["PATCH_SIZE"],
+            "mlp_ratio": float(sw["MLP_RATIO"]),
+            "qkv_bias": sw["QKV_BIAS"],
+            "patch_norm": sw["PATCH_NORM"],
         }
-        if sw.get("APE", False):
-            raise ValueError("MODEL.SWIN.APE=True (absolute position embedding) is not supported")
+        _require(sw, "MODEL.SWIN", APE=False, QK_SCALE=None, NORM_INDICES=None, PROJECTION=False)
+        _require_features(sw, "MODEL.SWIN.OUT_FEATURES")
     elif name == "build_resnet_deeplab_backbone":
-        rn = model.get("RESNETS", {})
-        if rn.get("STEM_TYPE", "deeplab") != "deeplab":
-            raise ValueError(f"MODEL.RESNETS.STEM_TYPE={rn.get('STEM_TYPE')!r}; only 'deeplab'")
-        if rn.get("RES4_DILATION", 1) != 1 or rn.get("RES5_DILATION", 1) != 1:
-            raise ValueError("MODEL.RESNETS.RES4/RES5_DILATION other than 1 is not supported")
+        rn = model["RESNETS"]
+        _require(
+            rn,
+            "MODEL.RESNETS",
+            STEM_TYPE="deeplab",
+            RES4_DILATION=1,
+            RES5_DILATION=1,
+            NUM_GROUPS=1,
+            NORM="FrozenBN",
+        )
+        if any(rn["DEFORM_ON_PER_STAGE"]):
+            raise ValueError(
+                "MODEL.RESNETS.DEFORM_ON_PER_STAGE (deformable convs) is not supported"
+            )
+        _require_features(rn, "MODEL.RESNETS.OUT_FEATURES")
         backbone = {
             "type": "resnet",
-            "depth": rn.get("DEPTH", 101),
-            "stem_channels": rn.get("STEM_OUT_CHANNELS", 128),
-            "res2_channels": rn.get("RES2_OUT_CHANNELS", 256),
-            "width_per_group": rn.get("WIDTH_PER_GROUP", 64),
-            "stride_in_1x1": rn.get("STRIDE_IN_1X1", False),
-            "res5_multi_grid": list(rn.get("RES5_MULTI_GRID", [1, 2, 4])),
+            "depth": rn["DEPTH"],
+            "stem_channels": rn["STEM_OUT_CHANNELS"],
+            "res2_channels": rn["RES2_OUT_CHANNELS"],
+            "width_per_group": rn["WIDTH_PER_GROUP"],
+            "stride_in_1x1": rn["STRIDE_IN_1X1"],
+            "res5_multi_grid": list(rn["RES5_MULTI_GRID"]),
         }
     else:
         raise ValueError(
             f"MODEL.BACKBONE.NAME={name!r} is not supported; use D2SwinTransformer or "
             "build_resnet_deeplab_backbone"
         )
-    if head.get("PIXEL_DECODER_NAME", "BasePixelDecoder") != "BasePixelDecoder":
-        raise ValueError("only MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME=BasePixelDecoder is supported")
-    if mf.get("ENC_LAYERS", 0) or head.get("TRANSFORMER_ENC_LAYERS", 0):
+    _require(head, "MODEL.SEM_SEG_HEAD", PIXEL_DECODER_NAME="BasePixelDecoder", NORM="GN")
+    _require_features(head, "MODEL.SEM_SEG_HEAD.IN_FEATURES", key="IN_FEATURES")
+    if mf["ENC_LAYERS"] or head["TRANSFORMER_ENC_LAYERS"]:
         raise ValueError("transformer encoder layers (ENC_LAYERS > 0) are not supported")
-    if mf.get("PRE_NORM", False):
-        raise ValueError("MODEL.MASK_FORMER.PRE_NORM=True is not supported")
-    if ca.get("MASK_MATTING", False):
-        raise ValueError("MODEL.CLIP_ADAPTER.MASK_MATTING=True is not supported")
-    templates = ca.get("TEXT_TEMPLATES", "vild")
+    _require(mf, "MODEL.MASK_FORMER", PRE_NORM=False, TRANSFORMER_IN_FEATURE="res5")
+    _require(mf["TEST"], "MODEL.MASK_FORMER.TEST", SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE=False)
+    _require(ca, "MODEL.CLIP_ADAPTER", MASK_MATTING=False, REGION_RESIZED=True)
+    templates = ca["TEXT_TEMPLATES"]
     if templates not in ("vild", "imagenet", "predefined"):
         raise ValueError(
             f"MODEL.CLIP_ADAPTER.TEXT_TEMPLATES={templates!r}; use vild, imagenet or predefined"
         )
-    fill = ca.get("MASK_FILL", "mean")
+    fill = ca["MASK_FILL"]
     if fill not in ("mean", "zero"):
         raise ValueError(f"MODEL.CLIP_ADAPTER.MASK_FILL={fill!r}; use 'mean' or 'zero'")
+    _require(inp, "INPUT", FORMAT="RGB")
+    if test["DENSE_CRF"]:
+        raise ValueError(
+            "TEST.DENSE_CRF=True (CRF post-processing with pydensecrf) is not supported"
+        )
+    aug = test["AUG"]
     return OVSegConfig(
         backbone=backbone,
-        conv_dim=head.get("CONVS_DIM", 256),
-        mask_dim=head.get("MASK_DIM", 256),
-        hidden_dim=mf.get("HIDDEN_DIM", 256),
-        nheads=mf.get("NHEADS", 8),
-        dim_feedforward=mf.get("DIM_FEEDFORWARD", 2048),
-        dec_layers=mf.get("DEC_LAYERS", 6),
-        num_queries=mf.get("NUM_OBJECT_QUERIES", 100),
-        dropout=mf.get("DROPOUT", 0.1),
-        enforce_input_proj=mf.get("ENFORCE_INPUT_PROJ", False),
-        embed_hidden_dim=head.get("EMBED_HIDDEN_DIM", 1024),
-        embed_layers=head.get("EMBED_LAYERS", 2),
+        conv_dim=head["CONVS_DIM"],
+        mask_dim=head["MASK_DIM"],
+        hidden_dim=mf["HIDDEN_DIM"],
+        nheads=mf["NHEADS"],
+        dim_feedforward=mf["DIM_FEEDFORWARD"],
+        dec_layers=mf["DEC_LAYERS"],
+        num_queries=mf["NUM_OBJECT_QUERIES"],
+        dropout=float(mf["DROPOUT"]),
+        enforce_input_proj=mf["ENFORCE_INPUT_PROJ"],
+        embed_hidden_dim=head["EMBED_HIDDEN_DIM"],
+        embed_layers=head["EMBED_LAYERS"],
         clip=clip_arch,
-        prompt_depth=ca.get("MASK_PROMPT_DEPTH", 3),
-        mask_prompt_fwd=ca.get("MASK_PROMPT_FWD", True),
+        prompt_depth=ca["MASK_PROMPT_DEPTH"],
+        mask_prompt_fwd=ca["MASK_PROMPT_FWD"],
         mask_fill=fill,
-        mask_expand_ratio=ca.get("MASK_EXPAND_RATIO", 1.0),
-        mask_threshold=ca.get("MASK_THR", 0.4),
-        ensemble_weight=ca.get("CLIP_ENSEMBLE_WEIGHT", 0.7),
-        clip_ensemble=ca.get("CLIP_ENSEMBLE", True),
-        mode="demo" if model.get("META_ARCHITECTURE") == "OVSegDEMO" else "eval",
+        mask_expand_ratio=float(ca["MASK_EXPAND_RATIO"]),
+        mask_threshold=float(ca["MASK_THR"]),
+        ensemble_weight=float(ca["CLIP_ENSEMBLE_WEIGHT"]),
+        clip_ensemble=ca["CLIP_ENSEMBLE"],
+        mode="demo" if model["META_ARCHITECTURE"] == "OVSegDEMO" else "eval",
         text_templates=templates,
-        predefined_templates=tuple(ca.get("PREDEFINED_PROMPT_TEMPLATES", ["a photo of a {}."])),
-        min_size_test=inp.get("MIN_SIZE_TEST", 640),
-        max_size_test=inp.get("MAX_SIZE_TEST", 2560),
-        size_divisibility=mf.get("SIZE_DIVISIBILITY", 32),
-        pixel_mean=tuple(model.get("PIXEL_MEAN", (123.675, 116.28, 103.53))),
-        pixel_std=tuple(model.get("PIXEL_STD", (58.395, 57.12, 57.375))),
+        predefined_templates=tuple(ca["PREDEFINED_PROMPT_TEMPLATES"]),
+        min_size_test=inp["MIN_SIZE_TEST"],
+        max_size_test=inp["MAX_SIZE_TEST"],
+        size_divisibility=mf["SIZE_DIVISIBILITY"],
+        pixel_mean=tuple(float(v) for v in model["PIXEL_MEAN"]),
+        pixel_std=tuple(float(v) for v in model["PIXEL_STD"]),
+        test_aug=aug["ENABLED"],
+        test_aug_min_sizes=tuple(int(v) for v in aug["MIN_SIZES"]),
+        test_aug_max_size=aug["MAX_SIZE"],
+        test_aug_flip=aug["FLIP"],
+        sliding_window=test["SLIDING_WINDOW"],
+        sliding_tile_size=test["SLIDING_TILE_SIZE"],
+        sliding_overlap=float(test["SLIDING_OVERLAP"]),
     )
+
+
+def _require(node: dict, prefix: str, **expected) -> None:
+    """Raise ``ValueError`` naming the first key of ``node`` that differs from ``expected``."""
+    for key, value in expected.items():
+        if node[key] != value:
+            raise ValueError(f"{prefix}.{key}={node[key]!r} is not supported; only {value!r}")
+
+
+def _require_features(node: dict, name: str, key: str = "OUT_FEATURES") -> None:
+    if list(node[key]) != ["res2", "res3", "res4", "res5"]:
+        raise ValueError(
+            f"{name}={list(node[key])} is not supported; the head needs "
+            "['res2', 'res3', 'res4', 'res5']"
+        )

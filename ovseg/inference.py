@@ -11,11 +11,14 @@ CLIP on every non-empty crop. Opt-in knobs that do change outputs: ``dtype="bf16
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from ovseg.tta import Augmentation
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -34,6 +37,15 @@ class InferenceOptions:
         top_k: keep only the k proposals with the highest proposal score (max class
             probability of the proposal branch) before the CLIP branch; None keeps all.
         clip_batch_size: crops per CLIP call (0: all crops in one call).
+        tta_min_sizes: test-time augmentation (official ``TEST.AUG``, see ``ovseg.tta``): the
+            extra short-side sizes, applied to the test-resized image. None follows the
+            model config (on when its ``test_aug`` is, with its sizes); ``()`` turns it off.
+        tta_max_size: long-side limit of those sizes; None: the config's (3584 published).
+        tta_flip: add flipped views; None: the config's (True published).
+        sliding_window: run each view in tiles (``TEST.SLIDING_WINDOW``); None follows the
+            config, which the official code applies only together with TTA.
+        sliding_tile_size, sliding_overlap: tile side (<= 0: by the view's short side) and
+            overlap; None: the config's (224 and 2/3).
     """
 
     fast: bool = True
@@ -42,14 +54,50 @@ class InferenceOptions:
     compile: bool = False
     top_k: int | None = None
     clip_batch_size: int = 0
+    tta_min_sizes: tuple[int, ...] | None = None
+    tta_max_size: int | None = None
+    tta_flip: bool | None = None
+    sliding_window: bool | None = None
+    sliding_tile_size: int | None = None
+    sliding_overlap: float | None = None
 
     def __post_init__(self) -> None:
+        if self.tta_min_sizes is not None:
+            self.tta_min_sizes = tuple(int(s) for s in self.tta_min_sizes)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be a positive int or None, got {self.top_k}")
         if self.clip_batch_size < 0:
             raise ValueError(f"clip_batch_size must be >= 0, got {self.clip_batch_size}")
+
+    def augmentation(self, config) -> Augmentation | None:
+        """The TTA / sliding-window plan for a model ``config`` (``OVSegConfig``), or None for
+        the plain single view. Options left None take the config's values."""
+        sizes = self.tta_min_sizes
+        if sizes is None:
+            sizes = tuple(config.test_aug_min_sizes) if config.test_aug else ()
+        sliding = self.sliding_window
+        if sliding is None:  # the official code slides only inside TTA
+            sliding = bool(config.sliding_window and sizes)
+        if not sizes and not sliding:
+            return None
+
+        def pick(value, default):
+            return default if value is None else value
+
+        return Augmentation(
+            min_sizes=sizes,
+            max_size=pick(self.tta_max_size, config.test_aug_max_size),
+            flip=pick(self.tta_flip, config.test_aug_flip) and bool(sizes),
+            sliding_window=sliding,
+            tile_size=pick(self.sliding_tile_size, config.sliding_tile_size),
+            overlap=pick(self.sliding_overlap, config.sliding_overlap),
+        )
+
+    def without_augmentation(self) -> InferenceOptions:
+        """These options with TTA and sliding window off (what each view runs with)."""
+        return dataclasses.replace(self, tta_min_sizes=(), sliding_window=False)
 
     @property
     def torch_dtype(self) -> torch.dtype:

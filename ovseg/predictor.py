@@ -8,6 +8,7 @@ per weights and vocabulary), the classification, the fusion and the resize back.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import numpy as np
@@ -18,9 +19,10 @@ from ovseg.data.image import to_rgb_array
 from ovseg.data.transforms import resize_shortest_edge
 from ovseg.inference import InferenceOptions, compiled, prepare_model
 from ovseg.modeling.fusion import demo_unlabelled, fusion_settings, proposal_class_probs
-from ovseg.modeling.ovseg import ClipImageFeatures, OVSeg
+from ovseg.modeling.ovseg import ClipImageFeatures, OVSeg, validate_class_names
 from ovseg.modeling.proposals import ProposalGenerator, Proposals
 from ovseg.segmentation import Segmentation
+from ovseg.tta import Augmentation, augmented_scores
 
 
 class Predictor:
@@ -58,10 +60,23 @@ class Predictor:
         self.input_image: torch.Tensor | None = None
         self.proposals: Proposals | None = None
         self._clip_cache: dict[tuple, ClipImageFeatures] = {}
+        self.views: list[tuple[np.ndarray, bool]] | None = None  # TTA / sliding window only
 
     @property
     def is_image_set(self) -> bool:
-        return self.proposals is not None
+        return self.proposals is not None or self.views is not None
+
+    @property
+    def augmentation(self) -> Augmentation | None:
+        """The test-time augmentation / sliding-window plan (``ovseg.tta``), or None."""
+        return self.options.augmentation(self.model.config)
+
+    def single_view_predictor(self) -> Predictor:
+        """A predictor sharing this one's model and encoders, without augmentation."""
+        view = copy.copy(self)
+        view.options = self.options.without_augmentation()
+        view.reset_image()
+        return view
 
     @torch.inference_mode()
     def set_image(self, image) -> None:
@@ -75,11 +90,23 @@ class Predictor:
         self.reset_image()
         cfg = self.model.config
         resized = resize_shortest_edge(rgb, cfg.min_size_test, cfg.max_size_test)
-        tensor = torch.from_numpy(np.array(resized, copy=True)).permute(2, 0, 1)
+        augmentation = self.augmentation
+        if augmentation is not None:  # views are run one at a time by predict (memory)
+            self.views = augmentation.views(resized)
+            self.original_size = rgb.shape[:2]
+            return
+        self.set_model_input(resized, rgb.shape[:2])
+
+    @torch.inference_mode()
+    def set_model_input(self, image: np.ndarray, original_size: tuple[int, int]) -> None:
+        """Cache the vocabulary-free work for an (H, W, 3) uint8 image that is already the
+        model input (no resize); ``predict`` resizes ``sem_seg`` to ``original_size``."""
+        self.reset_image()
+        tensor = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)
         self.input_image = tensor.to(self.model.device)
         generate = self.proposal_generator or self.model.propose
         self.proposals = generate(self.input_image)
-        self.original_size = rgb.shape[:2]
+        self.original_size = tuple(original_size)
 
     def clip_features(
         self, mask_threshold: float | None = None, queries: torch.Tensor | None = None
@@ -89,7 +116,7 @@ class Predictor:
         Args:
             queries: (k,) indices of the proposals to encode; None for all of them.
         """
-        self._require_image()
+        self._require_single_view()
         thr = self.model.config.mask_threshold if mask_threshold is None else float(mask_threshold)
         key = (thr, None if queries is None else tuple(queries.tolist()))
         if key not in self._clip_cache:
@@ -108,6 +135,7 @@ class Predictor:
     def top_k_queries(self, text: torch.Tensor) -> torch.Tensor | None:
         """Indices (ascending) of the ``options.top_k`` proposals with the highest proposal
         score (max class probability of the proposal branch), or None to keep all."""
+        self._require_single_view()
         k, proposals = self.options.top_k, self.proposals
         if k is None or k >= len(proposals):
             return None
@@ -161,6 +189,19 @@ class Predictor:
             model.config, mode, ensemble_weight, mask_threshold, clip_only, clip_ensemble
         )
         names = model.vocabulary(class_names, settings)
+        if self.views is not None:  # test-time augmentation / sliding window: ovseg.tta
+            scores = augmented_scores(
+                self,
+                validate_class_names(class_names),
+                ensemble_weight=ensemble_weight,
+                mask_threshold=mask_threshold,
+                clip_only=clip_only,
+                mode=mode,
+                templates=templates,
+                clip_ensemble=clip_ensemble,
+            )
+            unlabelled = demo_unlabelled(scores) if settings.mode == "demo" else None
+            return Segmentation.from_scores(names, scores, unlabelled, mode=settings.mode)
         text = model.encode_text(names, templates)
         proposals = self.proposals
         queries = self.top_k_queries(text)
@@ -180,3 +221,11 @@ class Predictor:
     def _require_image(self) -> None:
         if not self.is_image_set:
             raise RuntimeError("no image set: call predictor.set_image(image) first")
+
+    def _require_single_view(self) -> None:
+        self._require_image()
+        if self.views is not None:
+            raise RuntimeError(
+                "per-proposal results are not kept with test-time augmentation or a sliding "
+                "window (each view runs inside predict); use options without them"
+            )

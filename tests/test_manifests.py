@@ -79,7 +79,11 @@ def test_demo_config_means_clip_only_at_the_demo_threshold():
 
 
 def test_base_chains_and_bad_values(tmp_path):
-    (tmp_path / "base.yaml").write_text("MODEL:\n  MASK_FORMER:\n    NUM_OBJECT_QUERIES: 50\n")
+    (tmp_path / "base.yaml").write_text(
+        "INPUT:\n  FORMAT: RGB\nMODEL:\n  BACKBONE:\n    NAME: D2SwinTransformer\n"
+        "  SEM_SEG_HEAD:\n    IN_FEATURES: [res2, res3, res4, res5]\n"
+        "  MASK_FORMER:\n    NUM_OBJECT_QUERIES: 50\n"
+    )
     (tmp_path / "child.yaml").write_text(
         "_BASE_: base.yaml\nMODEL:\n  CLIP_ADAPTER:\n    MASK_THR: 0.45\n"
     )

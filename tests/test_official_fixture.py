@@ -23,6 +23,12 @@ from ovseg.modeling.fusion import (
     semantic_fusion,
 )
 from tests.conftest import OFFICIAL_TINY
+from tests.official_compare import assert_close, check_head_stages
+
+# The official-tiny run has no run-to-run record; the same pixel decoder, predictor and fusion
+# in ../shared/fixtures/official-r101c-tiny differ between 1 and 2 threads of the official run
+# by up to 1.4e-4 (mask features), 9.3e-4 (amplified mask logits) and 2.9e-3 (sem_seg) relative
+# above 1e-3 of each tensor's max. The bounds below allow about that spread.
 
 
 def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -54,14 +60,7 @@ def test_backbone_stage(official_tiny):
 @torch.no_grad()
 def test_pixel_decoder_and_predictor_stage(official_tiny):
     model, out, _, _ = official_tiny
-    feats = [out[f"backbone.res{i}"][None] for i in range(2, 6)]
-    mask_features = model.sem_seg_head.pixel_decoder(feats)
-    assert max_abs(mask_features[0], out["pixel_decoder.mask_features"]) < 1e-5
-    embed, masks = model.sem_seg_head.predictor(
-        out["backbone.res5"][None], out["pixel_decoder.mask_features"][None]
-    )
-    assert max_abs(embed[0], out["head.pred_embed"]) < 1e-5
-    assert_close_to_scale(masks[0], out["head.pred_masks"], rel=1e-5)
+    check_head_stages(model, out)
 
 
 @torch.no_grad()
@@ -132,7 +131,9 @@ def test_end_to_end_matches_official(official_tiny):
     probs, masks = model.classify(proposals, clip, text)
     assert max_abs(probs, out["ensembled_cls_probs"]) < 1e-4
     sem_seg = semantic_fusion(probs, masks)
-    assert_close_to_scale(sem_seg, out["sem_seg"])
+    # element-wise; measured: 2e-4 abs on 2.9, 1.1e-3 relative at worst (sigmoid tails of
+    # mask logits amplified x100); the official run-to-run spread of this step is 2.9e-3
+    assert_close(sem_seg, out["sem_seg"], rtol=3e-3, atol=1e-7)
     assert torch.equal(sem_seg.argmax(0), out["sem_seg_argmax"])
     assert torch.equal(model(image, names).argmax(0), out["sem_seg_argmax"])
 
@@ -156,3 +157,76 @@ def test_lambda_zero_is_clip_alone_and_no_ensemble_is_proposals_alone(official_t
     assert_close_to_scale(model(image, names, clip_ensemble=False), proposals_alone)
     # a small weight is a real ensemble, not CLIP alone
     assert max_abs(model(image, names, ensemble_weight=1e-3), clip_alone) > 1e-3
+
+
+def test_batched_crop_method_end_to_end(official_tiny):
+    """``masked_crops(method="fast")`` (the CUDA default) through ``OVSeg.clip_crops`` and the
+    CLIP tower, on the official masks with an injected duplicate of valid query 3."""
+    model, out, image, _ = official_tiny
+    probs = out["mask_pred_probs"]
+    dup = int(out["clip.valid_indices"][2])
+    masks = torch.cat([probs[:4], probs[dup : dup + 1], probs[4:]])  # 11 masks, index 4 copied
+    crops, valid, inverse = model.clip_crops(image, masks, 0.4, fast=True, crop_method="fast")
+    official_valid = out["clip.valid_flag"].bool()
+    assert torch.equal(
+        valid, torch.cat([official_valid[:4], torch.tensor([True]), official_valid[4:]])
+    )
+    assert len(crops.crops) == 6 and len(inverse) == 7  # the duplicate is cropped once
+    pos = valid.nonzero()[:, 0].tolist()  # valid masks, in order, in the 11-mask list
+    official_rows = [i for i, p in enumerate(pos) if p != 4]
+    dup_row = pos.index(4)
+    dup_official_row = out["clip.valid_indices"].tolist().index(dup)
+    assert inverse[dup_row] == inverse[official_rows[dup_official_row]]
+    got = crops.crops[inverse[official_rows]]
+    assert torch.equal(crops.boxes[inverse[official_rows]], out["clip.crop_ltrb"])
+    assert torch.equal(
+        crops.region_masks[inverse[official_rows]], out["clip.region_masks_224"].float()
+    )
+    # bicubic by explicit taps vs PyTorch's kernel: float32 rounding only (values up to 2.6)
+    assert_close(got, out["clip.regions_normalized_224"], rtol=0, atol=1e-5)
+    feats = model.clip_image_features(image, masks, 0.4, fast=True).features  # CPU: reference crops
+    batched = model.encode_crops(crops)[inverse]
+    assert_close(
+        F.normalize(batched[official_rows], dim=-1),
+        out["clip.image_features_normalized"],
+        rtol=1e-3,
+        atol=1e-6,
+    )
+    assert_close(batched, feats, rtol=1e-3, atol=1e-6)
+
+
+@torch.no_grad()
+def test_top_k_against_an_independent_selection(official_tiny):
+    """``InferenceOptions.top_k``: the k queries with the highest official proposal score
+    (max class probability), then the official ensemble and fusion on that subset alone."""
+    import numpy as np
+
+    import ovseg
+
+    model, out, image, names = official_tiny
+    scores = out["mask_cls_probs"].amax(1).numpy()
+    order = np.argsort(-scores)
+    k = 8
+    assert scores[order[k - 1]] - scores[order[k]] > 1e-3  # no near-tie at the cut
+    expected = sorted(order[:k].tolist())
+    saved = model.config.min_size_test
+    model.config.min_size_test = 240  # the fixture PNG is the model input: no resize
+    try:
+        options = ovseg.InferenceOptions(top_k=k, fast=False, channels_last=False)
+        predictor = ovseg.Predictor(model, options=options)
+        predictor.set_image(image.permute(1, 2, 0).numpy())
+        assert predictor.top_k_queries(model.encode_text(names)).tolist() == expected
+        seg = predictor.predict(names)
+    finally:
+        model.config.min_size_test = saved
+    q = torch.tensor(expected)
+    valid = out["clip.valid_flag"].bool()
+    clip_row = torch.cumsum(valid.long(), 0) - 1
+    p_clip = torch.ones(k, len(names))
+    for j, i in enumerate(expected):
+        if valid[i]:
+            p_clip[j] = out["clip.cls_probs"][clip_row[i]]
+    probs = out["mask_cls_probs"][q] ** 0.3 * p_clip**0.7
+    by_hand = torch.einsum("qc,qhw->chw", probs, out["mask_pred_probs"][q])
+    assert_close(seg.sem_seg, by_hand, rtol=3e-3, atol=1e-7)
+    assert not torch.allclose(seg.sem_seg, out["sem_seg"], rtol=1e-2)  # the subset matters

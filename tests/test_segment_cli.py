@@ -256,3 +256,35 @@ def test_speed_flags_build_the_inference_options(monkeypatch):
     predictor = _inference.make_predictor(args)
     assert predictor.options.top_k == 5
     assert predictor.model.backbone.patch_embed.proj.weight.dtype == torch.bfloat16
+
+
+def test_segment_tta_options_reach_the_predictor(tmp_path):
+    from ovseg.cli import build_parser
+    from ovseg.cli.segment import make_predictor
+
+    base = ["segment", "x.jpg", "--classes", "a", "--model", "ovseg-test-tiny"]
+    parse = build_parser().parse_args
+    with pytest.warns(UserWarning, match="random weights"):
+        plan = make_predictor(parse([*base, "--tta-sizes", "64,96", "--no-tta-flip"])).augmentation
+    assert plan.min_sizes == (64, 96) and plan.flip is False and plan.max_size == 3584
+    with pytest.warns(UserWarning, match="random weights"):
+        plan = make_predictor(parse([*base, "--tta", "--sliding-window"])).augmentation
+    assert plan.min_sizes == (256, 384, 512, 640, 768, 896) and plan.flip and plan.sliding_window
+    with pytest.warns(UserWarning, match="random weights"):
+        assert make_predictor(parse(base)).augmentation is None
+    with pytest.raises(SystemExit):
+        parse([*base, "--tta", "--no-tta"])
+    image = _photos(1)[0]
+    out = tmp_path / "out"
+    argv = [
+        *base[:1],
+        str(image),
+        *base[2:],
+        "--out",
+        str(out),
+        "--tta-sizes",
+        "64",
+        "--no-tta-flip",
+    ]
+    assert main(argv) == 0
+    _check_outputs(out, image, ["a"])

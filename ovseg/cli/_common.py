@@ -74,3 +74,78 @@ def load_model_from_args(args: argparse.Namespace):
             "--config X.yaml --weights W.pth, or --clip NAME_OR_PATH with --proposals sam"
         )
     return model.to(args.device).eval()
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated sizes, got {text!r}") from None
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive sizes, got {text!r}")
+    return sizes
+
+
+def add_tta_args(parser: argparse.ArgumentParser) -> None:
+    """Test-time augmentation and sliding window (official TEST.AUG / TEST.SLIDING_*)."""
+    group = parser.add_argument_group(
+        "test-time augmentation (official TEST.AUG; default: as the model config says)"
+    )
+    onoff = group.add_mutually_exclusive_group()
+    onoff.add_argument(
+        "--tta",
+        action="store_true",
+        help="multi-scale + flip TTA with the config's TEST.AUG sizes (published: "
+        "256,384,512,640,768,896, max 3584, flip)",
+    )
+    onoff.add_argument("--no-tta", action="store_true", help="no TTA even if the config enables it")
+    group.add_argument(
+        "--tta-sizes", type=_sizes, help="TTA short sides, e.g. 512,640 (implies --tta)"
+    )
+    group.add_argument("--tta-max-size", type=int, help="TTA long-side limit (default: config's)")
+    group.add_argument(
+        "--tta-flip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add flipped views (default: config's, True published)",
+    )
+    group.add_argument(
+        "--sliding-window",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run each view in tiles (default: config's TEST.SLIDING_WINDOW, with TTA only)",
+    )
+    group.add_argument("--sliding-tile-size", type=int, help="tile side (default: 224)")
+    group.add_argument("--sliding-overlap", type=float, help="tile overlap (default: 2/3)")
+
+
+def tta_options_from_args(args: argparse.Namespace, config) -> dict:
+    """``InferenceOptions`` keyword arguments for the ``add_tta_args`` options."""
+    if getattr(args, "no_tta", False) and args.tta_sizes:
+        raise ValueError("--no-tta and --tta-sizes contradict each other; give one")
+    sizes = None
+    if getattr(args, "no_tta", False):
+        sizes = ()
+    elif args.tta_sizes:
+        sizes = tuple(args.tta_sizes)
+    elif getattr(args, "tta", False):
+        sizes = tuple(config.test_aug_min_sizes)
+    return {
+        "tta_min_sizes": sizes,
+        "tta_max_size": args.tta_max_size,
+        "tta_flip": args.tta_flip,
+        "sliding_window": args.sliding_window,
+        "sliding_tile_size": args.sliding_tile_size,
+        "sliding_overlap": args.sliding_overlap,
+    }
+
+
+def augmentation_settings(augmentation) -> dict | None:
+    """A JSON-ready record of an ``ovseg.tta.Augmentation`` (None: single view)."""
+    if augmentation is None:
+        return None
+    import dataclasses
+
+    record = dataclasses.asdict(augmentation)
+    record["min_sizes"] = list(record["min_sizes"])
+    return record

@@ -37,6 +37,7 @@ def run_eval(args: argparse.Namespace) -> int:
             vocabulary=hashlib.sha256("\n".join(vocabulary).encode()).hexdigest(),
             settings=[name for name, _ in settings],
         )
+        run_settings = key.get("run_settings")  # part of the cache key
         cache = _cache(args, key)
         evaluators = evaluate_dataset(
             dataset,
@@ -51,7 +52,7 @@ def run_eval(args: argparse.Namespace) -> int:
         )
         results = {name: evaluators[name].compute() for name, _ in settings}
         if rank == 0:
-            _report(args, dataset, settings, results)
+            _report(args, dataset, settings, results, run_settings)
     finally:
         if own_group:
             import torch.distributed as dist
@@ -68,6 +69,11 @@ def _check_args(args: argparse.Namespace) -> None:
                 "--predictions scores saved PNGs; do not combine it with a model, "
                 "--oracle or --sweep"
             )
+    if (args.tta or args.tta_sizes or args.sliding_window) and (args.predictions or args.oracle):
+        raise ValueError(
+            "--tta / --tta-sizes / --sliding-window apply to the model's predictions; they do "
+            "not combine with --predictions or --oracle"
+        )
     if args.sweep and args.oracle:
         raise ValueError(
             "--sweep grid-searches the model's ensemble; it does not apply to --oracle"
@@ -162,6 +168,7 @@ def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
     model = load_model_from_args(args)
     generator = proposal_generator_from_args(args, model)
     k = dataset.num_classes
+    cfg = model.config
     options = {k: str(v) for k, v in sorted(proposal_options_from_args(args).items())}
     key = {
         "model": tensor_digest(model.state_dict()),
@@ -174,6 +181,12 @@ def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
         return read_image(dataset[index].image)
 
     predict: PredictFn
+    key["run_settings"] = {
+        "mode": "eval",
+        "oracle": args.oracle,
+        "templates": getattr(cfg, "text_templates", "vild"),
+        "proposals": args.proposals,
+    }
     if args.oracle == "gt-masks":
         classify = oracles.CLIPMaskClassifier(model, vocabulary)
 
@@ -190,8 +203,21 @@ def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
         return [("default", {})], predict, key
 
     import ovseg
+    from ovseg.cli._common import augmentation_settings, tta_options_from_args
+    from ovseg.evaluation.settings import eval_ensemble_weight
 
-    predictor = ovseg.Predictor(model, proposal_generator=generator)
+    options = ovseg.InferenceOptions(**tta_options_from_args(args, cfg))
+    predictor = ovseg.Predictor(model, proposal_generator=generator, options=options)
+    weight = eval_ensemble_weight(dataset.name, cfg.ensemble_weight, args.ensemble_weight)
+    threshold = cfg.mask_threshold if args.mask_threshold is None else float(args.mask_threshold)
+    key["run_settings"].update(
+        ensemble_weight=weight,
+        mask_threshold=threshold,
+        clip_only=bool(args.clip_only) or cfg.clip_only_default,
+        tta=augmentation_settings(predictor.augmentation),
+        min_size_test=cfg.min_size_test,
+        max_size_test=cfg.max_size_test,
+    )
     if args.sweep:
         settings = [
             (f"lambda={lam:g},thr={thr:g}", {"ensemble_weight": lam, "mask_threshold": thr})
@@ -199,13 +225,13 @@ def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
             for thr in args.thresholds
         ]
     else:
-        settings = [
-            (
-                "default",
-                {"ensemble_weight": args.ensemble_weight, "mask_threshold": args.mask_threshold},
-            )
-        ]
+        settings = [("default", {"ensemble_weight": weight, "mask_threshold": threshold})]
     common = eval_predict_kwargs(args)
+    key["run_settings"].update(
+        mode="eval",
+        templates=common.get("templates") or cfg.text_templates,
+        clip_ensemble=common.get("clip_ensemble", cfg.clip_ensemble),
+    )
     key.update(clip_only=bool(args.clip_only), options=[opts for _, opts in settings])
     if len(common) > 2:  # keys added only when used, so that existing caches stay valid
         key.update(predict=common)
@@ -246,7 +272,9 @@ def _cache(args, key: dict) -> ConfusionCache | None:
     return ConfusionCache(folder, key)
 
 
-def _report(args, dataset: SemSegDataset, settings, results: dict[str, dict]) -> None:
+def _report(
+    args, dataset: SemSegDataset, settings, results: dict[str, dict], run_settings: dict | None
+) -> None:
     title = f"{dataset.name} {dataset.split}: {len(dataset)} images"
     payload = {"dataset": dataset.name, "split": dataset.split, "num_images": len(dataset)}
     if args.oracle:
@@ -262,6 +290,8 @@ def _report(args, dataset: SemSegDataset, settings, results: dict[str, dict]) ->
             for name, opts in settings
         ]
         payload["best"] = dict(settings)[best_name]
+    if run_settings is not None:  # every setting the scores were made with
+        payload["settings"] = {**run_settings, **dict(settings)[best_name]}
     payload.update(results[best_name])
     chart = args.chart or (str(Path(args.json).with_suffix(".png")) if args.json else None)
     if args.json:

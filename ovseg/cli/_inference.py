@@ -78,12 +78,17 @@ def add_prediction_args(parser: argparse.ArgumentParser) -> None:
     add_speed_args(group)
 
 
-def inference_options(args: argparse.Namespace):
-    """The ``InferenceOptions`` of ``--dtype`` and ``--top-k``."""
+def inference_options(args: argparse.Namespace, config=None):
+    """The ``InferenceOptions`` of ``--dtype``, ``--top-k`` and, when the command has them
+    and a model ``config`` is given, the test-time augmentation options (``add_tta_args``)."""
     from ovseg import InferenceOptions
+    from ovseg.cli._common import tta_options_from_args
 
+    tta = {}
+    if config is not None and hasattr(args, "tta_sizes"):
+        tta = tta_options_from_args(args, config)
     return InferenceOptions(
-        dtype=getattr(args, "dtype", "fp32"), top_k=getattr(args, "top_k", None)
+        dtype=getattr(args, "dtype", "fp32"), top_k=getattr(args, "top_k", None), **tta
     )
 
 
@@ -109,4 +114,5 @@ def make_predictor(args: argparse.Namespace):
 
     model = load_model_from_args(args)
     generator = proposal_generator_from_args(args, model)
-    return Predictor(model, proposal_generator=generator, options=inference_options(args))
+    options = inference_options(args, model.config)
+    return Predictor(model, proposal_generator=generator, options=options)

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from ovseg.cli._common import add_model_args
+from ovseg.cli._common import add_model_args, add_tta_args
 from ovseg.cli._inference import add_prediction_args, make_predictor, predict_kwargs
 from ovseg.cli._proposals import add_proposal_args
 
@@ -38,6 +38,7 @@ def register(subparsers) -> None:
     parser.add_argument("--force", action="store_true", help="redo images already done")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay colour weight (0..1)")
     add_prediction_args(parser)
+    add_tta_args(parser)
     add_model_args(parser)
     add_proposal_args(parser)
     parser.set_defaults(func=run)

@@ -11,11 +11,20 @@ from PIL import Image
 def shortest_edge_size(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
     """New (height, width): short side to ``short``, long side at most ``max_size``.
 
-    ``scale = short / min(h, w)``; if the long side then exceeds ``max_size`` the scale is
-    reduced so that it equals it; each side becomes ``int(side * scale + 0.5)``.
+    detectron2's ``ResizeShortestEdge.get_output_shape``, operation for operation: the short
+    side becomes ``short`` exactly (the height when ``h < w``, else the width), the other
+    ``scale * side`` with ``scale = short / min(h, w)``; if the long side then exceeds
+    ``max_size`` both are multiplied by ``max_size / long``; each becomes ``int(x + 0.5)``.
+    ``short == 0`` keeps the size (detectron2: no resize).
     """
-    scale = short / min(height, width)
-    new_h, new_w = height * scale, width * scale
+    if short == 0:
+        return height, width
+    size = float(short)
+    scale = size / min(height, width)
+    if height < width:
+        new_h, new_w = size, scale * width
+    else:
+        new_h, new_w = scale * height, size
     if max(new_h, new_w) > max_size:
         rescale = max_size / max(new_h, new_w)
         new_h, new_w = new_h * rescale, new_w * rescale
