@@ -9,9 +9,12 @@ from tests.train_fixtures import semseg_folder
 
 def test_label_targets_by_hand():
     label = torch.tensor([[0, 0, 2, 2], [0, 0, 2, 2], [IGNORE] * 4, [IGNORE] * 4])
-    t = label_targets(label, stride=2)  # nearest picks rows/cols 0 and 2
+    t = label_targets(label)
     assert t["labels"].tolist() == [0, 2]
-    assert t["masks"].tolist() == [[[1.0, 0.0], [0.0, 0.0]], [[0.0, 1.0], [0.0, 0.0]]]
+    assert t["masks"].tolist() == [
+        [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],
+        [[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0]],
+    ]
 
 
 def test_augmentation_depends_on_seed_epoch_index_only(tmp_path):
@@ -34,5 +37,5 @@ def test_real_camvid_through_the_evaluation_reader():
     item = SemSegTrainSet(source, crop=96, short_side=96)[0]
     assert item["image"].shape == (3, 96, 96) and item["label"].shape == (96, 96)
     targets = label_targets(item["label"])
-    assert targets["masks"].shape[1:] == (24, 24)
+    assert targets["masks"].shape[1:] == (96, 96)
     assert ((targets["labels"] >= 0) & (targets["labels"] < 11)).all()

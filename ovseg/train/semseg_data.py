@@ -12,12 +12,10 @@ masks at the mask-logit resolution (1/4).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -156,23 +154,18 @@ class SemSegTrainSet(Dataset):
         }
 
 
-def label_targets(label: torch.Tensor, stride: int = 4) -> dict[str, torch.Tensor]:
-    """Per-class binary masks of a label map at 1/``stride`` resolution (nearest).
+def label_targets(label: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-class binary masks of a label map, at its size (the official mapper's
+    ``gt_classes`` / ``gt_masks``: sorted classes present, ignore excluded).
 
     Args:
         label: (H, W) int64 with ``IGNORE``.
     Returns:
-        ``{"labels": (M,) int64 classes present, "masks": (M, H/stride, W/stride) float}``.
+        ``{"labels": (M,) int64 classes present, "masks": (M, H, W) bool}``.
     """
-    h, w = label.shape
-    small = F.interpolate(
-        label[None, None].float(),
-        size=(math.ceil(h / stride), math.ceil(w / stride)),
-        mode="nearest",
-    )[0, 0].long()
-    classes = torch.unique(small)
+    classes = torch.unique(label)
     classes = classes[classes != IGNORE]
-    return {"labels": classes, "masks": (small[None] == classes[:, None, None]).float()}
+    return {"labels": classes, "masks": label[None] == classes[:, None, None]}
 
 
 def collate_semseg(items: list[dict]) -> dict:
