@@ -91,7 +91,12 @@ def register(subparsers) -> None:
         help="no ColorAugSSD (INPUT.COLOR_AUG_SSD False)",
     )  # fmt: skip
     aug.add_argument("--flip", choices=["horizontal", "none"])
-    aug.add_argument("--pad-to", type=int, help="pad to exactly this size (SIZE_DIVISIBILITY)")
+    aug.add_argument(
+        "--pad-to",
+        type=int,
+        help="pad to exactly this size (SIZE_DIVISIBILITY; default: the crop size, as in the "
+        "official configs)",
+    )
     aug.add_argument(
         "--augment",
         choices=["official", "simple-scale"],
@@ -145,6 +150,7 @@ def run(args) -> int:
     if args.model or args.init:
         given["model"] = args.model or f"init:{args.init}"
     settings = resolve_settings(args.recipe, **{k: v for k, v in given.items() if k != "model"})
+    given["pad_to"] = settings["pad_to"]  # follows --crop unless given (shown as changed)
     main = os.environ.get("RANK", "0") == "0"
     table = PROPOSAL_RECIPES[args.recipe] | {
         k: (v, "ours: --augment simple-scale") for k, v in settings.items()

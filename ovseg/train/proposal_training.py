@@ -231,7 +231,10 @@ def resolve_settings(recipe: str | dict, **settings) -> dict:
     unknown = sorted(set(settings) - set(base))
     if unknown:
         raise ValueError(f"unknown training settings {unknown}; known: {sorted(base)}")
-    out = base | {k: v for k, v in settings.items() if v is not None}
+    given = {k: v for k, v in settings.items() if v is not None}
+    if "crop" in given and "pad_to" not in given and base["pad_to"] == base["crop"]:
+        given["pad_to"] = given["crop"]  # the official configs pad to the crop size
+    out = base | given
     if out["augment"] not in AUGMENTS:
         raise ValueError(f"augment must be one of {AUGMENTS}, got {out['augment']!r}")
     return out
