@@ -25,6 +25,11 @@ RECIPE_OPTIONS = {
 }  # fmt: skip
 
 
+# TrainConfig fields taken from the options as they are
+LOOP_ARGS = ("precision", "device", "seed", "num_workers", "log_every", "checkpoint_every",
+             "keep_checkpoints", "eval_every")  # fmt: skip
+
+
 def _override(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise ValueError(f"--set takes KEY=VALUE (VALUE in JSON), got {text!r}")
@@ -109,10 +114,8 @@ def register(subparsers) -> None:
     loss.add_argument(
         "--no-deep-supervision", dest="deep_supervision", action="store_const", const=False
     )
-    loss.add_argument("--no-object-weight", type=float)
-    loss.add_argument("--mask-weight", type=float)
-    loss.add_argument("--dice-weight", type=float)
-    loss.add_argument("--class-weight", type=float)
+    for flag in ("--no-object-weight", "--mask-weight", "--dice-weight", "--class-weight"):
+        loss.add_argument(flag, type=float)
     loss.add_argument(
         "--mask-loss-resolution",
         choices=["image", "quarter"],
@@ -171,15 +174,8 @@ def run(args) -> int:
         accum_steps=args.accum_steps,
         batch_size=args.batch_size,
         epochs=args.epochs,
-        precision=args.precision,
-        device=args.device,
-        seed=args.seed,
-        num_workers=args.num_workers,
-        log_every=args.log_every,
-        checkpoint_every=args.checkpoint_every,
-        keep_checkpoints=args.keep_checkpoints,
-        eval_every=args.eval_every,
         progress=not args.no_progress,
+        **{k: getattr(args, k) for k in LOOP_ARGS},
     )
     from ovseg.train.proposal_training import train_proposals
 
