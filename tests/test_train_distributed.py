@@ -15,7 +15,9 @@ from ovseg.train.proposal_training import train_proposals
 from tests.train_fixtures import loop_config, semseg_folder
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = dict(crop=64, short_side=64, backbone_lr_mult=1.0)
+# official augmentation at 64 px; no stochastic depth (its draws differ per process)
+ARGS = dict(dataset="folder", crop=64, min_size_train=[64], pad_to=64, backbone_lr_mult=1.0,
+            drop_path_rate=0.0)  # fmt: skip
 
 
 def free_port() -> int:
@@ -42,8 +44,10 @@ def test_two_processes_equal_one(tmp_path):
         "-m", "ovseg", "train-proposals", "--data", str(data), "--model", "ovseg-test-tiny",
         "--set", "num_queries=5", "--set", "dropout=0.0", "--out", str(tmp_path / "two"),
         "--batch-size", "2", "--max-steps", "3", "--lr", "1e-3", "--precision", "fp32",
-        "--device", "cpu", "--log-every", "1", "--crop", "64", "--short-side", "64",
-        "--backbone-lr-mult", "1", "--no-progress",
+        "--device", "cpu", "--log-every", "1", "--dataset", "folder", "--crop", "64",
+        "--min-size-train", "64", "--pad-to", "64", "--backbone-lr-mult", "1",
+        "--drop-path-rate", "0", "--weight-decay", "0", "--grad-clip", "0", "--warmup-steps", "0",
+        "--schedule", "poly", "--no-progress",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -129,6 +129,16 @@ class ResNetDeepLab(nn.Module):
             self._channels[name] = cout
             cin, cout, bott = cout, cout * 2, bott * 2
 
+    def freeze(self, freeze_at: int) -> None:
+        """Stop training the first stages, like detectron2's ``FREEZE_AT``: 1 freezes the
+        stem, 2 the stem and res2 (the official R101c value), ... up to 5. The batch norms
+        are frozen already. 0 freezes nothing."""
+        if not 0 <= freeze_at <= 5:
+            raise ValueError(f"freeze_at must be in 0..5, got {freeze_at}")
+        for index, name in enumerate(("stem", "res2", "res3", "res4", "res5"), start=1):
+            if freeze_at >= index:
+                getattr(self, name).requires_grad_(False)
+
     @property
     def out_channels(self) -> dict[str, int]:
         return dict(self._channels)

@@ -62,6 +62,16 @@ class WindowAttention(nn.Module):
         return self.proj((attn @ v).transpose(1, 2).reshape(bw, n, c))
 
 
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero the residual branch of a random ``rate`` share of the samples
+    and scale the others by ``1 / (1 - rate)`` (timm's ``DropPath``); identity in eval."""
+    if rate == 0.0 or not training:
+        return x
+    keep = 1.0 - rate
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -79,6 +89,7 @@ class SwinBlock(nn.Module):
     ):
         super().__init__()
         self.window, self.shift = window, shift
+        self.drop_path = 0.0  # stochastic depth rate (training only), set by SwinTransformer
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, window, heads, qkv_bias)
         self.norm2 = nn.LayerNorm(dim)
@@ -99,8 +110,8 @@ class SwinBlock(nn.Module):
         if self.shift > 0:
             y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
         y = y[:, :h, :w, :].reshape(b, h * w, c)
-        x = x + y
-        return x + self.mlp(self.norm2(x))
+        x = x + drop_path(y, self.drop_path, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
 
 
 class PatchMerging(nn.Module):
@@ -185,6 +196,8 @@ class SwinTransformer(nn.Module):
         embed_dim: channels of the first stage (128 for Swin-B); stage i has embed_dim * 2**i.
         depths, num_heads: per stage.
         window_size: attention window (12 for the released Swin-B, 7 for Swin-T/S).
+        drop_path_rate: stochastic depth of the last block; block k of n gets
+            ``rate * k / (n - 1)`` (Swin's linear rule; official training 0.3). Training only.
     """
 
     def __init__(
@@ -199,6 +212,7 @@ class SwinTransformer(nn.Module):
         patch_norm: bool = True,
         in_chans: int = 3,
         out_features=("res2", "res3", "res4", "res5"),
+        drop_path_rate: float = 0.0,
     ):
         super().__init__()
         self.out_features = tuple(out_features)
@@ -219,6 +233,16 @@ class SwinTransformer(nn.Module):
         for i, dim in enumerate(self.num_features):
             if f"res{i + 2}" in self.out_features:
                 self.add_module(f"norm{i}", nn.LayerNorm(dim))
+        self.set_drop_path_rate(drop_path_rate)
+
+    def set_drop_path_rate(self, rate: float) -> None:
+        """Stochastic depth rising linearly over all blocks from 0 to ``rate``
+        (``torch.linspace(0, rate, total_blocks)``, as the official Swin)."""
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {rate}")
+        blocks = [b for stage in self.layers for b in stage.blocks]
+        for block, r in zip(blocks, torch.linspace(0, rate, len(blocks), device="cpu").tolist()):
+            block.drop_path = r
 
     @property
     def out_channels(self) -> dict[str, int]:

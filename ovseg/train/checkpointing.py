@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,22 @@ def set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+# Test hook: "STEP:FLAG" makes the checkpoint of STEP stop half-written (model written,
+# state not yet), create FLAG and wait there until the process is killed.
+PAUSE_ENV = "OVSEG_TEST_PAUSE_IN_CHECKPOINT"
+
+
+def _test_pause(step: int) -> None:
+    spec = os.environ.get(PAUSE_ENV)
+    if not spec:
+        return
+    at, flag = spec.split(":", 1)
+    if int(at) == step:
+        Path(flag).write_text(f"paused writing checkpoint {step}\n")
+        while True:
+            time.sleep(0.05)
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint folder of a run, or None."""
     pointer = Path(run_dir) / "checkpoints" / "latest"
@@ -88,6 +105,7 @@ def save_training_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_checkpoint(model, tmp / "model.safetensors", extra_metadata=metadata)
+    _test_pause(step)
     torch.save(state, tmp / "state.pt")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

@@ -1,6 +1,13 @@
 """MaskFormer's set criterion: classification CE with a down-weighted no-object class, and
 sigmoid focal + dice mask losses on the matched pairs, optionally on every decoder layer.
 
+Targets are per-class masks at the padded image size, as the official dataset mapper makes
+them. The matcher compares them at the prediction size (targets downsampled, nearest); the
+mask losses, as in the official ``SetCriterion.loss_masks``, upsample the matched predictions
+to the target size (bilinear, ``align_corners=False``). ``mask_loss_resolution="quarter"``
+is our cheaper variant: the loss is computed at the prediction size (1/4) on the
+nearest-downsampled targets.
+
 Normalisation is global across processes, so a run split over N processes gives the same
 loss and gradients as one process with the whole batch (DDP averages gradients, so each
 process's loss is ``its share of the global sum / (global normaliser / world size)``):
@@ -16,7 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from ovseg.train import distributed
-from ovseg.train.matcher import FOCAL_ALPHA, FOCAL_GAMMA, HungarianMatcher
+from ovseg.train.matcher import FOCAL_ALPHA, FOCAL_GAMMA, HungarianMatcher, resize_targets
+
+MASK_LOSS_RESOLUTIONS = ("image", "quarter")
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -48,6 +57,8 @@ class SetCriterion:
         no_object_weight: CE weight of the no-object class (official 0.1).
         weights: ``{"loss_ce": 1, "loss_mask": 20, "loss_dice": 1}`` (official).
         deep_supervision: also apply the loss to every intermediate decoder layer.
+        mask_loss_resolution: "image" (official: predictions upsampled to the target size)
+            or "quarter" (targets downsampled to the prediction size, nearest).
     """
 
     def __init__(
@@ -57,7 +68,14 @@ class SetCriterion:
         no_object_weight: float = 0.1,
         weights: dict[str, float] | None = None,
         deep_supervision: bool = True,
+        mask_loss_resolution: str = "image",
     ):
+        if mask_loss_resolution not in MASK_LOSS_RESOLUTIONS:
+            raise ValueError(
+                f"mask_loss_resolution must be one of {MASK_LOSS_RESOLUTIONS}, "
+                f"got {mask_loss_resolution!r}"
+            )
+        self.mask_loss_resolution = mask_loss_resolution
         self.num_classes = num_classes
         self.matcher = matcher or HungarianMatcher()
         self.no_object_weight = no_object_weight
@@ -68,20 +86,27 @@ class SetCriterion:
         self.deep_supervision = deep_supervision
 
     def layer_losses(
-        self, class_logits: torch.Tensor, mask_logits: torch.Tensor, targets: list[dict]
+        self,
+        class_logits: torch.Tensor,
+        mask_logits: torch.Tensor,
+        targets: list[dict],
+        indices: list | None = None,
     ) -> dict[str, torch.Tensor]:
         """Unweighted losses of one decoder layer.
 
         Args:
-            class_logits: (B, Q, K+1). mask_logits: (B, Q, H, W).
-            targets: per image ``{"labels": (M,), "masks": (M, H, W)}`` at the mask size.
+            class_logits: (B, Q, K+1). mask_logits: (B, Q, h, w).
+            targets: per image ``{"labels": (M,), "masks": (M, H, W)}`` at the padded image
+                size (any size that is a whole multiple of the prediction's works).
+            indices: the matching (``matcher`` output); computed when None.
         """
         if class_logits.shape[-1] != self.num_classes + 1:
             raise ValueError(
                 f"class logits have {class_logits.shape[-1]} columns, expected "
                 f"{self.num_classes} classes + no-object"
             )
-        indices = self.matcher(class_logits, mask_logits, targets)
+        if indices is None:
+            indices = self.matcher(class_logits, mask_logits, targets)
         b, q = class_logits.shape[:2]
         target_classes = torch.full((b, q), self.num_classes, dtype=torch.int64)
         for i, ((src, tgt), target) in enumerate(zip(indices, targets)):
@@ -96,9 +121,16 @@ class SetCriterion:
         num_masks = _global_mean(
             torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=mask_logits.device)
         ).clamp(min=1.0)
-        pred = torch.cat([mask_logits[i, src] for i, (src, _) in enumerate(indices)])
+        pred = torch.cat([mask_logits[i, src] for i, (src, _) in enumerate(indices)]).float()
         tgt = torch.cat([t["masks"][j] for t, (_, j) in zip(targets, indices)]).to(pred)
-        pred, tgt = pred.float().flatten(1), tgt.float().flatten(1)
+        if self.mask_loss_resolution == "image":
+            if len(pred):
+                pred = F.interpolate(
+                    pred[:, None], size=tgt.shape[-2:], mode="bilinear", align_corners=False
+                )[:, 0]
+        else:
+            tgt = resize_targets(tgt, pred.shape[-2:])
+        pred, tgt = pred.flatten(1), tgt.flatten(1)
         return {
             "loss_ce": loss_ce,
             "loss_mask": sigmoid_focal_loss(pred, tgt).sum() / num_masks,

@@ -5,7 +5,9 @@ The cost of pairing query ``i`` with target ``j`` is::
     cost_class * -p_i(class_j) + cost_mask * focal(mask_i, mask_j)
         + cost_dice * dice(mask_i, mask_j)
 
-where ``p_i`` is the softmax over all K+1 classes (no-object included), ``focal`` is the
+computed at the prediction size: the target masks (at the padded image size) are
+downsampled with nearest-neighbour ``F.interpolate``, as in the official matcher. ``p_i`` is
+the softmax over all K+1 classes (no-object included), ``focal`` is the
 per-pixel mean sigmoid focal loss and ``dice`` is 1 - the soft dice coefficient. The
 assignment minimising the total cost is found with ``scipy.optimize.linear_sum_assignment``.
 """
@@ -13,10 +15,21 @@ assignment minimising the total cost is found with ``scipy.optimize.linear_sum_a
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 FOCAL_ALPHA = 0.25
 FOCAL_GAMMA = 2.0
+
+
+def resize_targets(masks: torch.Tensor, size) -> torch.Tensor:
+    """(M, H, W) binary masks -> (M, *size) float, nearest (``F.interpolate``'s rule)."""
+    masks = masks.float()
+    if tuple(masks.shape[-2:]) == tuple(size):
+        return masks
+    if masks.shape[0] == 0:
+        return masks.new_zeros(0, *size)
+    return F.interpolate(masks[:, None], size=tuple(size), mode="nearest")[:, 0]
 
 
 def pairwise_focal_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -61,14 +74,18 @@ class HungarianMatcher:
 
         Args:
             class_logits: (Q, K+1). mask_logits: (Q, H, W).
-            labels: (M,) int64 in [0, K). masks: (M, H, W) binary, same size as mask_logits.
+            labels: (M,) int64 in [0, K). masks: (M, H, W) binary, at the image size (they
+                are downsampled to the mask-logit size, nearest).
         """
         prob = class_logits.float().softmax(-1)
-        cost = -self.cost_class * prob[:, labels]
+        cost = -self.cost_class * prob[:, labels]  # the order of the sum is the official one
         pred = mask_logits.float().flatten(1)
-        tgt = masks.float().flatten(1)
-        cost = cost + self.cost_mask * pairwise_focal_cost(pred, tgt)
-        return cost + self.cost_dice * pairwise_dice_cost(pred, tgt)
+        tgt = resize_targets(masks, mask_logits.shape[-2:]).flatten(1)
+        return (
+            self.cost_mask * pairwise_focal_cost(pred, tgt)
+            + cost
+            + (self.cost_dice * pairwise_dice_cost(pred, tgt))
+        )
 
     @torch.no_grad()
     def __call__(

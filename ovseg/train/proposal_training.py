@@ -27,8 +27,7 @@ from ovseg.evaluation.sem_seg import SemSegEvaluator, metrics_from_confusion
 from ovseg.modeling.fusion import proposal_class_probs, semantic_fusion
 from ovseg.proposals.ground_truth import resize_label
 from ovseg.train.criterion import SetCriterion
-
-RECIPE = {"lr": 6e-5, "weight_decay": 1e-2}  # the paper's (Swin-B, batch 32, poly, 120K iter)
+from ovseg.train.param_groups import param_groups
 
 
 def class_logits(model: nn.Module, embeddings: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -38,14 +37,32 @@ def class_logits(model: nn.Module, embeddings: torch.Tensor, text: torch.Tensor)
     return model.clip_adapter.similarity_logits(embeddings.flatten(0, 1), with_void).view(b, q, -1)
 
 
-def proposal_parameters(model: nn.Module, backbone_lr_mult: float, lr: float) -> list[dict]:
-    """Freeze CLIP, train backbone (lr x ``backbone_lr_mult``), head and no-object embedding."""
-    model.requires_grad_(False)
-    head = list(model.sem_seg_head.parameters()) + [model.clip_adapter.non_object_embedding]
-    backbone = list(model.backbone.parameters())
-    for p in head + backbone:
-        p.requires_grad_(True)
-    return [{"params": backbone, "lr": lr * backbone_lr_mult}, {"params": head}]
+def freeze_for_proposals(model: nn.Module, freeze_at: int = 0) -> None:
+    """Train everything but CLIP (``clip_adapter.clip_model``, frozen as in the official
+    ``build_clip_model``); ``freeze_at`` > 0 also freezes the first ResNet stages
+    (``MODEL.BACKBONE.FREEZE_AT``; the official R101c uses 2: stem and res2)."""
+    model.requires_grad_(True)
+    model.clip_adapter.clip_model.requires_grad_(False)
+    if freeze_at:
+        if not hasattr(model.backbone, "freeze"):
+            raise ValueError(
+                f"freeze_at={freeze_at} needs a ResNet backbone; "
+                f"{type(model.backbone).__name__} has no stages to freeze (use 0)"
+            )
+        model.backbone.freeze(freeze_at)
+
+
+def recipe_param_groups(model: nn.Module, recipe: dict) -> list[dict]:
+    """The official AdamW groups (``ovseg.train.param_groups``) with a recipe's lr, weight
+    decays and backbone multiplier."""
+    return param_groups(
+        model,
+        recipe["lr"],
+        recipe["weight_decay"],
+        recipe["backbone_lr_mult"],
+        recipe["weight_decay_norm"],
+        recipe["weight_decay_embed"],
+    )
 
 
 class ProposalTrainModule(nn.Module):
@@ -63,13 +80,25 @@ class ProposalTrainModule(nn.Module):
         self.criterion = criterion
 
     def forward(self, batch: dict):
-        """batch: ``image`` (B, 3, H, W) 0-255, ``pad`` (B, H, W) bool, ``targets`` list."""
+        """batch: ``image`` (B, 3, H, W) 0-255 (padded by the mapper with 128), ``targets``
+        list of ``{"labels", "masks" (M, H, W)}``.
+
+        As the official model: every pixel is normalised (the mapper's padding too), then the
+        batch is zero-padded to a multiple of ``size_divisibility`` (``ImageList``), and the
+        target masks with it (``prepare_targets``)."""
         m = self.model
-        x = (batch["image"] - m.pixel_mean.view(1, 3, 1, 1)) / m.pixel_std.view(1, 3, 1, 1)
-        x = x.masked_fill(batch["pad"][:, None], 0.0)
+        image = batch["image"].float()
+        x = (image - m.pixel_mean.view(1, 3, 1, 1)) / m.pixel_std.view(1, 3, 1, 1)
+        h, w = x.shape[-2:]
+        div = m.config.size_divisibility
+        pad = (0, (-w) % div, 0, (-h) % div)
+        targets = batch["targets"]
+        if any(pad):
+            x = F.pad(x, pad)
+            targets = [t | {"masks": F.pad(t["masks"], pad)} for t in targets]
         embeddings, masks = m.proposal_outputs(x, all_layers=True)
         logits = [class_logits(m, e, self.text_features) for e in embeddings]
-        return self.criterion(logits, masks, batch["targets"])
+        return self.criterion(logits, masks, targets)
 
 
 def _resize_short_side(image: np.ndarray, short_side: int) -> np.ndarray:
@@ -188,50 +217,142 @@ def copy_clip(source: nn.Module, target: nn.Module) -> None:
         raise ValueError(f"CLIP keys do not fit: missing {missing}, unexpected {unexpected}")
 
 
+# our own options beside the official recipe values (``--augment simple-scale`` and its sizes)
+OWN_SETTINGS = {"augment": "official", "short_side": 512, "scale_range": (0.5, 2.0)}
+AUGMENTS = ("official", "simple-scale")
+
+
+def resolve_settings(recipe: str | dict, **settings) -> dict:
+    """A recipe's values (``ovseg.train.recipes``; a name or a dict) with ``settings``
+    overriding them; unknown names raise ``ValueError``."""
+    from ovseg.train.recipes import get_recipe
+
+    base = (get_recipe(recipe) if isinstance(recipe, str) else dict(recipe)) | OWN_SETTINGS
+    unknown = sorted(set(settings) - set(base))
+    if unknown:
+        raise ValueError(f"unknown training settings {unknown}; known: {sorted(base)}")
+    given = {k: v for k, v in settings.items() if v is not None}
+    if "crop" in given and "pad_to" not in given and base["pad_to"] == base["crop"]:
+        given["pad_to"] = given["crop"]  # the official configs pad to the crop size
+    out = base | given
+    if out["augment"] not in AUGMENTS:
+        raise ValueError(f"augment must be one of {AUGMENTS}, got {out['augment']!r}")
+    return out
+
+
+def recipe_train_config(settings: dict, out_dir: str, world_size: int = 1, accum_steps: int = 1,
+                        **loop):  # fmt: skip
+    """A ``TrainConfig`` with the recipe's optimizer and schedule values. The per-process
+    batch is the recipe's global batch / (processes x ``accum_steps``) unless ``loop`` sets
+    ``batch_size``; other ``loop`` keys (``TrainConfig`` fields) override."""
+    from ovseg.train.trainer import TrainConfig
+
+    batch = loop.pop("batch_size", None)
+    if batch is None:
+        batch, rest = divmod(settings["global_batch"], world_size * accum_steps)
+        if rest or batch < 1:
+            raise ValueError(
+                f"the global batch {settings['global_batch']} does not split over "
+                f"{world_size} processes x {accum_steps} accumulation steps; set --batch-size"
+            )
+    values = dict(
+        out_dir=out_dir,
+        batch_size=batch,
+        accum_steps=accum_steps,
+        max_steps=settings["max_steps"],
+        lr=settings["lr"],
+        weight_decay=settings["weight_decay"],
+        schedule=settings["schedule"],
+        poly_power=settings["poly_power"],
+        warmup_steps=settings["warmup_steps"],
+        warmup_factor=settings["warmup_factor"],
+        adam_betas=tuple(settings["adam_betas"]),
+        adam_eps=settings["adam_eps"],
+        grad_clip=settings["grad_clip"],
+    )
+    return TrainConfig(**(values | {k: v for k, v in loop.items() if v is not None}))
+
+
+def build_augmentation(settings: dict):
+    """The augmentation of ``settings`` (``ovseg.train.augment``)."""
+    from ovseg.train.augment import OfficialAugmentation, SimpleScaleAugmentation
+
+    if settings["augment"] == "simple-scale":
+        return SimpleScaleAugmentation(
+            settings["crop"], settings["short_side"], settings["scale_range"],
+            settings["image_pad_value"],
+        )  # fmt: skip
+    return OfficialAugmentation(
+        settings["min_size_train"],
+        settings["max_size_train"],
+        settings["crop"],
+        settings["single_category_max_area"],
+        settings["color_aug_ssd"],
+        settings["flip"],
+        settings["pad_to"],
+        settings["image_pad_value"],
+    )
+
+
 def train_proposals(
     data: str,
     config,
-    dataset: str = "folder",
+    recipe: str | dict = "swinB-coco-stuff",
     model_name: str | None = None,
     init: str | None = None,
     overrides: dict | None = None,
     clip_weights: str | None = None,
-    crop: int = 512,
-    short_side: int = 512,
-    scale_range: tuple[float, float] = (0.5, 2.0),
-    deep_supervision: bool = True,
-    no_object_weight: float = 0.1,
-    loss_weights: dict[str, float] | None = None,
-    backbone_lr_mult: float = 0.1,
     eval_images: int | None = None,
     eval_short_side: int = 256,
     hooks=(),
+    **settings,
 ):
-    """Train the proposal model on the ``train`` split of ``data`` (read as ``dataset``: a
-    name of ``ovseg.data.datasets`` or "folder", see ``semseg_data.open_source``); validate on
-    its ``val`` split. Returns the trained model's path (``config.out_dir/model.safetensors``)."""
+    """Train the proposal model on the ``train`` split of ``data``; validate on its ``val``
+    split. Returns the trained model's path (``config.out_dir/model.safetensors``).
+
+    Args:
+        config: the loop's ``TrainConfig`` (lr, weight decay, schedule, clipping, batch...;
+            ``recipe_train_config`` makes it from a recipe).
+        recipe: a name of ``ovseg.train.recipes.PROPOSAL_RECIPES`` or a settings dict; its
+            model and dataset are used unless ``model_name`` / ``init`` / ``dataset`` say
+            otherwise.
+        settings: recipe values to override (``dataset``, ``crop``, ``min_size_train``,
+            ``freeze_at``, ``mask_loss_resolution``, ``augment``...).
+    """
     from ovseg.train import distributed
-    from ovseg.train.criterion import SetCriterion
     from ovseg.train.matcher import HungarianMatcher
     from ovseg.train.semseg_data import SemSegTrainSet, collate_semseg, open_source
     from ovseg.train.trainer import Trainer, TrainTask
 
-    weights = loss_weights or {"loss_ce": 1.0, "loss_mask": 20.0, "loss_dice": 1.0}
-    train_folder = open_source(dataset, data, "train")
-    val_folder = open_source(dataset, data, "val") if config.eval_every else None
+    s = resolve_settings(recipe, **settings)
+    if model_name is None and init is None:
+        model_name = s["model"]
+    weights = {"loss_ce": s["class_weight"], "loss_mask": s["mask_weight"],
+               "loss_dice": s["dice_weight"]}  # fmt: skip
+    train_folder = open_source(s["dataset"], data, "train")
+    val_folder = open_source(s["dataset"], data, "val") if config.eval_every else None
     info = distributed.setup(config.device)
     try:
         model = build_start_model(model_name, init, overrides or {}, config.seed, clip_weights)
-        groups = proposal_parameters(model, backbone_lr_mult, config.lr)
+        freeze_for_proposals(model, s["freeze_at"])
+        if s["drop_path_rate"]:
+            if not hasattr(model.backbone, "set_drop_path_rate"):
+                raise ValueError("drop_path_rate > 0 needs a Swin backbone")
+            model.backbone.set_drop_path_rate(s["drop_path_rate"])
+        groups = param_groups(
+            model, config.lr, config.weight_decay, s["backbone_lr_mult"],
+            s["weight_decay_norm"], s["weight_decay_embed"],
+        )  # fmt: skip
         text = model.clip_adapter.text_features(train_folder.class_names).clone()
         criterion = SetCriterion(
             len(train_folder.class_names),
             HungarianMatcher(weights["loss_ce"], weights["loss_mask"], weights["loss_dice"]),
-            no_object_weight=no_object_weight,
+            no_object_weight=s["no_object_weight"],
             weights=weights,
-            deep_supervision=deep_supervision,
+            deep_supervision=s["deep_supervision"],
+            mask_loss_resolution=s["mask_loss_resolution"],
         )
-        dataset = SemSegTrainSet(train_folder, crop, short_side, scale_range, config.seed)
+        train_set = SemSegTrainSet(train_folder, build_augmentation(s), config.seed)
 
         def evaluate(m):
             return evaluate_proposals(m, val_folder, text, eval_short_side, eval_images)
@@ -240,13 +361,15 @@ def train_proposals(
             model=model,
             module=ProposalTrainModule(model, text, criterion),
             param_groups=groups,
-            dataset=dataset,
+            dataset=train_set,
             collate=collate_semseg,
             metadata={
                 "trained": "proposals",
-                "dataset": f"{dataset}:{data}",
+                "dataset": f"{s['dataset']}:{data}",
                 "class_names": train_folder.class_names,
                 "init": str(init) if init else f"scratch:{model_name}",
+                "recipe": recipe if isinstance(recipe, str) else "custom",
+                "settings": {k: v for k, v in s.items() if k != "model"},
             },
             evaluate=evaluate if val_folder is not None else None,
         )

@@ -4,20 +4,18 @@
 (``coco-stuff-171``, ``camvid``, ``ade20k-150``, ...) or, for ``name="folder"``,
 ``SemSegFolder``: ``root/classes.txt`` plus ``root/<split>/{images,labels}`` with index PNGs
 (255 = ignore) and any class names. Labels are int64 with ``IGNORE`` (-1), as the
-evaluation readers return them. ``SemSegTrainSet`` adds MaskFormer's
-training augmentation (random scale, crop, flip), seeded per (seed, epoch, index) so that a
-resumed run sees the same crops; ``collate_semseg`` turns labels into per-class binary
-masks at the mask-logit resolution (1/4).
+evaluation readers return them. ``SemSegTrainSet`` applies a training augmentation
+(``ovseg.train.augment``), seeded per (seed, epoch, index) so that a resumed run sees the
+same samples; ``collate_semseg`` turns labels into per-class binary masks at the padded
+image size (the official mapper's ``gt_classes`` / ``gt_masks``).
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -98,31 +96,18 @@ def open_source(name: str, root: str | Path, split: str):
     return ReaderSource(build_dataset(name, root, split))
 
 
-def resize_pair(image: np.ndarray, label: np.ndarray, height: int, width: int):
-    """Bilinear image (uint8), nearest label (int64, through a 32-bit PIL image)."""
-    im = np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR))
-    lab = Image.fromarray(label.astype(np.int32), mode="I").resize((width, height), Image.NEAREST)
-    return im, np.array(lab).astype(np.int64)
-
-
 class SemSegTrainSet(Dataset):
-    """Augmented training crops: short side scaled to ``short_side * U(scale_range)``, a random
-    ``crop`` x ``crop`` window (padded with ignore where the image is smaller), random flip.
+    """Augmented training samples: ``augmentation(image, label, rng)`` (``ovseg.train.augment``:
+    ``OfficialAugmentation`` or ``SimpleScaleAugmentation``) with ``rng`` seeded by
+    (seed, epoch, index), so a resumed run sees the same samples.
 
-    Items: ``{"image": (3, crop, crop) float 0-255 (pad = 0 after normalisation is applied by
-    the model's mean), "label": (crop, crop) int64, "pad": (crop, crop) bool}``.
+    Items: ``{"image": (3, S, S) uint8 (padding 128, not normalised), "label": (S, S) int64
+    with ``IGNORE`` (padding too), "pad": (S, S) bool}``.
     """
 
-    def __init__(
-        self,
-        folder,
-        crop: int = 512,
-        short_side: int = 512,
-        scale_range: tuple[float, float] = (0.5, 2.0),
-        seed: int = 0,
-    ):
-        self.folder, self.crop, self.short_side = folder, crop, short_side
-        self.scale_range, self.seed, self.epoch = scale_range, seed, 0
+    def __init__(self, folder, augmentation, seed: int = 0):
+        self.folder, self.augmentation = folder, augmentation
+        self.seed, self.epoch = seed, 0
         self.class_names = folder.class_names
 
     def set_epoch(self, epoch: int) -> None:
@@ -134,45 +119,26 @@ class SemSegTrainSet(Dataset):
     def __getitem__(self, i: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, i])
         image, label = self.folder.load(i)
-        h, w = label.shape
-        scale = self.short_side * rng.uniform(*self.scale_range) / min(h, w)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        image, label = resize_pair(image, label, nh, nw)
-        c = self.crop
-        y0 = int(rng.integers(0, max(nh - c, 0) + 1))
-        x0 = int(rng.integers(0, max(nw - c, 0) + 1))
-        image, label = image[y0 : y0 + c, x0 : x0 + c], label[y0 : y0 + c, x0 : x0 + c]
-        if rng.random() < 0.5:
-            image, label = image[:, ::-1], label[:, ::-1]
-        out_image = np.zeros((c, c, 3), np.float32)
-        out_label = np.full((c, c), IGNORE, np.int64)
-        pad = np.ones((c, c), bool)
-        ch, cw = label.shape
-        out_image[:ch, :cw], out_label[:ch, :cw], pad[:ch, :cw] = image, label, False
+        image, label, pad = self.augmentation(image, label, rng)
         return {
-            "image": torch.from_numpy(out_image).permute(2, 0, 1).contiguous(),
-            "label": torch.from_numpy(out_label),
+            "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous(),
+            "label": torch.from_numpy(np.ascontiguousarray(label)),
             "pad": torch.from_numpy(pad),
         }
 
 
-def label_targets(label: torch.Tensor, stride: int = 4) -> dict[str, torch.Tensor]:
-    """Per-class binary masks of a label map at 1/``stride`` resolution (nearest).
+def label_targets(label: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-class binary masks of a label map, at its size (the official mapper's
+    ``gt_classes`` / ``gt_masks``: sorted classes present, ignore excluded).
 
     Args:
         label: (H, W) int64 with ``IGNORE``.
     Returns:
-        ``{"labels": (M,) int64 classes present, "masks": (M, H/stride, W/stride) float}``.
+        ``{"labels": (M,) int64 classes present, "masks": (M, H, W) bool}``.
     """
-    h, w = label.shape
-    small = F.interpolate(
-        label[None, None].float(),
-        size=(math.ceil(h / stride), math.ceil(w / stride)),
-        mode="nearest",
-    )[0, 0].long()
-    classes = torch.unique(small)
+    classes = torch.unique(label)
     classes = classes[classes != IGNORE]
-    return {"labels": classes, "masks": (small[None] == classes[:, None, None]).float()}
+    return {"labels": classes, "masks": label[None] == classes[:, None, None]}
 
 
 def collate_semseg(items: list[dict]) -> dict:
