@@ -131,3 +131,37 @@ def test_logit_scale_is_clamped_after_every_step(tmp_path):
     # the first step ran with exp(5.0), the later ones with the clamped value
     assert rows[0]["logit_scale"] == pytest.approx(math.exp(5.0), rel=1e-5)
     assert all(r["logit_scale"] <= 100 * (1 + 1e-5) for r in rows[1:])
+
+
+@pytest.mark.slow  # a torchrun launch of two processes: ~15 s
+def test_contrastive_batch_is_gathered_over_processes(setup, tmp_path):
+    # official ClipLoss gathers every process's features: 2 processes x batch 2 compute the
+    # loss of one process with batch 4 (the loss is invariant to the order of the pairs)
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.test_train_distributed import free_port
+
+    init, pairs, _ = setup
+    options = ["--recipe", "mpt-vitL14", "--pairs", str(pairs), "--init", str(init),
+               "--max-steps", "2", "--warmup-steps", "0", "--lr", "1e-3", "--precision", "fp32", "--device", "cpu",
+               "--log-every", "1", "--no-progress"]  # fmt: skip
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    one = [sys.executable, "-m", "ovseg", "train-clip", "--out", str(tmp_path / "one"),
+           "--batch-size", "4", *options]  # fmt: skip
+    two = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+           "-m", "ovseg", "train-clip", "--out", str(tmp_path / "two"), "--batch-size", "2",
+           *options]  # fmt: skip
+    for cmd in (one, two):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    a = read_csv(tmp_path / "one" / "train_log.csv")
+    b = read_csv(tmp_path / "two" / "train_log.csv")
+    assert a[0]["loss"] == pytest.approx(b[0]["loss"], rel=1e-5)
+    # DDP averages the per-process gradients (each 1/2 of the full one, as officially);
+    # Adam's first steps hardly depend on that scale
+    assert a[1]["loss"] == pytest.approx(b[1]["loss"], rel=1e-3)
