@@ -165,3 +165,11 @@ def test_contrastive_batch_is_gathered_over_processes(setup, tmp_path):
     # DDP averages the per-process gradients (each 1/2 of the full one, as officially);
     # Adam's first steps hardly depend on that scale
     assert a[1]["loss"] == pytest.approx(b[1]["loss"], rel=1e-3)
+
+
+def test_resume_refuses_other_clip_options(setup, tmp_path):
+    init, pairs, _ = setup
+    config = loop_config(tmp_path / "run", max_steps=2, checkpoint_every=1)
+    train_clip(pairs, init, "mpt", config)
+    with pytest.raises(ValueError, match="other CLIP options"):
+        train_clip(pairs, init, "mpt", config, ClipOptions(loss="vocabulary-ce"))

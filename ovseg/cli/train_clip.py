@@ -88,6 +88,20 @@ def resolve_recipe(args):
     return get_recipe(default_recipe(args.mode, patch))
 
 
+def recipe_groups(recipe, init: str) -> dict:
+    """{group: {"weight_decay", "names"}} of the recipe's optimizer groups for ``init``."""
+    from ovseg.checkpoints import load_checkpoint
+    from ovseg.train.clip_adaptation import prepare_for_mode
+    from ovseg.train.clip_recipes import official_param_groups
+
+    model = load_checkpoint(init)
+    learned = recipe.logit_scale == "learned"
+    prepare_for_mode(model, recipe.mode, recipe.prompt_depth or None, train_logit_scale=learned)
+    clip = model.clip_adapter.clip_model
+    groups = official_param_groups(clip, recipe.weight_decay, recipe.mask_weight_decay)
+    return {g["group"]: {"weight_decay": g["weight_decay"], "names": g["names"]} for g in groups}
+
+
 def run(args) -> int:
     from dataclasses import replace
 
@@ -95,7 +109,10 @@ def run(args) -> int:
 
     recipe = resolve_recipe(args)
     if args.print_recipe:
-        print(json.dumps(recipe.describe(), indent=1))
+        shown = recipe.describe()
+        if args.init:  # the groups of this model, name by name
+            shown["param_groups"] = recipe_groups(recipe, args.init)
+        print(json.dumps(shown, indent=1))
         return 0
     missing = [f"--{n}" for n in ("pairs", "init", "out") if not getattr(args, n)]
     if missing:

@@ -278,6 +278,7 @@ def train_clip(
 
     from ovseg.checkpoints import load_checkpoint, read_metadata
     from ovseg.train import distributed
+    from ovseg.train.checkpointing import latest_checkpoint
     from ovseg.train.pairs import PairDataset, collate_pairs
     from ovseg.train.trainer import Trainer, TrainTask
 
@@ -291,6 +292,14 @@ def train_clip(
             f"{init} has clip_adaptation={meta.get('clip_adaptation')!r}"
         )
     learned = options.logit_scale == "learned"
+    previous = latest_checkpoint(config.out_dir)
+    if previous is not None:  # the loop checks its own settings; these are ours
+        saved = read_metadata(previous / "model.safetensors").get("clip_options")
+        if saved is not None and saved != repr(options):
+            raise ValueError(
+                f"{config.out_dir} holds a run with other CLIP options; resume it with the "
+                f"same ones or use a new --out. Saved: {saved}; now: {options!r}"
+            )
     info = distributed.setup(config.device)
     try:
         model = load_checkpoint(init)
