@@ -11,6 +11,25 @@ RECIPE_NAMES = ("mpt-vitL14", "mpt-vitB16", "ft-vitL14", "ft-vitB16",
                 "mpt+ft-vitL14", "mpt+ft-vitB16")  # fmt: skip
 
 
+# (flag, choices, default, help): the official value first; None means the recipe's
+VARIANTS = (
+    ("--loss", ["contrastive", "vocabulary-ce"], None,
+     "vocabulary-ce: cross-entropy over every noun of the pairs folder instead of the "
+     "official in-batch contrastive loss"),
+    ("--logit-scale", ["learned", "fixed-100"], None,
+     "fixed-100: a constant 100 (as inference) instead of CLIP's learned, clamped logit scale"),
+    ("--text", ["raw", "vild-templates"], None,
+     "vild-templates: the 14 ViLD templates instead of the raw noun"),
+    ("--augment", ["official", "none"], "official",
+     "none: the stored crops, no random resized crop"),
+    ("--mask-rule", ["official", "nearest"], None,
+     "nearest: resample the stored mask with nearest neighbour instead of the official "
+     "'pixels that differ from the fill' rule"),
+    ("--decay", ["official", "uniform"], None,
+     "uniform: weight decay on every tensor, not only matrices"),
+)  # fmt: skip
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train-clip",
@@ -35,31 +54,12 @@ def register(subparsers) -> None:
     parser.add_argument("--prompt-depth", type=int, default=None,
                         help="deep prompt depth for MPT (default: the recipe's, 3)")  # fmt: skip
     v = parser.add_argument_group("departures from the official recipe (our variants)")
-    v.add_argument("--loss", choices=["contrastive", "vocabulary-ce"], default=None,
-                   help="vocabulary-ce: cross-entropy over every noun of the pairs folder "
-                   "instead of the official in-batch contrastive loss")  # fmt: skip
-    v.add_argument("--logit-scale", choices=["learned", "fixed-100"], default=None,
-                   help="fixed-100: a constant 100 (as inference) instead of CLIP's "
-                   "learned, clamped logit scale")  # fmt: skip
-    v.add_argument(
-        "--text",
-        choices=["raw", "vild-templates"],
-        default=None,
-        help="vild-templates: the 14 ViLD templates instead of the raw noun",
-    )
-    v.add_argument("--augment", choices=["official", "none"], default="official",
-                   help="none: the stored crops, no random resized crop")  # fmt: skip
-    v.add_argument("--mask-rule", choices=["official", "nearest"], default=None,
-                   help="nearest: resample the stored mask with nearest neighbour instead of "
-                   "the official 'pixels that differ from the fill' rule")  # fmt: skip
-    v.add_argument(
-        "--decay",
-        choices=["official", "uniform"],
-        default=None,
-        help="uniform: weight decay on every tensor, not only matrices",
-    )
-    v.add_argument("--adam-betas", type=float, nargs=2, default=None)
-    v.add_argument("--adam-eps", type=float, default=None)
+    for flag, choices, default, text in VARIANTS:
+        v.add_argument(flag, choices=choices, default=default, help=text)
+    v.add_argument("--adam-betas", type=float, nargs=2, default=None, metavar=("B1", "B2"),
+                   help="AdamW betas (recipe: 0.9 0.98; torch's default: 0.9 0.999)")  # fmt: skip
+    v.add_argument("--adam-eps", type=float, default=None,
+                   help="AdamW eps (recipe: 1e-6; torch's default: 1e-8)")  # fmt: skip
     none = {"batch_size": None, "epochs": None, "schedule": None, "warmup_steps": None}
     add_training_args(parser, none)  # None: the recipe's value
     for action in parser._actions:
