@@ -173,3 +173,12 @@ def test_resume_refuses_other_clip_options(setup, tmp_path):
     train_clip(pairs, init, "mpt", config)
     with pytest.raises(ValueError, match="other CLIP options"):
         train_clip(pairs, init, "mpt", config, ClipOptions(loss="vocabulary-ce"))
+
+
+def test_a_run_shorter_than_the_warmup_warms_up_over_all_its_steps(setup, tmp_path, capsys):
+    import json
+
+    init, pairs, _ = setup
+    train_clip(pairs, init, "mpt", loop_config(tmp_path / "run", max_steps=2, warmup_steps=100))
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["warmup_steps"] == 2
+    assert "warming up over 2 steps" in capsys.readouterr().err

@@ -257,6 +257,28 @@ class ClipAdaptationModule(nn.Module):
         return loss, {"accuracy": accuracy.detach(), "logit_scale": scale.detach().float()}
 
 
+def fit_warmup(config, dataset, info):
+    """``config`` with the warmup shortened to the run's length when it is longer (the
+    recipes' 100 warmup steps exceed short runs); a note says so."""
+    import math
+    import sys
+    from dataclasses import replace as replace_config
+
+    from ovseg.train.distributed import ResumableDistributedSampler
+
+    per_epoch = ResumableDistributedSampler(dataset, info).num_samples // config.batch_size
+    per_epoch //= config.accum_steps
+    if per_epoch < 1 or not config.warmup_steps:
+        return config  # the loop reports a too-small dataset itself
+    total = config.max_steps or max(1, math.ceil(config.epochs * per_epoch))
+    if config.warmup_steps <= total:
+        return config
+    if info.is_main:
+        print(f"note: warmup_steps {config.warmup_steps} > the run's {total} steps; warming "
+              f"up over {total} steps", file=sys.stderr)  # fmt: skip
+    return replace_config(config, warmup_steps=total)
+
+
 def train_clip(
     pairs: str,
     init: str,
@@ -350,6 +372,7 @@ def train_clip(
             with torch.no_grad():  # official: after every optimizer step
                 clip.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
 
+        config = fit_warmup(config, dataset, info)
         task = TrainTask(
             model=model,
             module=module,
