@@ -6,6 +6,16 @@ relative to the folder), and webdataset-style tar shards with
 ``<key>.crop.png`` (the masked crop at the CLIP input size, 0-255 RGB), ``<key>.mask.png``
 (its region mask, 0 / 255) and ``<key>.json``. Members are read by offset, so the dataset is
 random-access and works with any number of DataLoader workers.
+
+``CropAugment`` is the official training augmentation (open_clip_training
+``src/open_clip/transform.py``, ``image_transform(is_train=True, with_mask=...)``):
+``RandomResizedCrop(224, scale=(0.9, 1.0), ratio=(3/4, 4/3), BICUBIC)`` on the masked crop,
+after which ``Maskget`` takes the region mask to be the pixels that differ from the fill
+colour (124, 116, 103). The mask is therefore not resampled on its own: it is the set of
+output pixels that the bicubic kernel drew from the region, i.e. the region slightly grown
+at its border. ``mask_rule="official"`` reproduces that from our stored mask (it composites
+the crop over the official fill, resamples, and compares with the fill);
+``mask_rule="nearest"`` is our variant, the stored mask resampled with nearest neighbour.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +32,65 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ovseg.modeling.clip_branch import CLIP_MEAN, CLIP_STD
+
+OFFICIAL_MASK_FILL = (124, 116, 103)  # transform.py Maskget(mean=(124, 116, 103))
+MASK_RULES = ("official", "nearest")
+
+
+@dataclass(frozen=True)
+class CropAugment:
+    """Random resized crop of a masked crop and its region mask (see the module docstring).
+
+    Args:
+        scale: range of the crop's area fraction.
+        ratio: range of its aspect ratio (sampled log-uniformly).
+        mask_rule: "official" (region = pixels differing from the fill after the bicubic
+            crop) or "nearest" (the stored mask resampled with nearest neighbour).
+    """
+
+    scale: tuple[float, float] = (0.9, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    mask_rule: str = "official"
+
+    def __post_init__(self):
+        if self.mask_rule not in MASK_RULES:
+            raise ValueError(f"mask_rule must be one of {MASK_RULES}, got {self.mask_rule!r}")
+        if not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ValueError(f"crop scale must satisfy 0 < min <= max <= 1, got {self.scale}")
+
+    def box(self, height: int, width: int, seed: int) -> tuple[int, int, int, int]:
+        """(top, left, h, w): torchvision's ``RandomResizedCrop.get_params`` drawn from
+        ``seed`` (the global RNG is left as it was)."""
+        from torchvision.transforms import RandomResizedCrop
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            probe = torch.empty(1, height, width)
+            return tuple(RandomResizedCrop.get_params(probe, list(self.scale), list(self.ratio)))
+
+    def apply(self, crop: np.ndarray, mask: np.ndarray, box, size: int):
+        """Crop ``box`` of (H, W, 3) uint8 ``crop`` and (H, W) bool ``mask``, resized to
+        ``size``: returns ((size, size, 3) uint8, (size, size) bool)."""
+        import torchvision.transforms.functional as TF
+        from torchvision.transforms import InterpolationMode
+
+        top, left, h, w = box
+
+        def resample(array, mode):
+            return np.array(TF.resized_crop(Image.fromarray(array), top, left, h, w,
+                                            [size, size], mode))  # fmt: skip
+
+        image = resample(crop, InterpolationMode.BICUBIC)
+        if self.mask_rule == "nearest":
+            region = resample(mask.astype(np.uint8) * 255, InterpolationMode.NEAREST) > 0
+            return image, region
+        fill = np.array(OFFICIAL_MASK_FILL, np.uint8)
+        composite = np.where(mask[..., None], crop, fill)
+        if not np.array_equal(composite, crop):
+            composite = resample(composite, InterpolationMode.BICUBIC)
+        else:
+            composite = image
+        return image, (composite != fill).any(-1)
 
 
 def read_pairs(folder: str | Path) -> list[dict]:
@@ -52,13 +122,24 @@ class PairDataset(Dataset):
         folder: the mining output folder.
         vocabulary: the nouns, in class-index order; None takes the sorted unique nouns.
         image_size: CLIP input size S; crops of another size are an error.
+        augment: a ``CropAugment`` (official training), or None (the stored crops as they are).
+        seed: the augmentation of item i in epoch e is drawn from (seed, e, i), so it does
+            not depend on DataLoader workers and a resumed run sees the same crops.
 
     Items are ``{"crop": (3, S, S) float CLIP-normalised, "mask": (1, S, S) float {0, 1},
     "label": int64 noun index}``.
     """
 
-    def __init__(self, folder: str | Path, vocabulary: list[str] | None = None, image_size=224):
+    def __init__(
+        self,
+        folder: str | Path,
+        vocabulary: list[str] | None = None,
+        image_size: int = 224,
+        augment: CropAugment | None = None,
+        seed: int = 0,
+    ):
         self.folder = Path(folder)
+        self.augment, self.seed, self.epoch = augment, seed, 0
         self.records = read_pairs(self.folder)
         self.vocabulary = vocabulary or sorted({r["noun"] for r in self.records})
         index = {n: i for i, n in enumerate(self.vocabulary)}
@@ -74,6 +155,12 @@ class PairDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def item_seed(self, i: int) -> int:
+        return int(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0])
 
     def _member_table(self, shard: str) -> dict[str, tuple[int, int]]:
         if shard not in self._members:
@@ -108,6 +195,9 @@ class PairDataset(Dataset):
             raise ValueError(
                 f"pair {key} in {shard}: crop {crop.shape[:2]}, mask {mask.shape}; expected {s}x{s}"
             )
+        if self.augment is not None:
+            box = self.augment.box(s, s, self.item_seed(i))
+            crop, mask = self.augment.apply(crop, mask > 0, box, s)
         crop_t = (torch.from_numpy(crop).permute(2, 0, 1).float() - self.mean) / self.std
         return {
             "crop": crop_t,
