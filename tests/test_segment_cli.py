@@ -285,6 +285,8 @@ def test_segment_tta_options_reach_the_predictor(tmp_path):
         "--tta-sizes",
         "64",
         "--no-tta-flip",
+        "--mode",
+        "eval",  # the official TTA is an evaluation feature
     ]
     assert main(argv) == 0
     _check_outputs(out, image, ["a"])
