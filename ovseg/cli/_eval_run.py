@@ -168,6 +168,9 @@ def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
         "proposal_options": options,  # e.g. another SAM checkpoint must not reuse the cache
         "oracle": args.oracle,
     }
+    dtype = getattr(args, "dtype", "fp32")
+    if dtype != "fp32":  # fp32 keys stay as they were, so existing caches still hit
+        key["dtype"] = dtype
 
     def image(index: int) -> np.ndarray:
         return read_image(dataset[index].image)
@@ -190,7 +193,8 @@ def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
 
     import ovseg
 
-    predictor = ovseg.Predictor(model, proposal_generator=generator)
+    inference = ovseg.InferenceOptions(dtype=dtype)
+    predictor = ovseg.Predictor(model, proposal_generator=generator, options=inference)
     if args.sweep:
         settings = [
             (f"lambda={lam:g},thr={thr:g}", {"ensemble_weight": lam, "mask_threshold": thr})

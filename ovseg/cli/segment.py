@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 from ovseg.cli._common import add_model_args, load_model_from_args
@@ -38,6 +39,12 @@ def register(subparsers) -> None:
     parser.add_argument("--mask-threshold", type=float, help="binarisation threshold of masks")
     parser.add_argument("--clip-only", action="store_true", help="classify with CLIP alone")
     add_inference_args(parser)
+    parser.add_argument(
+        "--timings",
+        metavar="JSON",
+        help="write start-up and per-image stage times here, including where the text "
+        "features came from (computed / disk cache / memory)",
+    )
     add_model_args(parser)
     add_proposal_args(parser)
     parser.set_defaults(func=run)
@@ -100,6 +107,8 @@ def make_predictor(args):
     options = InferenceOptions(
         dtype=getattr(args, "dtype", "fp32"), top_k=getattr(args, "top_k", None)
     )
+    if options.dtype == "int8" and model.device.type != "cpu":
+        raise ValueError(f"--dtype int8 runs on CPU only, not {model.device}; use bf16")
     generator = proposal_generator_from_args(args, model)
     return Predictor(model, proposal_generator=generator, options=options)
 
@@ -108,10 +117,11 @@ def add_inference_args(parser) -> None:
     """Opt-in speed knobs (they change outputs slightly): bf16 weights, top-k proposals."""
     parser.add_argument(
         "--dtype",
-        choices=["fp32", "bf16"],
+        choices=["fp32", "bf16", "int8"],
         default="fp32",
-        help="bf16 runs backbone and CLIP image tower on bf16 weights (fast on CPUs with "
-        "AVX512-BF16/AMX); fp32 (default) is the official computation",
+        help="bf16 runs backbone and CLIP image tower on bf16 weights (fast only on CPUs "
+        "with AVX512-BF16/AMX, and GPUs); int8 quantises the CLIP towers' linear layers "
+        "(CPU); fp32 (default) is the official computation",
     )
     parser.add_argument(
         "--top-k",
@@ -144,7 +154,10 @@ def run(args) -> int:
     if not todo:
         print(f"all {len(jobs)} image(s) already done in {out} (use --force to redo)")
         return 0
+    timings = {"start_to_model_s": None, "images": []}
+    start = time.perf_counter()
     predictor = make_predictor(args)
+    timings["start_to_model_s"] = time.perf_counter() - start
     options = {
         key: value
         for key, value in (
@@ -173,8 +186,26 @@ def run(args) -> int:
                 failed.append(f"{image_path}: {error}")
                 tqdm.write(f"ovseg segment: skipping {image_path}: {error}", file=sys.stderr)
                 continue
+            t0 = time.perf_counter()
             predictor.set_image(image)
+            t1 = time.perf_counter()
             seg = predictor.predict(class_names, **options)
+            text = dict(predictor.model.clip_adapter.last_text_stats)
+            if i == 0 or text.get("source") != "memory":
+                tqdm.write(
+                    f"ovseg segment: text features for {text['classes']} classes x "
+                    f"{text['templates']} templates ({text['precision']}): {text['source']} "
+                    f"in {text['seconds']:.3f} s",
+                    file=sys.stderr,
+                )
+            timings["images"].append(
+                {
+                    "image": str(image_path),
+                    "set_image_s": t1 - t0,
+                    "predict_s": time.perf_counter() - t1,
+                    "text": text,
+                }
+            )
             extra = {"source": str(image_path)}
             writes.append(
                 writer.submit(seg.save, folder, stem, image=image, alpha=args.alpha, extra=extra)
@@ -183,6 +214,10 @@ def run(args) -> int:
                 writes.popleft().result()
         for write in writes:
             write.result()
+    if args.timings:
+        from ovseg.fileio import write_atomic
+
+        write_atomic(Path(args.timings), json.dumps(timings, indent=1).encode())
     done = len(todo) - len(failed)
     print(f"{done} segmented, {skipped} already done, {len(failed)} failed -> {out}")
     return 1 if failed else 0
