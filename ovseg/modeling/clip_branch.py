@@ -214,6 +214,7 @@ class MaskAdaptedCLIP(nn.Module):
         device = self.non_object_embedding.device
         precision = self.text_precision
         fingerprint = self.weights_fingerprint()
+        digest_s = time.perf_counter() - start
         names, templates = tuple(class_names), tuple(templates)
         key = (fingerprint, names, templates, precision, str(device))
         folder = self.text_cache_dir
@@ -236,6 +237,7 @@ class MaskAdaptedCLIP(nn.Module):
         self.last_text_stats = {
             "source": source,
             "seconds": time.perf_counter() - start,
+            "weights_digest_s": digest_s,  # once per process and weights (sha256)
             "classes": len(names),
             "templates": len(templates),
             "precision": precision,
