@@ -189,7 +189,11 @@ class MaskAdaptedCLIP(nn.Module):
         params = {
             n: p for n, p in self.named_parameters() if not n.startswith("clip_model.visual.")
         }
-        state = tuple((p.data_ptr(), p._version, p.dtype) for p in params.values())
+        # inference tensors (made under torch.inference_mode) track no version: keyed by
+        # storage and dtype only
+        state = tuple(
+            (p.data_ptr(), -1 if p.is_inference() else p._version, p.dtype) for p in params.values()
+        )
         if self._fingerprint is None or self._fingerprint[0] != state:
             self._fingerprint = (state, tensor_digest(params))
         return self._fingerprint[1]
