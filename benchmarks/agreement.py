@@ -1,8 +1,9 @@
-"""Argmax agreement of bf16 with fp32, and of top-k with all proposals, on real photos.
+"""Argmax agreement of bf16 or int8 with fp32, and of top-k with all proposals, on real photos.
 
     PYTHONPATH=. python benchmarks/agreement.py --model ovseg-R101c-vitB16 --photos 3 \\
-        --json agreement.json [--top-k 30]
+        --json agreement.json [--dtype bf16|int8] [--top-k 30]
 
+Each precision uses its own text features (the text tower runs in the chosen precision).
 Same setting as ``latency.py`` (random weights, seed 0; 100 random-ellipse masks through
 the proposal interface unless ``--masks model``; the 150 ADE20K class names), on the first
 ``--photos`` photos of ../shared/data (ADE20K validation samples, then COCO). Agreement is the
@@ -36,19 +37,30 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, choices=list(ovseg.build.MODELS))
     parser.add_argument("--photos", type=int, default=3)
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "int8"])
     parser.add_argument("--top-k", type=int, default=30)
     parser.add_argument("--masks", default="boxes", choices=["boxes", "model"])
     parser.add_argument("--json", required=True)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument(
+        "--no-text-cache",
+        dest="text_cache",
+        action="store_false",
+        help="do not read or write the on-disk text-feature cache",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     fp32 = ovseg.build_ovseg(ovseg.build.MODELS[args.model]()).eval()
-    bf16 = prepare_model(copy.deepcopy(fp32), InferenceOptions(dtype="bf16"))
+    low = prepare_model(
+        copy.deepcopy(fp32), InferenceOptions(dtype=args.dtype, text_cache=args.text_cache)
+    )
+    prepare_model(fp32, InferenceOptions(text_cache=args.text_cache))
     names = ade150_names()
     with torch.inference_mode():
         text = fp32.encode_text(names)
+        text_low = low.encode_text(names)
     rows = []
     for index in range(args.photos):
         photo = load_photo(index)
@@ -63,19 +75,27 @@ def main(argv=None) -> int:
         with torch.inference_mode():
             opts = InferenceOptions()
             full32, _ = run_pipeline(fp32, image, names, text, opts, masks, size)
-            full16, _ = run_pipeline(bf16, image, names, text, opts, masks, size)
-            top16, _ = run_pipeline(bf16, image, names, text, opts, masks, size, args.top_k)
-            top32, _ = run_pipeline(fp32, image, names, text, opts, masks, size, args.top_k)
+            full16, _ = run_pipeline(low, image, names, text_low, opts, masks, size)
+            if args.top_k:
+                top16, _ = run_pipeline(low, image, names, text_low, opts, masks, size, args.top_k)
+                top32, _ = run_pipeline(fp32, image, names, text, opts, masks, size, args.top_k)
         row = {
             "photo": index,
             "size": list(size),
-            "bf16_vs_fp32": float((full16 == full32).float().mean()),
-            f"top{args.top_k}_vs_all_fp32": float((top32 == full32).float().mean()),
-            f"top{args.top_k}_vs_all_bf16": float((top16 == full16).float().mean()),
+            f"{args.dtype}_vs_fp32": float((full16 == full32).float().mean()),
         }
+        if args.top_k:
+            row[f"top{args.top_k}_vs_all_fp32"] = float((top32 == full32).float().mean())
+            row[f"top{args.top_k}_vs_all_{args.dtype}"] = float((top16 == full16).float().mean())
         print(json.dumps(row), flush=True)
         rows.append(row)
-    result = {"model": args.model, "masks": args.masks, "top_k": args.top_k, "photos": rows}
+    result = {
+        "model": args.model,
+        "dtype": args.dtype,
+        "masks": args.masks,
+        "top_k": args.top_k,
+        "photos": rows,
+    }
     for key in rows[0]:
         if key not in ("photo", "size"):
             result[f"mean_{key}"] = float(np.mean([r[key] for r in rows]))

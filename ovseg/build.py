@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -203,11 +205,49 @@ def build_clip_only(clip_weights: str | Path, config: OVSegConfig | None = None)
     return model.eval()
 
 
-def build_ovseg(config: OVSegConfig) -> OVSeg:
+INIT_FUNCTIONS = (
+    "uniform_",
+    "normal_",
+    "trunc_normal_",
+    "constant_",
+    "zeros_",
+    "ones_",
+    "xavier_uniform_",
+    "xavier_normal_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "orthogonal_",
+)
+
+
+@contextlib.contextmanager
+def skip_init() -> Iterator[None]:
+    """Inside, ``torch.nn.init`` functions leave tensors as allocated (uninitialised).
+
+    For models whose every parameter and persistent buffer is loaded right after (random
+    init of a full-size model costs several times the load). Buffers computed without
+    ``torch.nn.init`` (e.g. attention masks) are made as usual. Not thread-safe.
+    """
+    saved = {name: getattr(torch.nn.init, name) for name in INIT_FUNCTIONS}
+    try:
+        for name in INIT_FUNCTIONS:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
+
+
+def build_ovseg(config: OVSegConfig, init: bool = True) -> OVSeg:
     """Construct an ``OVSeg`` (random weights) from a config: the one config -> modules step.
 
     ``config.backbone`` None builds a CLIP-branch-only model (no backbone, no MaskFormer head).
+    ``init=False``: parameters are left uninitialised (``skip_init``), for a caller that
+    loads every weight next (``ovseg.checkpoints``).
     """
+    if not init:
+        with skip_init():
+            return build_ovseg(config)
     if config.backbone is None:
         clip = MaskAdaptedCLIP(config.clip, config.prompt_depth)
         return OVSeg(None, None, clip, config).eval()
@@ -241,7 +281,9 @@ def build_ovseg(config: OVSegConfig) -> OVSeg:
     return OVSeg(backbone, head, clip, config).eval()
 
 
-def build_model(name: str | Path, checkpoint: str | Path | None = None) -> OVSeg:
+def build_model(
+    name: str | Path, checkpoint: str | Path | None = None, cache_converted: bool = False
+) -> OVSeg:
     """Build the named variant in eval mode.
 
     Args:
@@ -250,6 +292,8 @@ def build_model(name: str | Path, checkpoint: str | Path | None = None) -> OVSeg
         checkpoint: weights for a named variant: our ``.safetensors`` format or an official
             ``.pth``/``.pt``. None: the cached released weights (``ovseg download NAME``);
             ``ovseg-test-tiny`` alone falls back to seeded random weights, with a warning.
+        cache_converted: keep a safetensors copy of an official ``.pth`` in the cache folder
+            and read that on later calls (``checkpoints.read_state_dict(cache=True)``).
     """
     from ovseg import checkpoints, hub
     from ovseg.pretrained import is_pretrained_folder, parse_hf_ref
@@ -290,8 +334,9 @@ def build_model(name: str | Path, checkpoint: str | Path | None = None) -> OVSeg
     path = Path(checkpoint)
     if path.suffix == ".safetensors":
         return checkpoints.load_checkpoint(path)
-    model = build_ovseg(MODELS[name]())
-    checkpoints.load_official_state_dict(model, checkpoints.read_state_dict(path), source=path)
+    sd = checkpoints.read_state_dict(path, cache=cache_converted)
+    model = build_ovseg(MODELS[name](), init=False)
+    checkpoints.load_official_state_dict(model, sd, source=path, assign=True)
     model.provenance = dict(RELEASED_PROVENANCE.get(path.name, {}))
     model.provenance.setdefault("provenance", f"official-format checkpoint {path.name}")
     return model

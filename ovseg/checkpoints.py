@@ -7,6 +7,7 @@ our own format is safetensors with the model config as JSON in the file's metada
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -23,11 +24,20 @@ CLIP_PREFIX = "clip_adapter.clip_model."
 TRAINING_ONLY = {"criterion.empty_weight"}
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read tensors from ``.safetensors`` or a ``.pth``/``.pt`` (bare or ``{"model": ...}``)."""
+def read_state_dict(path: str | Path, cache: bool = False) -> dict[str, torch.Tensor]:
+    """Read tensors from ``.safetensors`` or a ``.pth``/``.pt`` (bare or ``{"model": ...}``).
+
+    ``cache=True`` (``.pth``/``.pt``): the first read also writes a safetensors copy to
+    ``ovseg_home()/converted``, which later reads memory-map instead of unpickling the file
+    (several times faster). The copy is valid for the source file's resolved path, size and
+    modification time (recorded in its metadata and checked; a content hash would cost as
+    much as reading the file); a damaged copy is ignored and rewritten.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if cache and path.suffix != ".safetensors":
+        return _read_through_converted_copy(path)
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
@@ -44,6 +54,49 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path}: expected a state dict of tensors (bare or under 'model')")
     return obj
+
+
+def converted_copy_path(path: str | Path) -> tuple[Path, dict[str, str]]:
+    """Where ``read_state_dict(path, cache=True)`` keeps the safetensors copy of ``path``,
+    and the metadata that ties it to the source file (path, size, mtime)."""
+    import hashlib
+
+    from ovseg.hub import ovseg_home
+
+    path = Path(path).resolve()
+    stat = path.stat()
+    source = {
+        "source": str(path),
+        "source_size": str(stat.st_size),
+        "source_mtime_ns": str(stat.st_mtime_ns),
+    }
+    digest = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:24]
+    return ovseg_home() / "converted" / f"{path.stem}-{digest}.safetensors", source
+
+
+def _read_through_converted_copy(path: Path) -> dict[str, torch.Tensor]:
+    copy, source = converted_copy_path(path)
+    if copy.is_file():
+        try:
+            with safe_open(str(copy), framework="pt") as f:
+                fresh = f.metadata() == {**source, "format": "converted"}
+            if fresh:
+                return load_file(str(copy))
+        except (SafetensorError, OSError, ValueError):
+            pass  # damaged: read the source and write the copy again
+    sd = read_state_dict(path)
+    seen: set[int] = set()
+    tensors = {}
+    for key, value in sd.items():  # safetensors stores no shared storage: copy shared ones
+        ptr = value.untyped_storage().data_ptr()
+        tensors[key] = value.clone().contiguous() if ptr in seen else value.contiguous()
+        seen.add(ptr)
+    try:
+        with atomic_path(copy) as tmp:
+            save_file(tensors, str(tmp), metadata={**source, "format": "converted"})
+    except (OSError, SafetensorError, ValueError) as error:
+        warnings.warn(f"could not keep a safetensors copy of {path}: {error}", stacklevel=3)
+    return sd
 
 
 def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None:
@@ -75,8 +128,14 @@ def split_training_only(sd: dict[str, torch.Tensor]) -> tuple[dict, dict]:
     return {k: v for k, v in sd.items() if k not in TRAINING_ONLY}, extra
 
 
-def load_official_state_dict(model, sd: dict[str, torch.Tensor], source="checkpoint") -> dict:
-    """Load an official state dict exactly; returns the training-only buffers set aside."""
+def load_official_state_dict(
+    model, sd: dict[str, torch.Tensor], source="checkpoint", assign: bool = False
+) -> dict:
+    """Load an official state dict exactly; returns the training-only buffers set aside.
+
+    ``assign=True``: the model takes the state dict's tensors as its own (no copy; tensors
+    of another dtype are converted first) - for a freshly built model (``init=False``).
+    """
     weights, extra = split_training_only(sd)
     weight = extra.get("criterion.empty_weight")
     if weight is not None and weight.dim() != 1:
@@ -85,11 +144,18 @@ def load_official_state_dict(model, sd: dict[str, torch.Tensor], source="checkpo
         check_state_dict(model, weights)
     except ValueError as error:
         raise ValueError(f"{source}: {error}") from None
-    model.load_state_dict(weights, strict=True)
+    _load(model, weights, assign)
     return extra
 
 
-def load_official(config: str | Path, weights: str | Path):
+def _load(model, sd: dict[str, torch.Tensor], assign: bool) -> None:
+    if assign:
+        own = model.state_dict()
+        sd = {k: v.to(own[k].dtype) if v.dtype != own[k].dtype else v for k, v in sd.items()}
+    model.load_state_dict(sd, strict=True, assign=assign)
+
+
+def load_official(config: str | Path, weights: str | Path, cache_converted: bool = False):
     """Build and load an official OVSeg model from its detectron2 YAML and checkpoint.
 
     The CLIP architecture is inferred from the checkpoint's shapes. Keys or shapes that do
@@ -98,7 +164,7 @@ def load_official(config: str | Path, weights: str | Path):
     from ovseg.build import build_ovseg
 
     cfg = read_official_yaml(config)
-    sd = read_state_dict(weights)
+    sd = read_state_dict(weights, cache=cache_converted)
     arch = ClipArch.from_state_dict(sd, CLIP_PREFIX)
     ovseg_cfg = config_from_official(cfg, arch)
     ovseg_cfg.prompt_depth = (
@@ -112,8 +178,8 @@ def load_official(config: str | Path, weights: str | Path):
             f"{config}: MODEL.SEM_SEG_HEAD.EMBEDDING_DIM={head_dim} but the checkpoint's CLIP "
             f"embeds to {arch.embed_dim}"
         )
-    model = build_ovseg(ovseg_cfg)
-    load_official_state_dict(model, sd, source=weights)
+    model = build_ovseg(ovseg_cfg, init=False)
+    load_official_state_dict(model, sd, source=weights, assign=True)
     return model.eval()
 
 
@@ -159,13 +225,13 @@ def load_checkpoint(path: str | Path, config: dict | None = None):
             "official .pth files use ovseg.load_official(config, weights)"
         )
     config = json.loads(meta["config"]) if config is None else config
-    model = build_ovseg(OVSegConfig.from_dict(config))
+    model = build_ovseg(OVSegConfig.from_dict(config), init=False)
     sd = read_state_dict(path)
     try:
         check_state_dict(model, sd)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
-    model.load_state_dict(sd, strict=True)
+    _load(model, sd, assign=True)
     model.provenance = json.loads(meta["provenance"]) if "provenance" in meta else {}
     return model.eval()
 

@@ -13,5 +13,5 @@ def tensor_digest(named: dict[str, torch.Tensor]) -> str:
     for name in sorted(named):
         t = named[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")  # no copy
     return h.hexdigest()

@@ -5,22 +5,35 @@ binary masks are skipped (identical masks are encoded once), all crops go throug
 one call, crops are made for all masks at once with tensor ops on CUDA (on a CPU the official
 per-mask loop is faster), everything runs under ``torch.inference_mode``. These change
 nothing but float rounding. ``fast=False`` selects the reference path: the official per-mask crop loop and
-CLIP on every non-empty crop. Opt-in knobs that do change outputs: ``dtype="bf16"`` and
-``top_k``.
+CLIP on every non-empty crop. Opt-in knobs that do change outputs: ``dtype="bf16"``,
+``dtype="int8"`` and ``top_k``.
+
+int8 (``quantize_int8``): PyTorch's dynamic quantisation (``torch.ao.quantization``,
+x86/fbgemm engine): every ``nn.Linear`` of the CLIP towers gets int8 weights (per output
+channel) and int8 activations quantised per call. open_clip's attention is an
+``nn.MultiheadAttention`` whose input projection is a raw parameter that dynamic quantisation
+skips (and whose output projection is marked non-quantisable), so each one is first replaced
+by ``SelfAttention``, the same computation with both projections as ``nn.Linear``. That
+covers ~97% of the CLIP tower's FLOPs (the patch-embedding convolution, the attention
+products and the final projection stay fp32).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ovseg.tta import Augmentation
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# the float dtype of the image side's weights per option; int8 quantises the CLIP towers'
+# linear layers and keeps every other weight fp32
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}
 
 
 @dataclass
@@ -29,9 +42,13 @@ class InferenceOptions:
 
     Attributes:
         fast: duplicate-mask skipping, batched crops on CUDA (False: the reference path).
-        dtype: "fp32" (official) or "bf16": the backbone, pixel decoder and CLIP image tower
-            get bf16 weights (autocast alone leaves most of the time in fp32 on CPU); the
-            transformer decoder, text tower, classification and fusion stay fp32.
+        dtype: "fp32" (official), "bf16" or "int8". bf16: the backbone, pixel decoder and
+            CLIP image tower get bf16 weights (autocast alone leaves most of the time in
+            fp32 on CPU) and the text tower runs under bf16 autocast. int8: the linear
+            layers of the CLIP image and text towers are quantised (``quantize_int8``;
+            CPU only), the rest stays fp32. The transformer decoder, classification and
+            fusion stay fp32 in all cases. Only CPUs with native bf16 (AVX512-BF16 or AMX)
+            run bf16 fast; elsewhere it is far slower than fp32 (``native_bf16``).
         channels_last: convolutional parts in channels_last memory format.
         compile: ``torch.compile`` the backbone and the CLIP image tower (first call slow).
         top_k: keep only the k proposals with the highest proposal score (max class
@@ -46,6 +63,9 @@ class InferenceOptions:
             config, which the official code applies only together with TTA.
         sliding_tile_size, sliding_overlap: tile side (<= 0: by the view's short side) and
             overlap; None: the config's (224 and 2/3).
+        text_cache: keep class text features on disk under ``ovseg_home()/text-features``
+            (keyed by text-tower weights, templates, precision and names), so a vocabulary
+            seen before skips the text tower, also in a new process; False: memory only.
     """
 
     fast: bool = True
@@ -60,12 +80,15 @@ class InferenceOptions:
     sliding_window: bool | None = None
     sliding_tile_size: int | None = None
     sliding_overlap: float | None = None
+    text_cache: bool = True
 
     def __post_init__(self) -> None:
         if self.tta_min_sizes is not None:
             self.tta_min_sizes = tuple(int(s) for s in self.tta_min_sizes)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.dtype == "int8" and self.compile:
+            raise ValueError("dtype='int8' (dynamic quantisation) does not combine with compile")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be a positive int or None, got {self.top_k}")
         if self.clip_batch_size < 0:
@@ -120,13 +143,112 @@ def prepare_model(model, options: InferenceOptions):
     """Apply ``options`` to ``model`` in place (dtype, memory format) and return it.
 
     The model's other parts are untouched; its methods cast inputs to each module's weight
-    dtype, so a bf16 model keeps working everywhere, with fp32 outputs.
+    dtype, so a bf16 model keeps working everywhere, with fp32 outputs. The text tower's
+    precision is recorded on the CLIP branch (``clip_adapter.text_precision``), which runs it
+    accordingly (bf16 autocast, or an int8 copy of the tower).
     """
+    if options.dtype == "int8" and model.device.type != "cpu":
+        raise ValueError("dtype='int8' runs on CPU only; use bf16 on GPUs")
+    if options.dtype == "bf16" and model.device.type == "cpu" and not native_bf16():
+        warnings.warn(
+            "this CPU has no native bf16 (AVX512-BF16/AMX): bf16 runs far slower than fp32 "
+            "here; use dtype fp32 or int8",
+            stacklevel=2,
+        )
     for module in image_side_modules(model):
         module.to(options.torch_dtype)
         if options.channels_last:
             module.to(memory_format=torch.channels_last)
+    if options.dtype == "int8":
+        quantize_int8(model.clip_adapter.clip_model.visual)
+    clip = model.clip_adapter
+    clip.text_precision = options.dtype
+    if options.text_cache:
+        from ovseg.modeling.text_cache import default_folder
+
+        clip.text_cache_dir = default_folder()
+    else:
+        clip.text_cache_dir = None
     return model.eval()
+
+
+def native_bf16() -> bool:
+    """True when this CPU computes bf16 matmuls natively (AVX512-BF16 or AMX-BF16)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+class SelfAttention(nn.Module):
+    """``nn.MultiheadAttention`` self-attention with its projections as ``nn.Linear``.
+
+    Same computation (scaled dot-product attention over ``heads`` heads, additive or boolean
+    ``attn_mask``), but dynamic quantisation can reach the projections. Self-attention only
+    (query, key and value the same tensor), no dropout, no attention weights returned.
+    """
+
+    def __init__(self, mha: nn.MultiheadAttention):
+        super().__init__()
+        if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.add_zero_attn:
+            raise ValueError("SelfAttention replaces plain self-attention only")
+        d = mha.embed_dim
+        self.num_heads, self.batch_first = mha.num_heads, mha.batch_first
+        bias = mha.in_proj_bias is not None
+        self.in_proj = nn.Linear(d, 3 * d, bias=bias).to(mha.in_proj_weight)
+        self.out_proj = nn.Linear(d, d, bias=mha.out_proj.bias is not None).to(mha.in_proj_weight)
+        with torch.no_grad():
+            self.in_proj.weight.copy_(mha.in_proj_weight)
+            self.out_proj.weight.copy_(mha.out_proj.weight)
+            if bias:
+                self.in_proj.bias.copy_(mha.in_proj_bias)
+            if mha.out_proj.bias is not None:
+                self.out_proj.bias.copy_(mha.out_proj.bias)
+
+    def forward(self, query, key=None, value=None, need_weights=False, attn_mask=None):
+        """(B, L, D) (batch_first, else (L, B, D)) -> ((B, L, D), None), like the module it
+        replaces with ``need_weights=False``."""
+        if (key is not None and key is not query) or (value is not None and value is not query):
+            raise ValueError("SelfAttention takes key = value = query")
+        x = query if self.batch_first else query.transpose(0, 1)
+        b, n, d = x.shape
+        qkv = self.in_proj(x).view(b, n, 3, self.num_heads, d // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = self.out_proj(out.transpose(1, 2).reshape(b, n, d))
+        return (out if self.batch_first else out.transpose(0, 1)), None
+
+
+def quantize_int8(module: nn.Module) -> nn.Module:
+    """Dynamic int8 quantisation of ``module``'s linear layers, in place (CPU inference).
+
+    Replaces each ``nn.MultiheadAttention`` by ``SelfAttention``, then swaps every
+    ``nn.Linear`` for PyTorch's dynamically quantised one (int8 weights per output channel,
+    activations quantised per call on the x86 engine, fbgemm where x86 is missing).
+    """
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    engines = torch.backends.quantized.supported_engines
+    engine = next((e for e in ("x86", "fbgemm", "qnnpack") if e in engines), None)
+    if engine is None:
+        raise RuntimeError(f"no int8 engine in this PyTorch build (engines: {engines})")
+    torch.backends.quantized.engine = engine
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.MultiheadAttention):
+                setattr(parent, name, SelfAttention(child))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        quantize_dynamic(module.float(), {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+    for block in module.modules():
+        mlp = getattr(block, "mlp", None)
+        if mlp is not None and hasattr(mlp, "c_fc"):
+            # open_clip reads the cast dtype from c_fc.weight, a method once quantised
+            mlp.c_fc.int8_original_dtype = torch.float32
+    return module
 
 
 def compiled(fn: Callable, options: InferenceOptions) -> Callable:

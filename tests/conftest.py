@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -52,6 +54,12 @@ def official_tiny():
     image = np.array(Image.open(OFFICIAL_TINY / "input.png").convert("RGB"))
     names = json.loads((OFFICIAL_TINY / "meta.json").read_text())["class_names"]
     return model, outputs, torch.from_numpy(image).permute(2, 0, 1), names
+
+
+# Tests never read or write the user's cache folder (text features, eval caches): a fresh
+# one per session unless OVSEG_HOME is set; tests that need their own monkeypatch it.
+if "OVSEG_HOME" not in os.environ:
+    os.environ["OVSEG_HOME"] = tempfile.mkdtemp(prefix="ovseg-test-home-")
 
 
 @pytest.fixture

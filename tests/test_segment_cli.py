@@ -290,3 +290,23 @@ def test_segment_tta_options_reach_the_predictor(tmp_path):
     ]
     assert main(argv) == 0
     _check_outputs(out, image, ["a"])
+
+
+def test_second_run_takes_text_features_from_the_disk_cache(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OVSEG_HOME", str(tmp_path / "home"))
+    image = _photos(1)[0]
+    argv = ["segment", str(image), "--classes", "person, dog, sky", "--model", "ovseg-test-tiny"]
+    argv += ["--dtype", "int8", "--force", "--out", str(tmp_path / "out")]
+    sources = []
+    for run in range(2):
+        timings = tmp_path / f"timings{run}.json"
+        capsys.readouterr()
+        assert main(argv + ["--timings", str(timings)]) == 0
+        text = json.loads(timings.read_text())["images"][0]["text"]
+        assert text["precision"] == "int8" and text["classes"] == 3
+        assert f"text features for 3 classes x 14 templates (int8): {text['source']}" in (
+            capsys.readouterr().err
+        )
+        sources.append(text["source"])
+    assert sources == ["computed", "disk"]
+    _check_outputs(tmp_path / "out", image, ["person", "dog", "sky"])

@@ -24,6 +24,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         "download name (ovseg-clip-vitL14, clip-vitL14, ...) or a CLIP weights file",
     )
     group.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    group.add_argument(
+        "--no-weights-cache",
+        action="store_true",
+        help="do not keep (or read) a safetensors copy of an official .pth in $OVSEG_HOME/"
+        "converted (kept by default: later runs load it several times faster)",
+    )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
@@ -52,6 +58,7 @@ def load_model_from_args(args: argparse.Namespace):
     """Build the model named by the parsed ``add_model_args`` options, in eval mode."""
     import ovseg
 
+    cache = not getattr(args, "no_weights_cache", False)
     clip = getattr(args, "clip", None)
     if clip and (args.model or args.checkpoint or args.config or args.weights):
         raise ValueError(
@@ -65,9 +72,9 @@ def load_model_from_args(args: argparse.Namespace):
             raise ValueError("--config and --weights go together; give both")
         if args.model or args.checkpoint:
             raise ValueError("give either --model [--checkpoint] or --config --weights, not both")
-        model = ovseg.load_official(args.config, args.weights)
+        model = ovseg.load_official(args.config, args.weights, cache_converted=cache)
     elif args.model:
-        model = ovseg.build_model(args.model, checkpoint=args.checkpoint)
+        model = ovseg.build_model(args.model, checkpoint=args.checkpoint, cache_converted=cache)
     else:
         raise ValueError(
             "no model given: pass --model NAME|hf://OWNER/REPO|FOLDER [--checkpoint PATH], "

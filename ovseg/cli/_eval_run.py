@@ -176,6 +176,9 @@ def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
         "proposal_options": options,  # e.g. another SAM checkpoint must not reuse the cache
         "oracle": args.oracle,
     }
+    dtype = getattr(args, "dtype", "fp32")
+    if dtype != "fp32":  # fp32 keys stay as they were, so existing caches still hit
+        key["dtype"] = dtype
 
     def image(index: int) -> np.ndarray:
         return read_image(dataset[index].image)
@@ -206,7 +209,7 @@ def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
     from ovseg.cli._common import augmentation_settings, tta_options_from_args
     from ovseg.evaluation.settings import eval_ensemble_weight
 
-    options = ovseg.InferenceOptions(**tta_options_from_args(args, cfg))
+    options = ovseg.InferenceOptions(dtype=dtype, **tta_options_from_args(args, cfg))
     predictor = ovseg.Predictor(model, proposal_generator=generator, options=options)
     weight = eval_ensemble_weight(dataset.name, cfg.ensemble_weight, args.ensemble_weight)
     threshold = cfg.mask_threshold if args.mask_threshold is None else float(args.mask_threshold)
@@ -217,6 +220,7 @@ def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
         tta=augmentation_settings(predictor.augmentation),
         min_size_test=cfg.min_size_test,
         max_size_test=cfg.max_size_test,
+        dtype=dtype,
     )
     if args.sweep:
         settings = [

@@ -13,13 +13,14 @@ from ovseg.modeling.fusion import MODES, OFFICIAL_DEMO_SETTINGS
 
 
 def add_speed_args(parser: argparse.ArgumentParser) -> None:
-    """Opt-in speed knobs (they change outputs slightly): bf16 weights, top-k proposals."""
+    """Opt-in speed knobs (they change outputs slightly): bf16 / int8, top-k proposals."""
     parser.add_argument(
         "--dtype",
-        choices=["fp32", "bf16"],
+        choices=["fp32", "bf16", "int8"],
         default="fp32",
-        help="bf16 runs backbone and CLIP image tower on bf16 weights (fast on CPUs with "
-        "AVX512-BF16/AMX); fp32 (default) is the official computation",
+        help="bf16 runs backbone and CLIP image tower on bf16 weights (fast only on CPUs "
+        "with AVX512-BF16/AMX, and GPUs); int8 quantises the CLIP towers' linear layers "
+        "(CPU); fp32 (default) is the official computation",
     )
     parser.add_argument(
         "--top-k",
@@ -115,4 +116,6 @@ def make_predictor(args: argparse.Namespace):
     model = load_model_from_args(args)
     generator = proposal_generator_from_args(args, model)
     options = inference_options(args, model.config)
+    if options.dtype == "int8" and model.device.type != "cpu":
+        raise ValueError(f"--dtype int8 runs on CPU only, not {model.device}; use bf16")
     return Predictor(model, proposal_generator=generator, options=options)

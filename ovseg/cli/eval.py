@@ -79,6 +79,12 @@ def register(subparsers) -> None:
         "--mask-threshold", type=float, default=None, help="MASK_THR (default: model's)"
     )
     add_classifier_args(source)
+    source.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16", "int8"],
+        default="fp32",
+        help="precision of the model run (see `ovseg segment --help`); fp32 is official",
+    )
     source.add_argument("--sweep", action="store_true", help="grid-search lambda x mask threshold")
     source.add_argument(
         "--lambdas", type=_floats, default=list(SWEEP_LAMBDAS), help="sweep lambdas"

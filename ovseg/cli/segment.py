@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 from ovseg.cli._common import add_model_args, add_tta_args
@@ -39,6 +40,12 @@ def register(subparsers) -> None:
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay colour weight (0..1)")
     add_prediction_args(parser)
     add_tta_args(parser)
+    parser.add_argument(
+        "--timings",
+        metavar="JSON",
+        help="write start-up and per-image stage times here, including where the text "
+        "features came from (computed / disk cache / memory)",
+    )
     add_model_args(parser)
     add_proposal_args(parser)
     parser.set_defaults(func=run)
@@ -120,7 +127,10 @@ def run(args) -> int:
     if not todo:
         print(f"all {len(jobs)} image(s) already done in {out} (use --force to redo)")
         return 0
+    timings = {"start_to_model_s": None, "images": []}
+    start = time.perf_counter()
     predictor = make_predictor(args)
+    timings["start_to_model_s"] = time.perf_counter() - start
     failed: list[str] = []
     # Decoding the next images and writing finished ones overlap with the model; both queues
     # are short, so memory stays bounded however many images there are.
@@ -140,8 +150,27 @@ def run(args) -> int:
                 failed.append(f"{image_path}: {error}")
                 tqdm.write(f"ovseg segment: skipping {image_path}: {error}", file=sys.stderr)
                 continue
+            t0 = time.perf_counter()
             predictor.set_image(image)
+            t1 = time.perf_counter()
             seg = predictor.predict(class_names, **options)
+            adapter = getattr(predictor.model, "clip_adapter", None)
+            text = dict(getattr(adapter, "last_text_stats", None) or {})
+            if text and (i == 0 or text.get("source") != "memory"):
+                tqdm.write(
+                    f"ovseg segment: text features for {text['classes']} classes x "
+                    f"{text['templates']} templates ({text['precision']}): {text['source']} "
+                    f"in {text['seconds']:.3f} s",
+                    file=sys.stderr,
+                )
+            timings["images"].append(
+                {
+                    "image": str(image_path),
+                    "set_image_s": t1 - t0,
+                    "predict_s": time.perf_counter() - t1,
+                    "text": text,
+                }
+            )
             extra = {"source": str(image_path), "vocabulary": class_names, "options": options}
             writes.append(
                 writer.submit(seg.save, folder, stem, image=image, alpha=args.alpha, extra=extra)
@@ -150,6 +179,10 @@ def run(args) -> int:
                 writes.popleft().result()
         for write in writes:
             write.result()
+    if args.timings:
+        from ovseg.fileio import write_atomic
+
+        write_atomic(Path(args.timings), json.dumps(timings, indent=1).encode())
     done = len(todo) - len(failed)
     print(f"{done} segmented, {skipped} already done, {len(failed)} failed -> {out}")
     return 1 if failed else 0

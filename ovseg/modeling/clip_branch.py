@@ -13,8 +13,11 @@ training both call it.
 
 from __future__ import annotations
 
+import copy
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -161,6 +164,7 @@ def prompt_templates(kind: str, predefined: tuple[str, ...] = ("a photo of a {}.
 
 
 LOGIT_TEMPERATURE = 100.0  # fixed; CLIP's own logit_scale is not used
+TEXT_BATCH = 256  # prompts per text-tower call
 
 
 @dataclass
@@ -261,6 +265,10 @@ class MaskAdaptedCLIP(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1) * 255.0)
         self._text_cache: OrderedDict = OrderedDict()
         self._fingerprint: tuple | None = None
+        self._int8_text: tuple | None = None
+        self.text_precision = "fp32"  # "fp32", "bf16" or "int8" (set by prepare_model)
+        self.text_cache_dir: Path | None = None  # on-disk text cache (None: memory only)
+        self.last_text_stats: dict = {}
 
     # ---- image side -------------------------------------------------------------------
     def encode_masked(
@@ -296,7 +304,11 @@ class MaskAdaptedCLIP(nn.Module):
         params = {
             n: p for n, p in self.named_parameters() if not n.startswith("clip_model.visual.")
         }
-        state = tuple((p.data_ptr(), p._version, p.dtype) for p in params.values())
+        # inference tensors (made under torch.inference_mode) track no version: keyed by
+        # storage and dtype only
+        state = tuple(
+            (p.data_ptr(), -1 if p.is_inference() else p._version, p.dtype) for p in params.values()
+        )
         if self._fingerprint is None or self._fingerprint[0] != state:
             self._fingerprint = (state, tensor_digest(params))
         return self._fingerprint[1]
@@ -307,38 +319,99 @@ class MaskAdaptedCLIP(nn.Module):
     ) -> torch.Tensor:
         """(K, C) normalised class embeddings: each template normalised, averaged, normalised.
 
-        Cached under (weights fingerprint, names, templates, device); repeated vocabularies
-        cost nothing, and changed weights never hit a stale entry.
+        Cached in memory under (weights fingerprint, names, templates, precision, device),
+        and on disk too when ``text_cache_dir`` is set (``ovseg.modeling.text_cache``; the
+        ``Predictor`` sets it): repeated vocabularies cost nothing, even in a new process,
+        and changed weights never hit a stale entry. All prompts (every template of every
+        class) go through the tower in a few batches of similar length, in the precision
+        ``text_precision`` ("fp32", "bf16" autocast or "int8"; set by ``prepare_model``).
+        ``last_text_stats`` says where the last result came from and how long it took.
         """
+        from ovseg.modeling import text_cache
+
+        start = time.perf_counter()
         device = self.non_object_embedding.device
-        key = (self.weights_fingerprint(), tuple(class_names), tuple(templates), str(device))
+        precision = self.text_precision
+        fingerprint = self.weights_fingerprint()
+        digest_s = time.perf_counter() - start
+        names, templates = tuple(class_names), tuple(templates)
+        key = (fingerprint, names, templates, precision, str(device))
+        folder = self.text_cache_dir
         if key in self._text_cache:
             self._text_cache.move_to_end(key)
-            return self._text_cache[key]
-        prompts = [t.format(name) for t in templates for name in class_names]
-        tokens = tokenize(prompts, context_length=self.arch.context_length).to(device)
-        feats = self.encode_tokens(tokens).float()
-        feats = F.normalize(feats, dim=-1).view(len(templates), len(class_names), -1)
-        feats = F.normalize(feats.mean(0), dim=-1)
-        self._text_cache[key] = feats
-        while len(self._text_cache) > 32:
-            self._text_cache.popitem(last=False)
+            feats, source = self._text_cache[key], "memory"
+        else:
+            feats = None
+            if folder is not None:
+                feats = text_cache.load(folder, fingerprint, templates, precision, names)
+            source = "disk"
+            if feats is None:
+                feats, source = self._encode_vocabulary(names, templates, precision), "computed"
+                if folder is not None:
+                    text_cache.store(folder, fingerprint, templates, precision, names, feats)
+            feats = feats.to(device)
+            self._text_cache[key] = feats
+            while len(self._text_cache) > 32:
+                self._text_cache.popitem(last=False)
+        self.last_text_stats = {
+            "source": source,
+            "seconds": time.perf_counter() - start,
+            "weights_digest_s": digest_s,  # once per process and weights (sha256)
+            "classes": len(names),
+            "templates": len(templates),
+            "precision": precision,
+        }
         return feats
 
-    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+    def _encode_vocabulary(self, names, templates, precision: str) -> torch.Tensor:
+        """(K, C) text features, computed: all K * T prompts sorted by token length and
+        encoded in batches of ``TEXT_BATCH`` (each cut at its own longest prompt)."""
+        device = self.non_object_embedding.device
+        prompts = [t.format(name) for t in templates for name in names]
+        tokens = tokenize(prompts, context_length=self.arch.context_length)
+        order = tokens.argmax(dim=-1).argsort()
+        transformer = self._text_transformer(precision)
+        feats = torch.empty(len(prompts), self.arch.embed_dim)
+        autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
+        with autocast:
+            for chunk in order.split(TEXT_BATCH):
+                feats[chunk] = (
+                    self.encode_tokens(tokens[chunk].to(device), transformer).float().cpu()
+                )
+        feats = F.normalize(feats, dim=-1).view(len(templates), len(names), -1)
+        return F.normalize(feats.mean(0), dim=-1)
+
+    def _text_transformer(self, precision: str) -> nn.Module:
+        """The text tower's transformer for ``precision``: int8 is a quantised copy, made
+        once per weights fingerprint (the fp32 weights stay for training and export)."""
+        if precision != "int8":
+            return self.clip_model.transformer
+        fingerprint = self.weights_fingerprint()
+        if self._int8_text is None or self._int8_text[0] != fingerprint:
+            from ovseg.inference import quantize_int8
+
+            quantized = quantize_int8(copy.deepcopy(self.clip_model.transformer).cpu())
+            self._int8_text = (fingerprint, quantized)
+        return self._int8_text[1]
+
+    def encode_tokens(
+        self, tokens: torch.Tensor, transformer: nn.Module | None = None
+    ) -> torch.Tensor:
         """``clip_model.encode_text`` on tokens cut after the longest prompt's EOT: (B, L) -> (B, C).
 
         The text tower is causal and pools at the EOT token (the largest id), so the padding
         after it never affects the result; ViLD prompts are ~10 of the 77 tokens, so this is
         several times cheaper than running all 77 positions, with the same output.
+        ``transformer``: a stand-in for ``clip_model.transformer`` (e.g. its int8 copy).
         """
         model = self.clip_model
+        transformer = model.transformer if transformer is None else transformer
         eot = tokens.argmax(dim=-1)
         length = int(eot.max()) + 1
         x = model.token_embedding(tokens[:, :length])
-        cast = model.transformer.get_cast_dtype()
+        cast = transformer.get_cast_dtype()
         x = x.to(cast) + model.positional_embedding[:length].to(cast)
-        x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+        x = transformer(x, attn_mask=model.attn_mask[:length, :length])
         x = model.ln_final(x)
         return x[torch.arange(x.shape[0], device=x.device), eot] @ model.text_projection
 

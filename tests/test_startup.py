@@ -1,0 +1,98 @@
+"""Start-up paths: building without random init, and the safetensors copy of a ``.pth``."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+import ovseg
+from ovseg.checkpoints import converted_copy_path, read_state_dict
+
+
+def _trained_like(tiny_model) -> dict[str, torch.Tensor]:
+    """The tiny model's weights, perturbed so that nothing equals a fresh random init."""
+    g = torch.Generator().manual_seed(3)
+    return {
+        k: v + torch.randn(v.shape, generator=g).to(v.dtype) if v.is_floating_point() else v
+        for k, v in tiny_model.state_dict().items()
+    }
+
+
+def _assert_same_model(a, b):
+    sa, sb = dict(a.named_buffers()), dict(b.named_buffers())  # non-persistent ones too
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        assert torch.equal(pa[k], pb[k]) and pa[k].dtype == pb[k].dtype, k
+        assert pa[k].requires_grad == pb[k].requires_grad
+
+
+@torch.no_grad()
+def test_build_without_init_then_load_equals_build_then_copy(tiny_model, tmp_path):
+    sd = _trained_like(tiny_model)
+    torch.save({"model": sd}, tmp_path / "w.pth")
+    expected = ovseg.build_ovseg(tiny_model.config)  # random init, then an ordinary copy
+    expected.load_state_dict(sd, strict=True)
+    loaded = ovseg.build_model("ovseg-test-tiny", checkpoint=tmp_path / "w.pth")
+    _assert_same_model(loaded, expected)
+    image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)
+    assert torch.equal(loaded(image, ["a", "b"]), expected(image, ["a", "b"]))
+    ovseg.save_checkpoint(expected, tmp_path / "w.safetensors")
+    _assert_same_model(ovseg.load_checkpoint(tmp_path / "w.safetensors"), expected)
+
+
+def test_converted_copy_is_written_used_and_invalidated(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("OVSEG_HOME", str(tmp_path / "home"))
+    sd = _trained_like(tiny_model)
+    source = tmp_path / "w.pth"
+    torch.save({"model": sd}, source)
+    copy, _ = converted_copy_path(source)
+    assert not copy.exists()
+    first = read_state_dict(source, cache=True)
+    assert copy.is_file()
+    second = read_state_dict(source, cache=True)
+    for k in sd:
+        assert torch.equal(first[k], sd[k]) and torch.equal(second[k], sd[k])
+
+    # the copy is what the second read used: make it differ and read again
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(copy))
+    key = next(iter(tensors))
+    from safetensors import safe_open
+
+    with safe_open(str(copy), framework="pt") as f:
+        meta = f.metadata()
+    save_file({**tensors, key: tensors[key] + 1}, str(copy), metadata=meta)
+    assert torch.equal(read_state_dict(source, cache=True)[key], sd[key] + 1)
+
+    # a changed source (new mtime) gets a new copy; the stale one is not used
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))
+    assert converted_copy_path(source)[0] != copy
+    assert torch.equal(read_state_dict(source, cache=True)[key], sd[key])
+
+    # a damaged copy is ignored and rewritten
+    fresh, _ = converted_copy_path(source)
+    fresh.write_bytes(b"garbage")
+    assert torch.equal(read_state_dict(source, cache=True)[key], sd[key])
+    assert torch.equal(load_file(str(fresh))[key], sd[key])
+
+
+def test_cli_loader_keeps_the_copy_unless_told_not_to(tiny_model, tmp_path, monkeypatch):
+    import argparse
+
+    from ovseg.cli._common import add_model_args, load_model_from_args
+
+    monkeypatch.setenv("OVSEG_HOME", str(tmp_path / "home"))
+    torch.save({"model": tiny_model.state_dict()}, tmp_path / "w.pth")
+    parser = argparse.ArgumentParser()
+    add_model_args(parser)
+    argv = ["--model", "ovseg-test-tiny", "--checkpoint", str(tmp_path / "w.pth")]
+    load_model_from_args(parser.parse_args(argv + ["--no-weights-cache"]))
+    assert not (tmp_path / "home" / "converted").exists()
+    load_model_from_args(parser.parse_args(argv))
+    assert len(list((tmp_path / "home" / "converted").glob("*.safetensors"))) == 1
