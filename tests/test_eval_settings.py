@@ -66,7 +66,14 @@ def test_eval_json_records_the_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("OVSEG_HOME", str(tmp_path / "home"))
     pc = stand_in_pc59(tmp_path / "VOC2010")
     voc = stand_in_voc20(tmp_path / "VOC2012")
-    common = {"mode": "eval", "templates": "vild", "clip_only": False, "oracle": None}
+    common = {
+        "mode": "eval",
+        "templates": "vild",
+        "clip_only": False,
+        "clip_ensemble": True,
+        "dtype": "fp32",
+        "oracle": None,
+    }
     first = run_eval(tmp_path, "pascal-context-59", pc)
     assert first["settings"] == {
         **common,

@@ -14,7 +14,11 @@ def _trained_like(tiny_model) -> dict[str, torch.Tensor]:
     """The tiny model's weights, perturbed so that nothing equals a fresh random init."""
     g = torch.Generator().manual_seed(3)
     return {
-        k: v + torch.randn(v.shape, generator=g).to(v.dtype) if v.is_floating_point() else v
+        # contiguous: the session's tiny model may have been put in channels_last by a
+        # Predictor, and an assigned channels_last weight rounds convolutions differently
+        k: (v + torch.randn(v.shape, generator=g).to(v.dtype)).contiguous()
+        if v.is_floating_point()
+        else v
         for k, v in tiny_model.state_dict().items()
     }
 

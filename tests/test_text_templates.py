@@ -114,14 +114,30 @@ def test_predict_takes_templates(tiny_model):
 
 
 def test_config_reads_text_templates():
+    import copy
+
+    from ovseg.config import read_official_yaml
+    from tests.conftest import FIXTURES, require
+
+    base = read_official_yaml(
+        require(FIXTURES / "configs" / "ovseg_swinB_vitL_bs32_120k.resolved.yaml")
+    )
+
+    def with_(meta=None, **clip_adapter):
+        cfg = copy.deepcopy(base)
+        cfg["MODEL"]["CLIP_ADAPTER"].update(clip_adapter)
+        if meta:
+            cfg["MODEL"]["META_ARCHITECTURE"] = meta
+        return cfg
+
     ca = {"TEXT_TEMPLATES": "predefined", "PREDEFINED_PROMPT_TEMPLATES": ["a {} photo."]}
-    cfg = config_from_official({"MODEL": {"CLIP_ADAPTER": ca}}, ClipArch())
+    cfg = config_from_official(with_(**ca), ClipArch())
     assert (cfg.text_templates, cfg.predefined_templates) == ("predefined", ("a {} photo.",))
-    cfg = config_from_official({"MODEL": {"META_ARCHITECTURE": "OVSegDEMO"}}, ClipArch())
+    cfg = config_from_official(with_("OVSegDEMO"), ClipArch())
     assert (cfg.mode, cfg.text_templates, cfg.predefined_templates) == (
         "demo",
         "vild",
         ("a photo of a {}.",),
     )
     with pytest.raises(ValueError, match="TEXT_TEMPLATES='learned'"):
-        config_from_official({"MODEL": {"CLIP_ADAPTER": {"TEXT_TEMPLATES": "learned"}}}, ClipArch())
+        config_from_official(with_(TEXT_TEMPLATES="learned"), ClipArch())

@@ -154,7 +154,7 @@ def run(args) -> int:
             predictor.set_image(image)
             t1 = time.perf_counter()
             seg = predictor.predict(class_names, **options)
-            adapter = getattr(predictor.model, "clip_adapter", None)
+            adapter = getattr(getattr(predictor, "model", None), "clip_adapter", None)
             text = dict(getattr(adapter, "last_text_stats", None) or {})
             if text and (i == 0 or text.get("source") != "memory"):
                 tqdm.write(
