@@ -190,8 +190,9 @@ def run(args) -> int:
             predictor.set_image(image)
             t1 = time.perf_counter()
             seg = predictor.predict(class_names, **options)
-            text = dict(predictor.model.clip_adapter.last_text_stats)
-            if i == 0 or text.get("source") != "memory":
+            clip = getattr(getattr(predictor, "model", None), "clip_adapter", None)
+            text = dict(getattr(clip, "last_text_stats", None) or {})
+            if text and (i == 0 or text["source"] != "memory"):
                 tqdm.write(
                     f"ovseg segment: text features for {text['classes']} classes x "
                     f"{text['templates']} templates ({text['precision']}): {text['source']} "
