@@ -160,8 +160,10 @@ def load_official_state_dict(
 
 def _load(model, sd: dict[str, torch.Tensor], assign: bool) -> None:
     if assign:
+        # the model takes these tensors as they are: its own dtype, and a plain contiguous
+        # layout (a channels_last tensor would change how its convolutions round)
         own = model.state_dict()
-        sd = {k: v.to(own[k].dtype) if v.dtype != own[k].dtype else v for k, v in sd.items()}
+        sd = {k: v.to(own[k].dtype).contiguous() for k, v in sd.items()}
     model.load_state_dict(sd, strict=True, assign=assign)
 
 

@@ -47,6 +47,14 @@ def test_build_without_init_then_load_equals_build_then_copy(tiny_model, tmp_pat
     assert torch.equal(loaded(image, ["a", "b"]), expected(image, ["a", "b"]))
     ovseg.save_checkpoint(expected, tmp_path / "w.safetensors")
     _assert_same_model(ovseg.load_checkpoint(tmp_path / "w.safetensors"), expected)
+    # a state dict in another layout is loaded contiguous, as load_state_dict's copy would
+    fresh = ovseg.build_ovseg(tiny_model.config, init=False)
+    strided = {
+        k: v.to(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in sd.items()
+    }
+    ovseg.checkpoints.load_official_state_dict(fresh, strided, assign=True)
+    assert all(p.is_contiguous() for p in fresh.parameters())
+    _assert_same_model(fresh, expected)
 
 
 def test_converted_copy_is_written_used_and_invalidated(tiny_model, tmp_path, monkeypatch):
