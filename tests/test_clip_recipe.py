@@ -201,7 +201,7 @@ def test_recipes_hold_the_official_script_values():
             (0.9, 1.0), "contrastive", "raw", "learned")  # fmt: skip
     config = recipe_train_config(ft_l, "unused", world_size=4)
     assert (config.batch_size, config.adam_betas, config.adam_eps) == (32, (0.9, 0.98), 1e-6)
-    assert config.warmup_steps == 100 and config.warmup_factor == pytest.approx(0.01)
+    assert config.warmup_steps == 100 and config.warmup_mode == "open_clip"
     options = ClipOptions.from_recipe(mpt_l)
     assert options.augment == CropAugment((0.9, 1.0), (3 / 4, 4 / 3), "official")
     assert options.prompt_depth == 3 and options.decay == "official"

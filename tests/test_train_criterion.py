@@ -76,3 +76,18 @@ def test_schedules():
     assert [warm(s) for s in (0, 2, 4, 8)] == [0.0, 0.5, 1.0, 1.0]
     with pytest.raises(ValueError, match="schedule"):
         WarmupSchedule("step", 10)
+
+
+def test_open_clip_warmup_by_hand():
+    """open_clip's ``cosine_lr``: ``lr * (s + 1) / W`` during warmup, then
+    ``0.5 * (1 + cos(pi * (s - W) / (T - W)))``."""
+    import math
+
+    sched = WarmupSchedule("cosine", total_steps=1000, warmup_steps=100, warmup_mode="open_clip")
+    assert sched(0) == pytest.approx(0.01)
+    assert sched(49) == pytest.approx(0.5)
+    assert sched(99) == pytest.approx(1.0)
+    assert sched(100) == pytest.approx(1.0)
+    assert sched(550) == pytest.approx(0.5 * (1 + math.cos(math.pi * 450 / 900)))
+    with pytest.raises(ValueError, match="warmup_mode"):
+        WarmupSchedule("cosine", 10, 2, warmup_mode="exponential")

@@ -148,7 +148,6 @@ def run(args) -> int:
     config = train_config_from_args(args, {"lr": recipe.lr, "weight_decay": recipe.weight_decay})
     config.adam_betas = tuple(args.adam_betas or recipe.adam_betas)
     config.adam_eps = recipe.adam_eps if args.adam_eps is None else args.adam_eps
-    if config.warmup_steps:  # official warmup starts at lr / warmup_steps
-        config.warmup_factor = 1.0 / config.warmup_steps
+    config.warmup_mode = "open_clip"  # official warmup: lr * (step + 1) / warmup_steps
     train_clip(args.pairs, args.init, recipe.mode, config, options)
     return 0

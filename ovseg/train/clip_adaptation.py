@@ -115,8 +115,7 @@ def recipe_train_config(recipe: ClipRecipe, out_dir: str, world_size: int = 1, *
         weight_decay=recipe.weight_decay,
         schedule=recipe.schedule,
         warmup_steps=recipe.warmup_steps,
-        # official warmup: lr * (step + 1) / W; our schedule starts at lr * warmup_factor
-        warmup_factor=1.0 / recipe.warmup_steps if recipe.warmup_steps else 1e-3,
+        warmup_mode="open_clip",  # official warmup: lr * (step + 1) / W
         adam_betas=recipe.adam_betas,
         adam_eps=recipe.adam_eps,
     )

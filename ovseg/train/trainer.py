@@ -39,7 +39,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # settings a resumed run must share with the run it resumes
 RESUME_KEYS = (
     "batch_size", "accum_steps", "max_steps", "epochs", "lr", "weight_decay", "schedule",
-    "warmup_steps", "warmup_factor", "adam_betas", "adam_eps", "seed", "precision",
+    "warmup_steps", "warmup_factor", "warmup_mode", "adam_betas", "adam_eps", "seed", "precision",
 )  # fmt: skip
 
 
@@ -59,6 +59,7 @@ class TrainConfig:
     schedule: str = "cosine"
     warmup_steps: int = 0
     warmup_factor: float = 1e-3
+    warmup_mode: str = "linear"  # or "open_clip": (step + 1) / warmup_steps (ovseg.train.schedule)
     poly_power: float = 0.9
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
@@ -178,6 +179,7 @@ class Trainer:
             self.total_steps,
             config.warmup_steps,
             warmup_factor=config.warmup_factor,
+            warmup_mode=config.warmup_mode,
             power=config.poly_power,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
