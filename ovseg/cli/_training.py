@@ -8,7 +8,8 @@ import argparse
 def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
     """Loop options; ``defaults`` fills in the recipe of the command (lr, schedule, ...)."""
     g = parser.add_argument_group("training loop")
-    g.add_argument("--out", required=True, help="run folder: logs, checkpoints, model.safetensors")
+    # required for training; each command checks it in run(), since --print-recipe needs none
+    g.add_argument("--out", help="run folder: logs, checkpoints, model.safetensors (required)")
     g.add_argument(
         "--batch-size",
         type=int,

@@ -62,9 +62,6 @@ def register(subparsers) -> None:
                    help="AdamW eps (recipe: 1e-6; torch's default: 1e-8)")  # fmt: skip
     none = {"batch_size": None, "epochs": None, "schedule": None, "warmup_steps": None}
     add_training_args(parser, none)  # None: the recipe's value
-    for action in parser._actions:
-        if action.dest == "out":
-            action.required = False  # not needed by --print-recipe; checked in run()
     parser.set_defaults(func=run)
 
 

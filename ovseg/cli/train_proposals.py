@@ -137,9 +137,6 @@ def register(subparsers) -> None:
         parser,
         {"batch_size": None, "epochs": None, "schedule": None, "warmup_steps": None},
     )
-    for action in parser._actions:  # --print-recipe needs neither --out nor --data
-        if action.dest == "out":
-            action.required = False
     parser.set_defaults(func=run)
 
 
