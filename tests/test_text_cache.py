@@ -34,13 +34,13 @@ def fresh(tiny_model, folder, precision="fp32"):
     clip.text_cache_dir = folder
     clip.text_precision = precision
     clip.calls = 0
-    encode = clip.encode_tokens
+    encode = clip._encode_vocabulary
 
     def counting(*args, **kwargs):
         clip.calls += 1
         return encode(*args, **kwargs)
 
-    clip.encode_tokens = counting
+    clip._encode_vocabulary = counting
     return clip
 
 
@@ -120,3 +120,40 @@ def test_low_precision_text_close_to_fp32(tiny_model, tmp_path, precision):
     # and the precision is part of the key: fp32 is computed afresh, exactly
     clip.text_precision = "fp32"
     assert (clip.text_features(NAMES) - expected).abs().max() < 1e-5
+
+
+@torch.no_grad()
+def test_loaded_weights_keyed_by_file_without_hashing(tiny_model, tmp_path, monkeypatch):
+    """Weights read from a file are keyed by the file's identity (no sha256 of the tower);
+    touching the file, or changing a weight after loading, gives another key."""
+    import os
+
+    import ovseg
+    from ovseg.modeling import clip_branch
+
+    monkeypatch.setenv("OVSEG_HOME", str(tmp_path / "home"))
+    path = ovseg.save_checkpoint(tiny_model, tmp_path / "tiny.safetensors")
+    model = ovseg.load_checkpoint(path)
+
+    def no_hashing(named):
+        raise AssertionError("the text tower was hashed")
+
+    monkeypatch.setattr(clip_branch, "tensor_digest", no_hashing)
+    from_file = model.clip_adapter.weights_fingerprint()
+    assert model.clip_adapter.weights_fingerprint() == from_file
+    assert ovseg.load_checkpoint(path).clip_adapter.weights_fingerprint() == from_file
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert ovseg.load_checkpoint(path).clip_adapter.weights_fingerprint() != from_file
+    monkeypatch.undo()
+
+    # a weight changed after loading: hashed again, so no stale disk entry is ever read
+    clip = model.clip_adapter
+    clip.text_cache_dir = tmp_path / "cache"
+    before = clip.text_features(NAMES)
+    clip.clip_model.ln_final.bias.add_(0.5)
+    assert clip.weights_fingerprint() != from_file
+    after = clip.text_features(NAMES)
+    assert clip.last_text_stats["source"] == "computed"
+    assert (after - before).abs().max() > 1e-4
+    assert (after - open_clip_text_features(clip, NAMES)).abs().max() < 1e-5

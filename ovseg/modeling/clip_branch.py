@@ -14,6 +14,7 @@ training both call it.
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -226,6 +227,26 @@ def patch_keep_flags(region_masks: torch.Tensor, patch_size: int) -> torch.Tenso
     return torch.ceil(pooled).clamp(max=1).flatten(1).unsqueeze(-1)
 
 
+class QuickGELU(nn.Module):
+    """open_clip's ``QuickGELU``, ``x * sigmoid(1.702 * x)``, with the same values; without
+    autograd it makes one temporary instead of three (the towers' MLPs are memory-bound
+    there: about a tenth of the CLIP image tower's time on CPU)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return x * torch.sigmoid(1.702 * x)
+        return torch.sigmoid_(x * 1.702).mul_(x)
+
+
+def _use_own_quick_gelu(module: nn.Module) -> None:
+    from open_clip.transformer import QuickGELU as OpenClipQuickGELU
+
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, OpenClipQuickGELU):
+                setattr(parent, name, QuickGELU())
+
+
 class MaskAdaptedCLIP(nn.Module):
     """CLIP with mask prompts, plus the no-object embedding used for classification.
 
@@ -255,6 +276,7 @@ class MaskAdaptedCLIP(nn.Module):
             ),
             quick_gelu=True,
         )
+        _use_own_quick_gelu(self.clip_model)
         if prompt_depth > 0:
             prompts = torch.empty(prompt_depth, arch.grid**2, arch.vision_width)
             self.clip_model.visual.mask_embedding = nn.Parameter(nn.init.normal_(prompts, std=0.02))
@@ -299,19 +321,36 @@ class MaskAdaptedCLIP(nn.Module):
         return visual.ln_post(x[:, 0]) @ visual.proj
 
     # ---- text side --------------------------------------------------------------------
-    def weights_fingerprint(self) -> str:
-        """sha256 of the text tower's and no-object weights; recomputed only when they change."""
-        params = {
-            n: p for n, p in self.named_parameters() if not n.startswith("clip_model.visual.")
-        }
+    def _text_params(self) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in self.named_parameters() if not n.startswith("clip_model.visual.")}
+
+    def _weights_state(self, params: dict[str, torch.Tensor]) -> tuple:
         # inference tensors (made under torch.inference_mode) track no version: keyed by
         # storage and dtype only
-        state = tuple(
+        return tuple(
             (p.data_ptr(), -1 if p.is_inference() else p._version, p.dtype) for p in params.values()
         )
+
+    def weights_fingerprint(self) -> str:
+        """Digest of the text tower's and no-object weights (the text-feature cache key).
+
+        The sha256 of the tensors, recomputed only when they change; or, while the weights
+        are still exactly those a loader read from a file (``set_weights_origin``), a digest
+        of that file's identity, which costs nothing.
+        """
+        params = self._text_params()
+        state = self._weights_state(params)
         if self._fingerprint is None or self._fingerprint[0] != state:
             self._fingerprint = (state, tensor_digest(params))
         return self._fingerprint[1]
+
+    def set_weights_origin(self, origin: str) -> None:
+        """Record that the current weights are exactly those of ``origin`` (a loader's
+        description of the file: path, size, modification time). Any later change of the
+        text-side tensors (new storage or an in-place update) falls back to hashing them."""
+        params = self._text_params()
+        digest = hashlib.sha256(f"file|{origin}".encode()).hexdigest()
+        self._fingerprint = (self._weights_state(params), digest)
 
     @torch.no_grad()
     def text_features(
@@ -364,22 +403,23 @@ class MaskAdaptedCLIP(nn.Module):
         return feats
 
     def _encode_vocabulary(self, names, templates, precision: str) -> torch.Tensor:
-        """(K, C) text features, computed: all K * T prompts sorted by token length and
-        encoded in batches of ``TEXT_BATCH`` (each cut at its own longest prompt)."""
+        """(K, C) text features, computed: per template, its K prompts sorted by token length
+        in batches of ``TEXT_BATCH``, each cut after its longest prompt and with the template's
+        shared prefix encoded once (``ovseg.modeling.text_tower``)."""
+        from ovseg.modeling.text_tower import encode_prompts
+
         device = self.non_object_embedding.device
-        prompts = [t.format(name) for t in templates for name in names]
-        tokens = tokenize(prompts, context_length=self.arch.context_length)
-        order = tokens.argmax(dim=-1).argsort()
         transformer = self._text_transformer(precision)
-        feats = torch.empty(len(prompts), self.arch.embed_dim)
+        feats = torch.empty(len(templates), len(names), self.arch.embed_dim)
         autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
         with autocast:
-            for chunk in order.split(TEXT_BATCH):
-                feats[chunk] = (
-                    self.encode_tokens(tokens[chunk].to(device), transformer).float().cpu()
-                )
-        feats = F.normalize(feats, dim=-1).view(len(templates), len(names), -1)
-        return F.normalize(feats.mean(0), dim=-1)
+            for i, template in enumerate(templates):
+                prompts = [template.format(name) for name in names]
+                tokens = tokenize(prompts, context_length=self.arch.context_length).to(device)
+                for chunk in tokens.argmax(dim=-1).argsort().split(TEXT_BATCH):
+                    encoded = encode_prompts(self.clip_model, tokens[chunk], transformer)
+                    feats[i, chunk.cpu()] = encoded.float().cpu()
+        return F.normalize(F.normalize(feats, dim=-1).mean(0), dim=-1)
 
     def _text_transformer(self, precision: str) -> nn.Module:
         """The text tower's transformer for ``precision``: int8 is a quantised copy, made
@@ -393,27 +433,6 @@ class MaskAdaptedCLIP(nn.Module):
             quantized = quantize_int8(copy.deepcopy(self.clip_model.transformer).cpu())
             self._int8_text = (fingerprint, quantized)
         return self._int8_text[1]
-
-    def encode_tokens(
-        self, tokens: torch.Tensor, transformer: nn.Module | None = None
-    ) -> torch.Tensor:
-        """``clip_model.encode_text`` on tokens cut after the longest prompt's EOT: (B, L) -> (B, C).
-
-        The text tower is causal and pools at the EOT token (the largest id), so the padding
-        after it never affects the result; ViLD prompts are ~10 of the 77 tokens, so this is
-        several times cheaper than running all 77 positions, with the same output.
-        ``transformer``: a stand-in for ``clip_model.transformer`` (e.g. its int8 copy).
-        """
-        model = self.clip_model
-        transformer = model.transformer if transformer is None else transformer
-        eot = tokens.argmax(dim=-1)
-        length = int(eot.max()) + 1
-        x = model.token_embedding(tokens[:, :length])
-        cast = transformer.get_cast_dtype()
-        x = x.to(cast) + model.positional_embedding[:length].to(cast)
-        x = transformer(x, attn_mask=model.attn_mask[:length, :length])
-        x = model.ln_final(x)
-        return x[torch.arange(x.shape[0], device=x.device), eot] @ model.text_projection
 
     def with_void(self, text_features: torch.Tensor) -> torch.Tensor:
         """Append the normalised no-object embedding: (K, C) -> (K+1, C)."""

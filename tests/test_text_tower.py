@@ -1,0 +1,119 @@
+"""The vocabulary text encoder (ovseg.modeling.text_tower) against open_clip's encode_text."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from open_clip.tokenizer import tokenize
+
+from ovseg.inference import SelfAttention, quantize_int8
+from ovseg.modeling.text_tower import encode_prompts, shared_prefix_length
+
+NAMES = ["cat", "dog", "traffic light", "chest of drawers", "a", "potted plant in a pot"]
+
+
+@pytest.fixture(scope="module")
+def clip_model(tiny_model):
+    return copy.deepcopy(tiny_model.clip_adapter.clip_model).eval()
+
+
+def test_shared_prefix_length_by_hand():
+    # <SOT>=49406 a photo of a NAME . <EOT>=49407: the prefix is <SOT> a photo of a
+    tokens = tokenize(["a photo of a cat.", "a photo of a traffic light."])
+    assert shared_prefix_length(tokens) == 5
+    assert shared_prefix_length(tokenize(["cat", "dog"])) == 1  # <SOT> only
+    # one prompt: everything before its EOT is "shared", the EOT is still encoded
+    assert shared_prefix_length(tokenize(["a photo of a cat."])) == 7
+    # identical prompts stop before the EOT too
+    assert shared_prefix_length(tokenize(["a cat", "a cat"])) == 3
+
+
+@pytest.mark.parametrize(
+    "prompts",
+    [
+        [f"a photo of a {n}." for n in NAMES],  # a long shared prefix
+        [f"There is a {n} in the scene" for n in NAMES],  # a suffix after the name
+        [f"{n}" for n in NAMES],  # <SOT> only
+        ["a photo of a cat.", "There is a dog in the scene"],  # mixed templates
+        ["a photo of a cat."],  # one prompt
+    ],
+)
+@torch.no_grad()
+def test_equals_open_clip_encode_text(clip_model, prompts):
+    tokens = tokenize(prompts)
+    expected = clip_model.encode_text(tokens)  # 77 positions, open_clip's own forward
+    got = encode_prompts(clip_model, tokens)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() < 1e-5 * expected.abs().max()
+
+
+@torch.no_grad()
+def test_prefix_is_encoded_once(clip_model):
+    """The shared positions go through the tower once, as a batch of one: the first block
+    sees 5 + 6 * (suffix) positions, not 6 * (whole prompt)."""
+    tokens = tokenize([f"a photo of a {n}." for n in NAMES])
+    seen = []
+    hook = clip_model.transformer.resblocks[0].ln_1.register_forward_hook(
+        lambda m, i, o: seen.append(tuple(o.shape[:2]))
+    )
+    try:
+        encode_prompts(clip_model, tokens)
+    finally:
+        hook.remove()
+    length = int(tokens.argmax(-1).max()) + 1
+    assert seen == [(1, 5), (len(NAMES), length - 5)]
+
+
+@torch.no_grad()
+def test_self_attention_copy_equals_open_clip(clip_model):
+    """The int8 copy's attention module (SelfAttention, before quantisation): exact."""
+    model = copy.deepcopy(clip_model)
+    for block in model.transformer.resblocks:
+        block.attn = SelfAttention(block.attn)
+    tokens = tokenize([f"There is a small {n} in the scene." for n in NAMES])
+    expected = clip_model.encode_text(tokens)
+    got = encode_prompts(clip_model, tokens, model.transformer)
+    assert (got - expected).abs().max() < 1e-5 * expected.abs().max()
+
+
+@torch.no_grad()
+def test_int8_copy_close_to_fp32(clip_model):
+    """On the int8 copy the features stay close to fp32, as close as open_clip's own forward
+    through that copy gets (activations are quantised per call, so the shared prefix, encoded
+    on its own, has its own scales: not bit-equal to the 77-position forward)."""
+    int8 = quantize_int8(copy.deepcopy(clip_model.transformer))
+    tokens = tokenize([f"a photo of a {n}." for n in NAMES])
+    fp32 = clip_model.encode_text(tokens)
+    model = copy.deepcopy(clip_model)
+    model.transformer = int8
+    cosine = torch.nn.functional.cosine_similarity
+    ours = cosine(encode_prompts(clip_model, tokens, int8), fp32, dim=-1).min()
+    theirs = cosine(model.encode_text(tokens), fp32, dim=-1).min()
+    assert ours > 0.995 and theirs > 0.995
+
+
+def test_quick_gelu_equals_open_clip_bitwise():
+    """The CLIP towers use ovseg's QuickGELU (one temporary without autograd): the same
+    values as open_clip's, bit for bit, and the same gradient."""
+    from open_clip.transformer import QuickGELU as Theirs
+
+    from ovseg.modeling.clip_branch import QuickGELU
+
+    x = torch.randn(4, 77, 96) * 4
+    with torch.no_grad():
+        assert torch.equal(QuickGELU()(x), Theirs()(x))
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    QuickGELU()(a).sum().backward()
+    Theirs()(b).sum().backward()
+    assert torch.equal(a.grad, b.grad)
+
+
+def test_towers_use_it(clip_model):
+    from open_clip.transformer import QuickGELU as Theirs
+
+    from ovseg.modeling.clip_branch import QuickGELU
+
+    kinds = {type(m) for m in clip_model.modules()}
+    assert QuickGELU in kinds and Theirs not in kinds
