@@ -139,8 +139,7 @@ def run_pipeline(model, image, names, text, options, masks_override, original_si
     times["crops"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    region = crops.region_masks if model.config.mask_prompt_fwd else None
-    features = model.clip_adapter.encode_masked(crops.crops, region).float()
+    features = model.encode_crops(crops, batch_size=options.clip_batch(device))
     if inverse is not None:
         features = features[inverse]
     sync(device)

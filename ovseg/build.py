@@ -337,6 +337,7 @@ def build_model(
     sd = checkpoints.read_state_dict(path, cache=cache_converted)
     model = build_ovseg(MODELS[name](), init=False)
     checkpoints.load_official_state_dict(model, sd, source=path, assign=True)
+    checkpoints.note_weights_origin(model, path)
     model.provenance = dict(RELEASED_PROVENANCE.get(path.name, {}))
     model.provenance.setdefault("provenance", f"official-format checkpoint {path.name}")
     return model

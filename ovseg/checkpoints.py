@@ -74,14 +74,29 @@ def converted_copy_path(path: str | Path) -> tuple[Path, dict[str, str]]:
     from ovseg.hub import ovseg_home
 
     path = Path(path).resolve()
+    source = file_identity(path)
+    digest = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:24]
+    return ovseg_home() / "converted" / f"{path.stem}-{digest}.safetensors", source
+
+
+def file_identity(path: str | Path) -> dict[str, str]:
+    """A file's resolved path, size and modification time: what ties a cache entry to the
+    file it was made from, without reading the file."""
+    path = Path(path).resolve()
     stat = path.stat()
-    source = {
+    return {
         "source": str(path),
         "source_size": str(stat.st_size),
         "source_mtime_ns": str(stat.st_mtime_ns),
     }
-    digest = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:24]
-    return ovseg_home() / "converted" / f"{path.stem}-{digest}.safetensors", source
+
+
+def note_weights_origin(model, path: str | Path) -> None:
+    """Tell ``model``'s CLIP branch that its weights are exactly those of file ``path``, so
+    its text-feature cache key comes from the file's identity instead of hashing the text
+    tower (``MaskAdaptedCLIP.set_weights_origin``; any later change of the weights drops
+    it)."""
+    model.clip_adapter.set_weights_origin(json.dumps(file_identity(path), sort_keys=True))
 
 
 def _read_through_converted_copy(path: Path) -> dict[str, torch.Tensor]:
@@ -192,6 +207,7 @@ def load_official(config: str | Path, weights: str | Path, cache_converted: bool
         )
     model = build_ovseg(ovseg_cfg, init=False)
     load_official_state_dict(model, sd, source=weights, assign=True)
+    note_weights_origin(model, weights)
     return model.eval()
 
 
@@ -244,6 +260,7 @@ def load_checkpoint(path: str | Path, config: dict | None = None):
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
     _load(model, sd, assign=True)
+    note_weights_origin(model, path)
     model.provenance = json.loads(meta["provenance"]) if "provenance" in meta else {}
     return model.eval()
 

@@ -128,7 +128,7 @@ class Predictor:
                     thr,
                     fast=self.options.fast,
                     encoder=self.clip_encoder,
-                    batch_size=self.options.clip_batch_size,
+                    batch_size=self.options.clip_batch(self.model.device),
                 )
         return self._clip_cache[key]
 
