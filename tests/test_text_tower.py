@@ -9,7 +9,7 @@ import torch
 from open_clip.tokenizer import tokenize
 
 from ovseg.inference import SelfAttention, quantize_int8
-from ovseg.modeling.text_tower import encode_prompts, shared_prefix_length
+from ovseg.modeling.text_tower import PrefixTree, encode_prompts
 
 NAMES = ["cat", "dog", "traffic light", "chest of drawers", "a", "potted plant in a pot"]
 
@@ -19,15 +19,29 @@ def clip_model(tiny_model):
     return copy.deepcopy(tiny_model.clip_adapter.clip_model).eval()
 
 
-def test_shared_prefix_length_by_hand():
-    # <SOT>=49406 a photo of a NAME . <EOT>=49407: the prefix is <SOT> a photo of a
+def distinct_prefixes(tokens) -> int:
+    """Count of distinct prefixes (up to each EOT) of the rows, by brute force."""
+    seen = set()
+    for row in tokens.tolist():
+        end = row.index(max(row)) + 1
+        seen.update(tuple(row[:i]) for i in range(1, end + 1))
+    return len(seen)
+
+
+def test_prefix_tree_by_hand():
+    # <SOT> a photo of a {cat | traffic light} . <EOT>
     tokens = tokenize(["a photo of a cat.", "a photo of a traffic light."])
-    assert shared_prefix_length(tokens) == 5
-    assert shared_prefix_length(tokenize(["cat", "dog"])) == 1  # <SOT> only
-    # one prompt: everything before its EOT is "shared", the EOT is still encoded
-    assert shared_prefix_length(tokenize(["a photo of a cat."])) == 7
-    # identical prompts stop before the EOT too
-    assert shared_prefix_length(tokenize(["a cat", "a cat"])) == 3
+    tree = PrefixTree.build(tokens)
+    assert tree.size == 5 + 3 + 4 == distinct_prefixes(tokens)
+    assert tree.depth.tolist() == sorted(tree.depth.tolist())  # levels in order
+    for b, row in enumerate(tokens):
+        # the path to each prompt's leaf spells the prompt up to its EOT
+        eot = int(row.argmax())
+        start = tree.levels[eot][0]
+        path = tree.paths[eot][int(tree.leaf[b]) - start]
+        assert tree.tokens[path].tolist() == row[: eot + 1].tolist()
+    # identical prompts share every node
+    assert PrefixTree.build(tokenize(["a cat", "a cat"])).size == 4
 
 
 @pytest.mark.parametrize(
@@ -38,6 +52,7 @@ def test_shared_prefix_length_by_hand():
         [f"{n}" for n in NAMES],  # <SOT> only
         ["a photo of a cat.", "There is a dog in the scene"],  # mixed templates
         ["a photo of a cat."],  # one prompt
+        ["a cat", "a cat", "a dog"],  # duplicates
     ],
 )
 @torch.no_grad()
@@ -50,20 +65,24 @@ def test_equals_open_clip_encode_text(clip_model, prompts):
 
 
 @torch.no_grad()
-def test_prefix_is_encoded_once(clip_model):
-    """The shared positions go through the tower once, as a batch of one: the first block
-    sees 5 + 6 * (suffix) positions, not 6 * (whole prompt)."""
-    tokens = tokenize([f"a photo of a {n}." for n in NAMES])
+def test_each_distinct_prefix_is_encoded_once(clip_model):
+    """The first block sees one row per distinct prefix, counted by brute force (here all
+    templates of ViLD-like prompts: <SOT> a photo of a NAME is shared by two templates)."""
+    prompts = [
+        t.format(n) for t in ("a photo of a {}.", "a photo of a {} in the scene") for n in NAMES
+    ]
+    tokens = tokenize(prompts)
     seen = []
     hook = clip_model.transformer.resblocks[0].ln_1.register_forward_hook(
-        lambda m, i, o: seen.append(tuple(o.shape[:2]))
+        lambda m, i, o: seen.append(o.shape[0])
     )
     try:
-        encode_prompts(clip_model, tokens)
+        got = encode_prompts(clip_model, tokens)
     finally:
         hook.remove()
-    length = int(tokens.argmax(-1).max()) + 1
-    assert seen == [(1, 5), (len(NAMES), length - 5)]
+    assert sum(seen) == distinct_prefixes(tokens) < (tokens.argmax(-1) + 1).sum()
+    expected = clip_model.encode_text(tokens)
+    assert (got - expected).abs().max() < 1e-5 * expected.abs().max()
 
 
 @torch.no_grad()
@@ -117,3 +136,14 @@ def test_towers_use_it(clip_model):
 
     kinds = {type(m) for m in clip_model.modules()}
     assert QuickGELU in kinds and Theirs not in kinds
+
+
+@torch.no_grad()
+def test_row_chunks_change_nothing(clip_model, monkeypatch):
+    from ovseg.modeling import text_tower
+
+    tokens = tokenize([f"There is a {n} in the scene" for n in NAMES])
+    expected = clip_model.encode_text(tokens)
+    monkeypatch.setattr(text_tower, "ROW_CHUNK", 7)
+    got = encode_prompts(clip_model, tokens)
+    assert (got - expected).abs().max() < 1e-5 * expected.abs().max()

@@ -165,7 +165,7 @@ def prompt_templates(kind: str, predefined: tuple[str, ...] = ("a photo of a {}.
 
 
 LOGIT_TEMPERATURE = 100.0  # fixed; CLIP's own logit_scale is not used
-TEXT_BATCH = 256  # prompts per text-tower call
+TEXT_BATCH = 4096  # prompts per text-tower call (its prefix tree's memory grows with it)
 
 
 @dataclass
@@ -403,22 +403,25 @@ class MaskAdaptedCLIP(nn.Module):
         return feats
 
     def _encode_vocabulary(self, names, templates, precision: str) -> torch.Tensor:
-        """(K, C) text features, computed: per template, its K prompts sorted by token length
-        in batches of ``TEXT_BATCH``, each cut after its longest prompt and with the template's
-        shared prefix encoded once (``ovseg.modeling.text_tower``)."""
+        """(K, C) text features, computed: all K * T prompts in calls of at most
+        ``TEXT_BATCH`` prompts (every template of a group of names), each call encoding
+        every distinct prompt prefix once (``ovseg.modeling.text_tower``)."""
         from ovseg.modeling.text_tower import encode_prompts
 
         device = self.non_object_embedding.device
         transformer = self._text_transformer(precision)
         feats = torch.empty(len(templates), len(names), self.arch.embed_dim)
+        step = max(1, TEXT_BATCH // len(templates))
         autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
         with autocast:
-            for i, template in enumerate(templates):
-                prompts = [template.format(name) for name in names]
-                tokens = tokenize(prompts, context_length=self.arch.context_length).to(device)
-                for chunk in tokens.argmax(dim=-1).argsort().split(TEXT_BATCH):
-                    encoded = encode_prompts(self.clip_model, tokens[chunk], transformer)
-                    feats[i, chunk.cpu()] = encoded.float().cpu()
+            for i in range(0, len(names), step):
+                group = names[i : i + step]
+                prompts = [t.format(name) for t in templates for name in group]
+                tokens = tokenize(prompts, context_length=self.arch.context_length)
+                encoded = encode_prompts(self.clip_model, tokens.to(device), transformer)
+                feats[:, i : i + len(group)] = (
+                    encoded.float().cpu().view(len(templates), -1, feats.shape[-1])
+                )
         return F.normalize(F.normalize(feats, dim=-1).mean(0), dim=-1)
 
     def _text_transformer(self, precision: str) -> nn.Module:

@@ -1,16 +1,18 @@
-"""The CLIP text tower over a vocabulary, with each template's shared prefix encoded once.
+"""The CLIP text tower over many prompts at once, each distinct prefix encoded once.
 
 CLIP's text transformer is causal: the hidden state at position ``p`` depends on tokens
-``0..p`` only, and the class feature is read at the EOT token. So
+``0..p`` only, and the class feature is read at the EOT token (the largest id). So
 
-- positions after a prompt's EOT never matter: each batch is cut after its longest prompt;
-- the positions every prompt of one template shares (``<SOT> a photo of a`` in
-  ``a photo of a {}.``) give the same hidden states, keys and values for every class name:
-  they are encoded once per template (a batch of one), and the rest of each prompt attends to
-  their cached keys and values. For the 14 ViLD templates and the 150 ADE20K names this
-  removes more than half of the tokens;
-- in the last block only the EOT position is needed after attention: the output projection
-  and the MLP run on that one position per prompt.
+- positions after a prompt's EOT never matter and are not computed;
+- two prompts that start with the same tokens have the same hidden states, keys and values
+  along that common start. The prompts are put in a prefix tree (one node per distinct
+  prefix) and every node is encoded once: ``<SOT> a photo of a`` once for all class names,
+  ``<SOT> a photo of a traffic light`` once for the templates ``a photo of a {}.`` and
+  ``a photo of a {} in the scene``. For the 14 ViLD templates and the 150 ADE20K names that
+  is 8,287 positions instead of 25,460 (77 * 2,100 without the cut);
+- a node attends to the keys and values of its ancestors and itself: the causal attention
+  of its prompt, exactly;
+- in the last block only the EOT nodes are needed after attention.
 
 The result equals ``open_clip``'s ``encode_text`` up to float rounding (tested against it).
 Works on the fp32 tower, under bf16 autocast, and on the int8 copy
@@ -19,16 +21,71 @@ Works on the fp32 tower, under bf16 autocast, and on the int8 copy
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+ROW_CHUNK = 2048  # positions per linear-layer call (keeps the MLP's activations in cache)
 
-def shared_prefix_length(tokens: torch.Tensor) -> int:
-    """Leading positions equal in every row of (B, L) ``tokens``, stopping before the first
-    EOT (the largest id), so that every row keeps at least its EOT to encode."""
-    same = (tokens == tokens[:1]).all(dim=0).long().cumprod(0).sum()
-    return int(min(int(same), int(tokens.argmax(dim=-1).min())))
+
+@dataclass
+class PrefixTree:
+    """Nodes in depth order (a level is a contiguous range of ids).
+
+    Attributes:
+        tokens: (N,) token id per node; depth: (N,) its position in the prompt.
+        levels: (start, end) node range per depth.
+        paths: per depth ``d``, (end - start, d + 1) node ids from the root to each node.
+        leaf: (B,) the node of each prompt's EOT.
+    """
+
+    tokens: torch.Tensor
+    depth: torch.Tensor
+    levels: list[tuple[int, int]]
+    paths: list[torch.Tensor]
+    leaf: torch.Tensor
+
+    @classmethod
+    def build(cls, tokens: torch.Tensor) -> PrefixTree:
+        """The prefix tree of (B, L) ``tokens``, each row cut after its EOT."""
+        rows = tokens.cpu().tolist()
+        lengths = (tokens.argmax(dim=-1) + 1).tolist()
+        node = [-1] * len(rows)  # each prompt's node at the current depth
+        ids: dict[tuple[int, int], int] = {}
+        node_tokens, node_depth, levels, paths = [], [], [], []
+        for d in range(max(lengths)):
+            start, parents = len(node_tokens), []
+            for b, row in enumerate(rows):
+                if d >= lengths[b]:
+                    continue
+                key = (node[b], row[d])
+                if key not in ids:
+                    ids[key] = len(node_tokens)
+                    node_tokens.append(row[d])
+                    node_depth.append(d)
+                    parents.append(node[b])
+                node[b] = ids[key]
+            end = len(node_tokens)
+            own = torch.arange(start, end)[:, None]
+            if d == 0:
+                paths.append(own)
+            else:
+                above = paths[-1][torch.tensor(parents) - levels[-1][0]]
+                paths.append(torch.cat([above, own], dim=1))
+            levels.append((start, end))
+        return cls(
+            torch.tensor(node_tokens),
+            torch.tensor(node_depth),
+            levels,
+            paths,
+            torch.tensor(node),
+        )
+
+    @property
+    def size(self) -> int:
+        return int(self.tokens.numel())
 
 
 def _projections(attn: nn.Module):
@@ -44,27 +101,12 @@ def _projections(attn: nn.Module):
     return attn.in_proj, attn.out_proj, attn.num_heads
 
 
-def _block(block: nn.Module, x, past, mask, rows=None):
-    """One residual attention block on (B, S, D) ``x`` whose keys/values are preceded by
-    ``past`` ((1, H, P, dh) each, or None). ``rows``: (B,) positions of ``x`` to keep after
-    attention (the last block), else all. Returns (output, (keys, values) of ``x``)."""
-    qkv_proj, out_proj, heads = _projections(block.attn)
-    b, s, d = x.shape
-    q, k, v = qkv_proj(block.ln_1(x)).view(b, s, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
-    new = (k, v)
-    if past is not None:
-        k = torch.cat([past[0].expand(b, -1, -1, -1), k], dim=2)
-        v = torch.cat([past[1].expand(b, -1, -1, -1), v], dim=2)
-    if rows is not None:  # only these queries matter from here on
-        index = torch.arange(b, device=x.device)
-        x, q = x[index, rows][:, None], q[index, :, rows][:, :, None]
-        mask = mask[rows][:, None, None]
-    # written out: for these few positions it is several times faster on CPU than
-    # F.scaled_dot_product_attention with a mask, and equal up to rounding
-    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
-    o = scores.masked_fill_(~mask, float("-inf")).softmax(dim=-1) @ v
-    x = x + block.ls_1(out_proj(o.transpose(1, 2).reshape(x.shape)))
-    return x + block.ls_2(block.mlp(block.ln_2(x))), new
+def _by_rows(fn, *tensors: torch.Tensor) -> torch.Tensor:
+    """``fn`` (row-wise) applied to (N, ...) ``tensors`` in chunks of ``ROW_CHUNK`` rows."""
+    n = tensors[0].shape[0]
+    if n <= ROW_CHUNK:
+        return fn(*tensors)
+    return torch.cat([fn(*(t[i : i + ROW_CHUNK] for t in tensors)) for i in range(0, n, ROW_CHUNK)])
 
 
 def _check_blocks(transformer: nn.Module) -> None:
@@ -75,33 +117,50 @@ def _check_blocks(transformer: nn.Module) -> None:
             raise ValueError("the text tower must be made of open_clip ResidualAttentionBlocks")
 
 
+def _tree_attention(q, k, v, tree: PrefixTree, heads: int) -> torch.Tensor:
+    """(N, D) attention output of every node over its path (its prompt's causal context)."""
+    n, d = q.shape
+    dh = d // heads
+    # head-major copies, so that gathering a level's paths gives bmm-ready blocks
+    q, k, v = (t.view(n, heads, dh).transpose(0, 1).contiguous() for t in (q, k, v))
+    out = torch.empty(n, d, dtype=q.dtype, device=q.device)
+    for (start, end), path in zip(tree.levels, tree.paths):
+        m, length = path.shape
+        index = path.reshape(-1)
+        kd = k.index_select(1, index).view(heads, m, length, dh)
+        vd = v.index_select(1, index).view(heads, m, length, dh)
+        # written out: for so few positions several times faster on CPU than
+        # F.scaled_dot_product_attention, and equal up to rounding
+        scores = q[:, start:end, None] @ kd.transpose(-2, -1)  # (H, m, 1, length)
+        o = (scores * dh**-0.5).softmax(dim=-1) @ vd  # (H, m, 1, dh)
+        out[start:end] = o.view(heads, m, dh).transpose(0, 1).reshape(m, d)
+    return out
+
+
 def encode_prompts(clip_model: nn.Module, tokens: torch.Tensor, transformer=None) -> torch.Tensor:
-    """``clip_model.encode_text(tokens)`` (not normalised), (B, 77) -> (B, C), computing the
-    positions all rows share once. ``transformer``: a stand-in for ``clip_model.transformer``
-    (e.g. its int8 copy)."""
+    """``clip_model.encode_text(tokens)`` (not normalised), (B, 77) -> (B, C), with every
+    distinct prefix of the prompts encoded once (``PrefixTree``). ``transformer``: a stand-in
+    for ``clip_model.transformer`` (e.g. its int8 copy)."""
     transformer = clip_model.transformer if transformer is None else transformer
     _check_blocks(transformer)
-    eot = tokens.argmax(dim=-1)
-    length = int(eot.max()) + 1
-    p = shared_prefix_length(tokens[:, :length])
+    device = tokens.device
+    tree = PrefixTree.build(tokens)
     cast = transformer.get_cast_dtype()
-    positions = clip_model.positional_embedding.to(cast)
+    x = clip_model.token_embedding(tree.tokens.to(device)).to(cast)
+    x = x + clip_model.positional_embedding.to(cast)[tree.depth.to(device)]
+    tree.paths = [p.to(device) for p in tree.paths]
+    leaf = tree.leaf.to(device)
     blocks = list(transformer.resblocks)
-
-    def embed(t, start):
-        return clip_model.token_embedding(t).to(cast) + positions[start : start + t.shape[1]]
-
-    past = [None] * len(blocks)
-    if p:
-        x = embed(tokens[:1, :p], 0)
-        causal = torch.ones(p, p, dtype=torch.bool, device=tokens.device).tril()
-        for i, block in enumerate(blocks[:-1]):  # the last block's output is never read
-            x, past[i] = _block(block, x, None, causal)
-        past[-1] = _block(blocks[-1], x, None, causal)[1]
-    s = length - p
-    x = embed(tokens[:, p:length], p)
-    mask = torch.ones(s, length, dtype=torch.bool, device=tokens.device).tril(diagonal=p)
     for i, block in enumerate(blocks):
-        last = i == len(blocks) - 1
-        x = _block(block, x, past[i], mask, rows=eot - p if last else None)[0]
-    return clip_model.ln_final(x[:, 0]) @ clip_model.text_projection
+        qkv_proj, out_proj, heads = _projections(block.attn)
+        q, k, v = _by_rows(lambda r: qkv_proj(block.ln_1(r)), x).chunk(3, dim=-1)
+        o = _tree_attention(q, k, v, tree, heads)
+        if i == len(blocks) - 1:  # only the EOT nodes are read after the last block
+            x, o = x[leaf], o[leaf]
+
+        def rest(y, a, block=block, out_proj=out_proj):
+            y = y + block.ls_1(out_proj(a))
+            return y + block.ls_2(block.mlp(block.ln_2(y)))
+
+        x = _by_rows(rest, x, o)
+    return clip_model.ln_final(x) @ clip_model.text_projection
