@@ -3,7 +3,9 @@
     PYTHONPATH=. python benchmarks/agreement.py --model ovseg-R101c-vitB16 --photos 3 \\
         --json agreement.json [--dtype bf16|int8] [--top-k 30]
 
-Each precision uses its own text features (the text tower runs in the chosen precision).
+Each precision uses its own text features (the text tower runs in the chosen precision);
+``{dtype}_image_fp32_text_vs_fp32`` is the low-precision image side with fp32 text features,
+which tells how much of the disagreement comes from each side.
 Same setting as ``latency.py`` (random weights, seed 0; 100 random-ellipse masks through
 the proposal interface unless ``--masks model``; the 150 ADE20K class names), on the first
 ``--photos`` photos of ../shared/data (ADE20K validation samples, then COCO). Agreement is the
@@ -76,6 +78,8 @@ def main(argv=None) -> int:
             opts = InferenceOptions()
             full32, _ = run_pipeline(fp32, image, names, text, opts, masks, size)
             full16, _ = run_pipeline(low, image, names, text_low, opts, masks, size)
+            # the same low-precision image side with fp32 text features: which side costs it
+            mixed, _ = run_pipeline(low, image, names, text, opts, masks, size)
             if args.top_k:
                 top16, _ = run_pipeline(low, image, names, text_low, opts, masks, size, args.top_k)
                 top32, _ = run_pipeline(fp32, image, names, text, opts, masks, size, args.top_k)
@@ -83,6 +87,7 @@ def main(argv=None) -> int:
             "photo": index,
             "size": list(size),
             f"{args.dtype}_vs_fp32": float((full16 == full32).float().mean()),
+            f"{args.dtype}_image_fp32_text_vs_fp32": float((mixed == full32).float().mean()),
         }
         if args.top_k:
             row[f"top{args.top_k}_vs_all_fp32"] = float((top32 == full32).float().mean())

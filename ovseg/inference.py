@@ -43,13 +43,20 @@ class InferenceOptions:
 
     Attributes:
         fast: duplicate-mask skipping, batched crops on CUDA (False: the reference path).
-        dtype: "fp32" (official), "bf16" or "int8". bf16: the backbone, pixel decoder and
-            CLIP image tower get bf16 weights (autocast alone leaves most of the time in
-            fp32 on CPU) and the text tower runs under bf16 autocast. int8: the linear
-            layers of the CLIP image and text towers are quantised (``quantize_int8``;
-            CPU only), the rest stays fp32. The transformer decoder, classification and
-            fusion stay fp32 in all cases. Only CPUs with native bf16 (AVX512-BF16 or AMX)
-            run bf16 fast; elsewhere it is far slower than fp32 (``native_bf16``).
+        dtype: "fp32" (official), "bf16" or "int8", for the image side. bf16: the
+            backbone, pixel decoder and CLIP image tower get bf16 weights (autocast alone
+            leaves most of the time in fp32 on CPU). int8: the linear layers of the CLIP
+            image tower are quantised (``quantize_int8``; CPU only), the rest stays fp32.
+            The transformer decoder, classification and fusion stay fp32 in all cases.
+            Only CPUs with native bf16 (AVX512-BF16 or AMX) run bf16 fast; elsewhere it is
+            far slower than fp32 (``native_bf16``).
+        text_dtype: the text tower's precision, "fp32" (default, whatever ``dtype``), "bf16"
+            (autocast) or "int8" (a quantised copy of the tower). Text features are made
+            once per vocabulary and kept on disk, while their precision decides most of
+            the disagreement with fp32: measured with random weights, int8 image + int8
+            text kept 85% of the fp32 labels, int8 image + fp32 text 98%
+            (``benchmarks/README.md``). A lower text precision only makes the first query
+            of a new vocabulary faster.
         channels_last: convolutional parts in channels_last memory format.
         compile: ``torch.compile`` the backbone and the CLIP image tower (first call slow).
         top_k: keep only the k proposals with the highest proposal score (max class
@@ -75,6 +82,7 @@ class InferenceOptions:
 
     fast: bool = True
     dtype: str = "fp32"
+    text_dtype: str = "fp32"
     channels_last: bool = True
     compile: bool = False
     top_k: int | None = None
@@ -92,6 +100,8 @@ class InferenceOptions:
             self.tta_min_sizes = tuple(int(s) for s in self.tta_min_sizes)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.text_dtype not in DTYPES:
+            raise ValueError(f"text_dtype must be one of {sorted(DTYPES)}, got {self.text_dtype!r}")
         if self.dtype == "int8" and self.compile:
             raise ValueError("dtype='int8' (dynamic quantisation) does not combine with compile")
         if self.top_k is not None and self.top_k < 1:
@@ -154,13 +164,15 @@ def prepare_model(model, options: InferenceOptions):
     """Apply ``options`` to ``model`` in place (dtype, memory format) and return it.
 
     The model's other parts are untouched; its methods cast inputs to each module's weight
-    dtype, so a bf16 model keeps working everywhere, with fp32 outputs. The text tower's
-    precision is recorded on the CLIP branch (``clip_adapter.text_precision``), which runs it
-    accordingly (bf16 autocast, or an int8 copy of the tower).
+    dtype, so a bf16 model keeps working everywhere, with fp32 outputs. ``text_dtype`` is
+    recorded on the CLIP branch (``clip_adapter.text_precision``), which runs the text tower
+    accordingly (fp32, bf16 autocast, or an int8 copy of the tower).
     """
-    if options.dtype == "int8" and model.device.type != "cpu":
-        raise ValueError("dtype='int8' runs on CPU only; use bf16 on GPUs")
-    if options.dtype == "bf16" and model.device.type == "cpu" and not native_bf16():
+    for name in ("dtype", "text_dtype"):
+        if getattr(options, name) == "int8" and model.device.type != "cpu":
+            raise ValueError(f"{name}='int8' runs on CPU only; use bf16 on GPUs")
+    bf16 = "bf16" in (options.dtype, options.text_dtype)
+    if bf16 and model.device.type == "cpu" and not native_bf16():
         warnings.warn(
             "this CPU has no native bf16 (AVX512-BF16/AMX): bf16 runs far slower than fp32 "
             "here; use dtype fp32 or int8",
@@ -173,7 +185,7 @@ def prepare_model(model, options: InferenceOptions):
     if options.dtype == "int8":
         quantize_int8(model.clip_adapter.clip_model.visual)
     clip = model.clip_adapter
-    clip.text_precision = options.dtype
+    clip.text_precision = options.text_dtype
     if options.text_cache:
         from ovseg.modeling.text_cache import default_folder
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,11 +48,13 @@ def test_int8_clip_features_close_to_official(official_tiny):
     assert cosine.min() > 0.99
 
 
+@pytest.mark.parametrize("text_dtype", ["fp32", "int8"])
 @torch.no_grad()
-def test_int8_model_agrees_with_official_fixture(official_tiny):
+def test_int8_model_agrees_with_official_fixture(official_tiny, text_dtype):
     """The official fixture's trained-like weights at its own input size (no test resize)."""
     model, out, image, names = official_tiny
-    model = prepare_model(copy.deepcopy(model), InferenceOptions(dtype="int8", text_cache=False))
+    options = InferenceOptions(dtype="int8", text_dtype=text_dtype, text_cache=False)
+    model = prepare_model(copy.deepcopy(model), options)
     agreement = (model(image, names).argmax(0) == out["sem_seg_argmax"]).float().mean()
     assert agreement >= 0.98
-    assert model.clip_adapter.last_text_stats["precision"] == "int8"
+    assert model.clip_adapter.last_text_stats["precision"] == text_dtype

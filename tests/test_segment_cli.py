@@ -256,6 +256,12 @@ def test_speed_flags_build_the_inference_options(monkeypatch):
     predictor = _inference.make_predictor(args)
     assert predictor.options.top_k == 5
     assert predictor.model.backbone.patch_embed.proj.weight.dtype == torch.bfloat16
+    assert predictor.model.clip_adapter.text_precision == "fp32"  # --text-dtype's default
+    args = build_parser().parse_args(["segment", "x", "--classes", "a", "--text-dtype", "int8"])
+    tiny = ovseg.build_model("ovseg-test-tiny")
+    predictor = _inference.make_predictor(args)
+    assert predictor.options.text_dtype == "int8" and predictor.options.dtype == "fp32"
+    assert predictor.model.clip_adapter.text_precision == "int8"
 
 
 def test_segment_tta_options_reach_the_predictor(tmp_path):
@@ -303,8 +309,9 @@ def test_second_run_takes_text_features_from_the_disk_cache(tmp_path, monkeypatc
         capsys.readouterr()
         assert main(argv + ["--timings", str(timings)]) == 0
         text = json.loads(timings.read_text())["images"][0]["text"]
-        assert text["precision"] == "int8" and text["classes"] == 3
-        assert f"text features for 3 classes x 14 templates (int8): {text['source']}" in (
+        # the text tower stays fp32 with --dtype int8 (--text-dtype's default)
+        assert text["precision"] == "fp32" and text["classes"] == 3
+        assert f"text features for 3 classes x 14 templates (fp32): {text['source']}" in (
             capsys.readouterr().err
         )
         sources.append(text["source"])

@@ -177,8 +177,10 @@ def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
         "oracle": args.oracle,
     }
     dtype = getattr(args, "dtype", "fp32")
-    if dtype != "fp32":  # fp32 keys stay as they were, so existing caches still hit
+    text_dtype = getattr(args, "text_dtype", "fp32")
+    if dtype != "fp32" or text_dtype != "fp32":  # fp32 keys stay as they were
         key["dtype"] = dtype
+        key["text_dtype"] = text_dtype  # int8 once meant int8 text too: those entries miss
 
     def image(index: int) -> np.ndarray:
         return read_image(dataset[index].image)
@@ -209,7 +211,9 @@ def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
     from ovseg.cli._common import augmentation_settings, tta_options_from_args
     from ovseg.evaluation.settings import eval_ensemble_weight
 
-    options = ovseg.InferenceOptions(dtype=dtype, **tta_options_from_args(args, cfg))
+    options = ovseg.InferenceOptions(
+        dtype=dtype, text_dtype=text_dtype, **tta_options_from_args(args, cfg)
+    )
     predictor = ovseg.Predictor(model, proposal_generator=generator, options=options)
     weight = eval_ensemble_weight(dataset.name, cfg.ensemble_weight, args.ensemble_weight)
     threshold = cfg.mask_threshold if args.mask_threshold is None else float(args.mask_threshold)
@@ -221,6 +225,7 @@ def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
         min_size_test=cfg.min_size_test,
         max_size_test=cfg.max_size_test,
         dtype=dtype,
+        text_dtype=text_dtype,
     )
     if args.sweep:
         settings = [

@@ -85,6 +85,12 @@ def register(subparsers) -> None:
         default="fp32",
         help="precision of the model run (see `ovseg segment --help`); fp32 is official",
     )
+    source.add_argument(
+        "--text-dtype",
+        choices=["fp32", "bf16", "int8"],
+        default="fp32",
+        help="precision of the text tower (see `ovseg segment --help`); default fp32",
+    )
     source.add_argument("--sweep", action="store_true", help="grid-search lambda x mask threshold")
     source.add_argument(
         "--lambdas", type=_floats, default=list(SWEEP_LAMBDAS), help="sweep lambdas"

@@ -395,7 +395,7 @@ class MaskAdaptedCLIP(nn.Module):
         self.last_text_stats = {
             "source": source,
             "seconds": time.perf_counter() - start,
-            "weights_digest_s": digest_s,  # once per process and weights (sha256)
+            "weights_digest_s": digest_s,  # sha256 once per process and weights; ~0 if loaded
             "classes": len(names),
             "templates": len(templates),
             "precision": precision,

@@ -153,7 +153,7 @@ def encode_prompts(clip_model: nn.Module, tokens: torch.Tensor, transformer=None
     blocks = list(transformer.resblocks)
     for i, block in enumerate(blocks):
         qkv_proj, out_proj, heads = _projections(block.attn)
-        q, k, v = _by_rows(lambda r: qkv_proj(block.ln_1(r)), x).chunk(3, dim=-1)
+        q, k, v = _by_rows(lambda r, b=block, p=qkv_proj: p(b.ln_1(r)), x).chunk(3, dim=-1)
         o = _tree_attention(q, k, v, tree, heads)
         if i == len(blocks) - 1:  # only the EOT nodes are read after the last block
             x, o = x[leaf], o[leaf]
