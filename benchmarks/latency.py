@@ -14,7 +14,8 @@ Stages, each timed per run (median over ``--repeats`` runs after ``--warmup``):
 ``backbone_proposals`` (backbone, pixel decoder, decoder, mask upsampling), ``crops``
 (binarise, skip empty/duplicate masks, masked crops), ``clip`` (CLIP image tower with mask
 prompts), ``fusion`` (classification, ensemble, semantic fusion, resize back). Text features
-are cached per vocabulary, so they are outside the end-to-end time (``text_s``: first call).
+are cached per vocabulary, so they are outside the end-to-end time (``text_s``: first call, in
+``--text-dtype``, fp32 by default as in the product).
 
 Reported in the JSON (seconds): ``end_to_end_s`` (fast path, chosen dtype), ``reference_s``
 (fp32 reference path: per-mask crop loop, CLIP on every crop, official computation),
@@ -298,6 +299,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, choices=list(ovseg.build.MODELS))
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    parser.add_argument(
+        "--text-dtype",
+        default="fp32",
+        choices=sorted(DTYPES),
+        help="text tower precision of the fast path (default fp32, as the product)",
+    )
     parser.add_argument("--json", required=True, help="write the results here")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=3)
@@ -323,7 +330,9 @@ def main(argv=None) -> int:
     model = copy.deepcopy(reference_model)
     # the text tower runs once, outside the end-to-end time; no disk cache, so text_s is a
     # real first encoding in this dtype
-    options = InferenceOptions(dtype=args.dtype, compile=args.compile, text_cache=False)
+    options = InferenceOptions(
+        dtype=args.dtype, text_dtype=args.text_dtype, compile=args.compile, text_cache=False
+    )
     prepare_model(model, options)
     if args.compile:
         model.backbone.compile(dynamic=True)
@@ -399,6 +408,8 @@ def main(argv=None) -> int:
     result = {
         "model": args.model,
         "dtype": args.dtype,
+        "text_dtype": args.text_dtype,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "device": str(device),
         "device_name": torch.cuda.get_device_name() if device.type == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(),

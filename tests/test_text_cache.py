@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ovseg.modeling import text_cache
-from ovseg.modeling.clip_branch import VILD_TEMPLATES
+from ovseg.modeling.prompts import VILD_TEMPLATES
 
 NAMES = ["cat", "dog", "traffic light", "chest of drawers"]
 

@@ -12,12 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from ovseg.config import config_from_official
-from ovseg.modeling.clip_branch import (
-    IMAGENET_TEMPLATES,
-    VILD_TEMPLATES,
-    ClipArch,
-    prompt_templates,
-)
+from ovseg.modeling.clip_branch import ClipArch
+from ovseg.modeling.prompts import IMAGENET_TEMPLATES, VILD_TEMPLATES, prompt_templates
 
 OFFICIAL_TEMPLATES = Path(
     "/tmp/ovseg-official/open_vocab_seg/modeling/clip_adapter/text_template.py"

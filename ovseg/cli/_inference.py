@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from ovseg.modeling.clip_branch import TEMPLATE_SETS
 from ovseg.modeling.fusion import MODES, OFFICIAL_DEMO_SETTINGS
+from ovseg.modeling.prompts import TEMPLATE_SETS
 
 
 def add_speed_args(parser: argparse.ArgumentParser) -> None:

@@ -14,7 +14,7 @@ from ovseg.config import OVSegConfig
 from ovseg.data.fast_crops import unique_masks
 from ovseg.data.masked_crops import MEAN_FILL, MaskedCrops, masked_crops
 from ovseg.data.transforms import normalize_and_pad
-from ovseg.modeling.clip_branch import MaskAdaptedCLIP, prompt_templates
+from ovseg.modeling.clip_branch import MaskAdaptedCLIP
 from ovseg.modeling.fusion import (
     OTHERS,
     FusionSettings,
@@ -27,6 +27,7 @@ from ovseg.modeling.fusion import (
     semantic_fusion,
 )
 from ovseg.modeling.pixel_decoder import PixelDecoder
+from ovseg.modeling.prompts import prompt_templates
 from ovseg.modeling.proposals import Proposals
 from ovseg.modeling.transformer_decoder import OpenVocabPredictor
 

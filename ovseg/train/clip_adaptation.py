@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ovseg.digest import tensor_digest
-from ovseg.modeling.clip_branch import LOGIT_TEMPERATURE, VILD_TEMPLATES
+from ovseg.modeling.clip_branch import LOGIT_TEMPERATURE
+from ovseg.modeling.prompts import VILD_TEMPLATES
 from ovseg.train.clip_recipes import (
     LOGIT_SCALE_MAX,
     ClipRecipe,

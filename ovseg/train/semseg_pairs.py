@@ -101,7 +101,7 @@ def crop_accuracy(
     """Top-1 % of the folder's crops classified against ``class_names`` (cosine with the
     text features): ``accuracy_vild`` (14 ViLD templates, as inference) and ``accuracy_raw``
     (the names alone, as the official training text)."""
-    from ovseg.modeling.clip_branch import VILD_TEMPLATES
+    from ovseg.modeling.prompts import VILD_TEMPLATES
     from ovseg.train.pairs import PairDataset, collate_pairs
 
     dataset = PairDataset(pairs, vocabulary=list(class_names))
