@@ -147,3 +147,8 @@ def test_row_chunks_change_nothing(clip_model, monkeypatch):
     monkeypatch.setattr(text_tower, "ROW_CHUNK", 7)
     got = encode_prompts(clip_model, tokens)
     assert (got - expected).abs().max() < 1e-5 * expected.abs().max()
+
+
+@torch.no_grad()
+def test_no_prompts(clip_model):
+    assert encode_prompts(clip_model, tokenize([])).shape == (0, clip_model.text_projection.shape[1])

@@ -144,6 +144,8 @@ def encode_prompts(clip_model: nn.Module, tokens: torch.Tensor, transformer=None
     transformer = clip_model.transformer if transformer is None else transformer
     _check_blocks(transformer)
     device = tokens.device
+    if tokens.shape[0] == 0:
+        return clip_model.text_projection.new_zeros(0, clip_model.text_projection.shape[1])
     tree = PrefixTree.build(tokens)
     cast = transformer.get_cast_dtype()
     x = clip_model.token_embedding(tree.tokens.to(device)).to(cast)
