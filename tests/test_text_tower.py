@@ -151,4 +151,7 @@ def test_row_chunks_change_nothing(clip_model, monkeypatch):
 
 @torch.no_grad()
 def test_no_prompts(clip_model):
-    assert encode_prompts(clip_model, tokenize([])).shape == (0, clip_model.text_projection.shape[1])
+    assert encode_prompts(clip_model, tokenize([])).shape == (
+        0,
+        clip_model.text_projection.shape[1],
+    )
