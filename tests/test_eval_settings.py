@@ -72,6 +72,7 @@ def test_eval_json_records_the_settings(tmp_path, monkeypatch):
         "clip_only": False,
         "clip_ensemble": True,
         "dtype": "fp32",
+        "text_dtype": "fp32",
         "oracle": None,
     }
     first = run_eval(tmp_path, "pascal-context-59", pc)
