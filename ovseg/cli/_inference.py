@@ -12,8 +12,8 @@ from ovseg.modeling.fusion import MODES, OFFICIAL_DEMO_SETTINGS
 from ovseg.modeling.prompts import TEMPLATE_SETS
 
 
-def add_speed_args(parser: argparse.ArgumentParser) -> None:
-    """Opt-in speed knobs (they change outputs slightly): bf16 / int8, top-k proposals."""
+def add_dtype_args(parser) -> None:
+    """``--dtype`` and ``--text-dtype`` (segment, serve, eval)."""
     parser.add_argument(
         "--dtype",
         choices=["fp32", "bf16", "int8"],
@@ -30,6 +30,11 @@ def add_speed_args(parser: argparse.ArgumentParser) -> None:
         "cached per vocabulary, and lower precision there costs most of the agreement); "
         "int8/bf16 only speed up the first query of a new vocabulary",
     )
+
+
+def add_speed_args(parser: argparse.ArgumentParser) -> None:
+    """Opt-in speed knobs (they change outputs slightly): bf16 / int8, top-k proposals."""
+    add_dtype_args(parser)
     parser.add_argument(
         "--top-k",
         type=int,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from ovseg.cli._common import add_model_args, add_tta_args
-from ovseg.cli._inference import add_classifier_args
+from ovseg.cli._inference import add_classifier_args, add_dtype_args
 from ovseg.cli._proposals import add_proposal_args
 from ovseg.data.datasets import list_datasets
 
@@ -79,18 +79,7 @@ def register(subparsers) -> None:
         "--mask-threshold", type=float, default=None, help="MASK_THR (default: model's)"
     )
     add_classifier_args(source)
-    source.add_argument(
-        "--dtype",
-        choices=["fp32", "bf16", "int8"],
-        default="fp32",
-        help="precision of the model run (see `ovseg segment --help`); fp32 is official",
-    )
-    source.add_argument(
-        "--text-dtype",
-        choices=["fp32", "bf16", "int8"],
-        default="fp32",
-        help="precision of the text tower (see `ovseg segment --help`); default fp32",
-    )
+    add_dtype_args(source)
     source.add_argument("--sweep", action="store_true", help="grid-search lambda x mask threshold")
     source.add_argument(
         "--lambdas", type=_floats, default=list(SWEEP_LAMBDAS), help="sweep lambdas"
