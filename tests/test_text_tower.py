@@ -33,13 +33,18 @@ def test_prefix_tree_by_hand():
     tokens = tokenize(["a photo of a cat.", "a photo of a traffic light."])
     tree = PrefixTree.build(tokens)
     assert tree.size == 5 + 3 + 4 == distinct_prefixes(tokens)
-    assert tree.depth.tolist() == sorted(tree.depth.tolist())  # levels in order
     for b, row in enumerate(tokens):
         # the path to each prompt's leaf spells the prompt up to its EOT
         eot = int(row.argmax())
-        start = tree.levels[eot][0]
-        path = tree.paths[eot][int(tree.leaf[b]) - start]
+        path = tree.path(b)
+        assert int(path[-1]) == int(tree.leaf[b])
         assert tree.tokens[path].tolist() == row[: eot + 1].tolist()
+        assert tree.depth[path].tolist() == list(range(eot + 1))
+    # the shared start belongs to the first prompt, the second owns only its own tail
+    assert tree.owner.tolist() == [0] * 8 + [1] * 4
+    # the attention groups own every node exactly once
+    owned = torch.cat([nodes for *_, nodes in tree.attention_groups("cpu")])
+    assert sorted(owned.tolist()) == list(range(tree.size))
     # identical prompts share every node
     assert PrefixTree.build(tokenize(["a cat", "a cat"])).size == 4
 
@@ -138,13 +143,17 @@ def test_towers_use_it(clip_model):
     assert QuickGELU in kinds and Theirs not in kinds
 
 
+@pytest.mark.parametrize("setting", [("ROW_CHUNK", 7), ("PROMPT_CHUNK", 2)])
 @torch.no_grad()
-def test_row_chunks_change_nothing(clip_model, monkeypatch):
+def test_chunks_change_nothing(clip_model, monkeypatch, setting):
+    """Linear layers over 7 rows at a time, or attention over 2 prompts at a time (prompts of
+    several lengths, several groups per length): still open_clip's result."""
     from ovseg.modeling import text_tower
 
-    tokens = tokenize([f"There is a {n} in the scene" for n in NAMES])
+    templates = ("There is a {} in the scene", "a photo of a {}.")
+    tokens = tokenize([t.format(n) for n in NAMES for t in templates])
     expected = clip_model.encode_text(tokens)
-    monkeypatch.setattr(text_tower, "ROW_CHUNK", 7)
+    monkeypatch.setattr(text_tower, *setting)
     got = encode_prompts(clip_model, tokens)
     assert (got - expected).abs().max() < 1e-5 * expected.abs().max()
 
