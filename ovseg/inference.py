@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import skip_init
 
 from ovseg.tta import Augmentation
 
@@ -220,8 +221,10 @@ class SelfAttention(nn.Module):
         d = mha.embed_dim
         self.num_heads, self.batch_first = mha.num_heads, mha.batch_first
         bias = mha.in_proj_bias is not None
-        self.in_proj = nn.Linear(d, 3 * d, bias=bias).to(mha.in_proj_weight)
-        self.out_proj = nn.Linear(d, d, bias=mha.out_proj.bias is not None).to(mha.in_proj_weight)
+        like = {"device": mha.in_proj_weight.device, "dtype": mha.in_proj_weight.dtype}
+        # no random init: every weight is copied next
+        self.in_proj = skip_init(nn.Linear, d, 3 * d, bias=bias, **like)
+        self.out_proj = skip_init(nn.Linear, d, d, bias=mha.out_proj.bias is not None, **like)
         with torch.no_grad():
             self.in_proj.weight.copy_(mha.in_proj_weight)
             self.out_proj.weight.copy_(mha.out_proj.weight)
@@ -251,8 +254,6 @@ def quantize_int8(module: nn.Module) -> nn.Module:
     ``nn.Linear`` for PyTorch's dynamically quantised one (int8 weights per output channel,
     activations quantised per call on the x86 engine, fbgemm where x86 is missing).
     """
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
     engines = torch.backends.quantized.supported_engines
     engine = next((e for e in ("x86", "fbgemm", "qnnpack") if e in engines), None)
     if engine is None:
@@ -262,16 +263,43 @@ def quantize_int8(module: nn.Module) -> nn.Module:
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.MultiheadAttention):
                 setattr(parent, name, SelfAttention(child))
-    with warnings.catch_warnings():
+    module.float()
+    with warnings.catch_warnings():  # torch 2.14 marks quantised tensors as deprecated
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        quantize_dynamic(module.float(), {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+        for parent in list(module.modules()):
+            for name, child in list(parent.named_children()):
+                if type(child) is nn.Linear:  # exact type, as quantize_dynamic's lookup
+                    setattr(parent, name, _dynamic_int8_linear(child))
     for block in module.modules():
         mlp = getattr(block, "mlp", None)
         if mlp is not None and hasattr(mlp, "c_fc"):
             # open_clip reads the cast dtype from c_fc.weight, a method once quantised
             mlp.c_fc.int8_original_dtype = torch.float32
     return module
+
+
+def _dynamic_int8_linear(linear: nn.Linear) -> nn.Module:
+    """``torch.ao.nn.quantized.dynamic.Linear.from_float`` under ``per_channel_dynamic_qconfig``
+    (what ``quantize_dynamic`` does; the same module, tested bit-equal), without its
+    throwaway full-size packing of an empty weight (a third of the time for a large tower)."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    observer = per_channel_dynamic_qconfig.weight()
+    weight = linear.weight.detach().float()
+    observer(weight)
+    scale, zero_point = observer.calculate_qparams()
+    qweight = torch.quantize_per_channel(
+        weight, scale.double(), zero_point.long(), observer.ch_axis, observer.dtype
+    )
+    if (observer.quant_min, observer.quant_max) != (-128, 127):  # a clamp would be needed
+        raise RuntimeError("unexpected int8 weight range from per_channel_dynamic_qconfig")
+    quantized = DynamicLinear(1, 1, dtype=torch.qint8)  # a 1x1 placeholder packing
+    quantized.in_features, quantized.out_features = linear.in_features, linear.out_features
+    bias = None if linear.bias is None else linear.bias.detach().float()
+    quantized.set_weight_bias(qweight, bias)
+    return quantized
 
 
 def compiled(fn: Callable, options: InferenceOptions) -> Callable:

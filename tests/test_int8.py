@@ -26,6 +26,33 @@ def test_self_attention_equals_multihead_attention():
 
 
 @torch.no_grad()
+def test_int8_linear_equals_torch_quantize_dynamic():
+    """quantize_int8 builds each layer itself (no throwaway packing): the result is what
+    PyTorch's own ``quantize_dynamic`` with the per-channel qconfig gives, bit for bit."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    torch.manual_seed(0)
+    float_model = nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 32, bias=False))
+    with torch.no_grad():
+        float_model[0].weight[3] = 0.0  # an all-zero row (the scale's eps floor)
+    ours = quantize_int8(copy.deepcopy(float_model))
+    theirs = quantize_dynamic(copy.deepcopy(float_model), {nn.Linear: per_channel_dynamic_qconfig})
+    for i in (0, 2):
+        assert type(ours[i]) is type(theirs[i])
+        assert (ours[i].in_features, ours[i].out_features) == (
+            theirs[i].in_features,
+            theirs[i].out_features,
+        )
+        (w, b), (w_ref, b_ref) = ours[i]._weight_bias(), theirs[i]._weight_bias()
+        assert torch.equal(w.int_repr(), w_ref.int_repr())
+        assert torch.equal(w.q_per_channel_scales(), w_ref.q_per_channel_scales())
+        assert torch.equal(w.q_per_channel_zero_points(), w_ref.q_per_channel_zero_points())
+        assert (b is None) == (b_ref is None) and (b is None or torch.equal(b, b_ref))
+    x = torch.randn(5, 7, 64) * 3
+    assert torch.equal(ours(x), theirs(x))
+
+
+@torch.no_grad()
 def test_quantize_int8_reaches_every_linear_layer(official_tiny):
     model = copy.deepcopy(official_tiny[0])
     visual = quantize_int8(model.clip_adapter.clip_model.visual)
