@@ -14,6 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from ovseg import timing
 from ovseg.config import config_from_official, read_official_yaml
 from ovseg.fileio import atomic_path
 from ovseg.modeling.clip_branch import ClipArch
@@ -24,6 +25,7 @@ CLIP_PREFIX = "clip_adapter.clip_model."
 TRAINING_ONLY = {"criterion.empty_weight"}
 
 
+@timing.stage("weights_read")
 def read_state_dict(path: str | Path, cache: bool = False) -> dict[str, torch.Tensor]:
     """Read tensors from ``.safetensors`` or a ``.pth``/``.pt`` (bare or ``{"model": ...}``).
 

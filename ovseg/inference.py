@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import skip_init
 
+from ovseg import timing
 from ovseg.tta import Augmentation
 
 # the float dtype of the image side's weights per option; int8 quantises the CLIP towers'
@@ -161,6 +162,7 @@ def image_side_modules(model) -> list[nn.Module]:
     return modules
 
 
+@timing.stage("prepare")
 def prepare_model(model, options: InferenceOptions):
     """Apply ``options`` to ``model`` in place (dtype, memory format) and return it.
 

@@ -315,5 +315,13 @@ def test_second_run_takes_text_features_from_the_disk_cache(tmp_path, monkeypatc
             capsys.readouterr().err
         )
         sources.append(text["source"])
+        # start-up split: process start -> parsing, then read / build / prepare, then image
+        t = json.loads(timings.read_text())
+        first = t["images"][0]
+        assert t["import_s"] > 0 and t["weights_read_s"] == 0.0  # no checkpoint file here
+        assert t["prepare_s"] > 0 and t["model_build_s"] >= 0  # int8: the quantisation
+        assert t["start_to_model_s"] >= t["prepare_s"]
+        before_first = t["import_s"] + t["start_to_model_s"] + first["set_image_s"]
+        assert t["process_to_first_result_s"] >= before_first + first["predict_s"] - 0.02
     assert sources == ["computed", "disk"]
     _check_outputs(tmp_path / "out", image, ["person", "dog", "sky"])

@@ -108,3 +108,35 @@ def test_cli_loader_keeps_the_copy_unless_told_not_to(tiny_model, tmp_path, monk
     assert not (tmp_path / "home" / "converted").exists()
     load_model_from_args(parser.parse_args(argv))
     assert len(list((tmp_path / "home" / "converted").glob("*.safetensors"))) == 1
+
+
+def test_timing_stages_add_up_by_name(monkeypatch):
+    """``ovseg.timing``: each collect sees the stages entered inside it, summed by name."""
+    from ovseg import timing
+
+    clock = iter(range(100))
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: float(next(clock)))
+    with timing.collect() as outer:
+        with timing.stage("read"):  # 0 -> 1
+            pass
+        with timing.collect() as inner:
+            with timing.stage("read"):  # 2 -> 3
+                pass
+            with timing.stage("build"):  # 4 -> 5
+                with timing.stage("read"):  # 5 -> 6 (nested: counted in both)
+                    pass
+        # build: 4 -> 7
+    with timing.stage("read"):  # outside every collect: no effect
+        pass
+    assert outer == {"read": 3.0, "build": 3.0}
+    assert inner == {"read": 2.0, "build": 3.0}
+
+
+def test_process_age_is_positive_and_grows():
+    import time
+
+    from ovseg.timing import process_age_s
+
+    first = process_age_s()
+    time.sleep(0.05)
+    assert 0 < first < process_age_s()

@@ -19,6 +19,7 @@ from pathlib import Path
 from ovseg.cli._common import add_model_args, add_tta_args
 from ovseg.cli._inference import add_prediction_args, make_predictor, predict_kwargs
 from ovseg.cli._proposals import add_proposal_args
+from ovseg.timing import collect, process_age_s
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
@@ -127,10 +128,17 @@ def run(args) -> int:
     if not todo:
         print(f"all {len(jobs)} image(s) already done in {out} (use --force to redo)")
         return 0
-    timings = {"start_to_model_s": None, "images": []}
+    # process start -> here: Python, imports (torch, open_clip, ...) and argument parsing
+    timings = {"import_s": process_age_s(), "start_to_model_s": None, "images": []}
     start = time.perf_counter()
-    predictor = make_predictor(args)
+    with collect() as stages:
+        predictor = make_predictor(args)
     timings["start_to_model_s"] = time.perf_counter() - start
+    timings["weights_read_s"] = stages.get("weights_read", 0.0)
+    timings["prepare_s"] = stages.get("prepare", 0.0)  # dtype, int8 quantisation
+    timings["model_build_s"] = (
+        timings["start_to_model_s"] - timings["weights_read_s"] - timings["prepare_s"]
+    )
     failed: list[str] = []
     # Decoding the next images and writing finished ones overlap with the model; both queues
     # are short, so memory stays bounded however many images there are.
@@ -154,6 +162,8 @@ def run(args) -> int:
             predictor.set_image(image)
             t1 = time.perf_counter()
             seg = predictor.predict(class_names, **options)
+            if "process_to_first_result_s" not in timings:
+                timings["process_to_first_result_s"] = process_age_s()
             adapter = getattr(getattr(predictor, "model", None), "clip_adapter", None)
             text = dict(getattr(adapter, "last_text_stats", None) or {})
             if text and (i == 0 or text.get("source") != "memory"):
