@@ -71,13 +71,14 @@ def load_photo(index: int = 0) -> np.ndarray:
 
 
 def ade150_names() -> list[str]:
-    csv = DATA / "ade20k-150-sample" / "objectInfo150.csv"
-    if csv.exists():
-        lines = csv.read_text().splitlines()[1:]
-        names = [line.rsplit(",", 1)[-1].split(";")[0].strip().strip('"') for line in lines]
-        if len(set(names)) == len(names):
-            return names
-    return [f"class {i}" for i in range(150)]
+    """The 150 ADE20K class names ovseg evaluates with (``ade20k_150.txt``, the official list).
+
+    Before 2026-12-03 this read ``objectInfo150.csv`` from ../shared/data, whose first synonyms
+    repeat one name ("screen"), and fell back to "class 0".."class 149": earlier rounds' text
+    figures are for those placeholder names."""
+    from ovseg.data.datasets.base import load_names
+
+    return list(load_names("ade20k_150.txt"))
 
 
 def random_box_masks(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
