@@ -141,7 +141,8 @@ def run_pipeline(model, image, names, text, options, masks_override, original_si
     times["crops"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    features = model.encode_crops(crops, batch_size=options.clip_batch(device))
+    batch = options.clip_batch(device, model.clip_adapter.arch)
+    features = model.encode_crops(crops, batch_size=batch)
     if inverse is not None:
         features = features[inverse]
     sync(device)

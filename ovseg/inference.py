@@ -36,7 +36,8 @@ from ovseg.tta import Augmentation
 # the float dtype of the image side's weights per option; int8 quantises the CLIP towers'
 # linear layers and keeps every other weight fp32
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}
-CPU_CLIP_BATCH = 8  # crops per CLIP image-tower call on CPU (see InferenceOptions)
+CPU_CLIP_BATCH = 8  # at most this many crops per CLIP image-tower call on CPU
+CPU_CLIP_HIDDEN_BYTES = 14 * 2**20  # and at most this much fp32 MLP activation per call
 
 
 @dataclass
@@ -63,9 +64,11 @@ class InferenceOptions:
         compile: ``torch.compile`` the backbone and the CLIP image tower (first call slow).
         top_k: keep only the k proposals with the highest proposal score (max class
             probability of the proposal branch) before the CLIP branch; None keeps all.
-        clip_batch_size: crops per CLIP call; 0: all crops in one call; None (default): 8
-            on a CPU with the fast path (the activations of 8 crops stay in cache: 1.2x the
-            speed of 100 at once in fp32, 1.4x in int8, measured), else all in one call.
+        clip_batch_size: crops per CLIP call; 0: all crops in one call; None (default): on
+            a CPU with the fast path, as many as keep the MLP's activations within 14 MiB,
+            at most 8 (6 for ViT-B/16, 3 for ViT-L/14: the activations stay in cache; ViT-B
+            8 per call ran 1.2x the speed of 100 at once in fp32, 1.4x in int8; ViT-L int8
+            3 per call 1.1-1.25x 8 per call, measured), else all in one call.
             int8 quantises activations per call, so this choice changes int8 outputs a
             little; fp32 and bf16 outputs change only by rounding.
         tta_min_sizes: test-time augmentation (official ``TEST.AUG``, see ``ovseg.tta``): the
@@ -139,11 +142,17 @@ class InferenceOptions:
         """These options with TTA and sliding window off (what each view runs with)."""
         return dataclasses.replace(self, tta_min_sizes=(), sliding_window=False)
 
-    def clip_batch(self, device: torch.device | str) -> int:
-        """Crops per CLIP call on ``device`` (``clip_batch_size`` with None resolved)."""
+    def clip_batch(self, device: torch.device | str, arch=None) -> int:
+        """Crops per CLIP call on ``device`` (``clip_batch_size`` with None resolved) for a
+        CLIP image tower of ``arch`` (a ``ClipArch``; None: ``CPU_CLIP_BATCH``)."""
         if self.clip_batch_size is not None:
             return self.clip_batch_size
-        return CPU_CLIP_BATCH if self.fast and torch.device(device).type == "cpu" else 0
+        if not self.fast or torch.device(device).type != "cpu":
+            return 0
+        if arch is None:
+            return CPU_CLIP_BATCH
+        hidden = (arch.grid**2 + 1) * 4 * arch.vision_width * 4  # bytes per crop
+        return max(1, min(CPU_CLIP_BATCH, CPU_CLIP_HIDDEN_BYTES // hidden))
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -128,7 +128,9 @@ class Predictor:
                     thr,
                     fast=self.options.fast,
                     encoder=self.clip_encoder,
-                    batch_size=self.options.clip_batch(self.model.device),
+                    batch_size=self.options.clip_batch(
+                        self.model.device, self.model.clip_adapter.arch
+                    ),
                 )
         return self._clip_cache[key]
 

@@ -155,6 +155,27 @@ def test_predictor_fast_fp32_equals_reference():
     assert (fast.label_map == ref.label_map).mean() > 0.999
 
 
+def test_default_clip_batch_keeps_mlp_activations_in_budget():
+    """On CPU the default is the most crops whose fp32 MLP activations fit the budget,
+    capped at CPU_CLIP_BATCH; on GPUs and on the reference path, one call."""
+    from ovseg.inference import CPU_CLIP_BATCH, CPU_CLIP_HIDDEN_BYTES
+    from ovseg.modeling.clip_branch import ClipArch
+
+    options = InferenceOptions()
+    for arch in (
+        ClipArch(patch_size=16, vision_width=768),  # ViT-B/16
+        ClipArch(patch_size=14, vision_width=1024),  # ViT-L/14
+    ):
+        per_crop = ((224 // arch.patch_size) ** 2 + 1) * 4 * arch.vision_width * 4
+        n = options.clip_batch("cpu", arch)
+        assert 1 <= n < CPU_CLIP_BATCH
+        assert n * per_crop <= CPU_CLIP_HIDDEN_BYTES < (n + 1) * per_crop
+    tiny = ClipArch(patch_size=16, vision_width=64)
+    assert options.clip_batch("cpu", tiny) == CPU_CLIP_BATCH
+    assert options.clip_batch("cuda", tiny) == 0
+    assert InferenceOptions(fast=False).clip_batch("cpu", tiny) == 0
+
+
 @pytest.mark.parametrize("batch, expect_max", [(None, 8), (3, 3), (0, None)])
 def test_clip_batch_size_takes_effect(batch, expect_max):
     """On CPU the fast path encodes crops 8 at a time by default; 0 is one call; the
