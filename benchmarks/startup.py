@@ -3,20 +3,19 @@
     PYTHONPATH=. python benchmarks/startup.py --model ovseg-R101c-vitB16 --json out.json \\
         [--folder /tmp/ovseg-startup] [--repeats 3] [--first-image]
 
-Writes a full-size random-weights checkpoint of the variant (seed 0) to ``--folder`` twice:
-the official layout as ``.pth`` (a ``{"model": state_dict}`` zip file, as the released ones)
-and our ``.safetensors``. Each measurement runs in a fresh interpreter (so imports and file
-reads are cold for Python, though the OS page cache is warm after the first read), in
-rounds that alternate the formats:
+Writes a full-size random-weights checkpoint of the variant (seed 0) to ``--folder`` three
+times: the official layout as ``.pth`` (a ``{"model": state_dict}``) in torch.save's zip
+format and in the legacy format, and our ``.safetensors``. Each measurement runs in a fresh
+interpreter (so imports and file reads are cold for Python, though the OS page cache is warm
+after the first read), in rounds that alternate the formats:
 
 - ``import_s``: ``import ovseg`` (torch, open_clip, timm, ...);
-- ``read_s``: reading the state dict (``ovseg.checkpoints.read_state_dict``): ``pth`` with
-  ``torch.load(weights_only=True)``, ``pth-mmap`` the same with ``mmap=True``,
-  ``pth-cached`` from the safetensors copy kept in the cache (``cache=True``, what the CLI
-  does; written by an untimed first run), ``safetensors`` our own format;
-- ``build_s``: constructing the model and loading the weights: without random init and
-  loading by assignment (what ``build_model`` does now), or (``pth-random-init``) random init
-  then ``load_state_dict`` copies, as before;
+- ``read_s``: reading the state dict (``ovseg.checkpoints.read_state_dict(cache=True)``, what
+  the CLI does): ``pth`` zip format, memory-mapped; ``pth-legacy`` with ``cache=False``,
+  unpickled; ``pth-legacy-cached`` through the safetensors copy kept in the cache (written by
+  an untimed first run); ``safetensors`` our own format;
+- ``build_s``: constructing the model without random init and loading by assignment (what
+  ``build_model`` does);
 - ``first_image_s`` (``--first-image``): ``Predictor`` set_image + predict of one photo with
   a 3-class vocabulary whose text features are already in the disk cache (the text tower is
   measured by ``text_features.py``), in ``--dtype``.
@@ -44,17 +43,10 @@ from ovseg.build import MODELS, build_ovseg
 t1 = time.perf_counter()
 name, path, mode, first_image, dtype = sys.argv[1:6]
 torch.set_num_threads(2)
-if mode == "pth-mmap":
-    sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["model"]
-else:
-    sd = checkpoints.read_state_dict(path, cache=mode == "pth-cached")
+sd = checkpoints.read_state_dict(path, cache=mode != "pth-legacy")
 t2 = time.perf_counter()
-if mode == "pth-random-init":  # the loader before this round: random init, then a copy
-    model = build_ovseg(MODELS[name]())
-    checkpoints.load_official_state_dict(model, sd)
-else:  # what build_model / load_checkpoint do now
-    model = build_ovseg(MODELS[name](), init=False)
-    checkpoints.load_official_state_dict(model, sd, assign=True)
+model = build_ovseg(MODELS[name](), init=False)
+checkpoints.load_official_state_dict(model, sd, assign=True)
 t3 = time.perf_counter()
 out = {"import_s": t1 - t0, "read_s": t2 - t1, "build_s": t3 - t2}
 if first_image == "1":
@@ -75,11 +67,17 @@ def write_checkpoints(name: str, folder: Path) -> dict[str, Path]:
     from ovseg.checkpoints import save_checkpoint
 
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {"pth": folder / f"{name}.pth", "safetensors": folder / f"{name}.safetensors"}
+    paths = {
+        "pth": folder / f"{name}.pth",
+        "pth-legacy": folder / f"{name}-legacy.pth",
+        "safetensors": folder / f"{name}.safetensors",
+    }
     if not all(p.is_file() for p in paths.values()):
         torch.manual_seed(0)
         model = ovseg.build_ovseg(ovseg.build.MODELS[name]())
         torch.save({"model": model.state_dict()}, paths["pth"])
+        legacy = {"_use_new_zipfile_serialization": False}
+        torch.save({"model": model.state_dict()}, paths["pth-legacy"], **legacy)
         save_checkpoint(model, paths["safetensors"])
     return paths
 
@@ -109,15 +107,14 @@ def main(argv=None) -> int:
     paths = write_checkpoints(args.model, Path(args.folder))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OVSEG_HOME": str(Path(args.folder) / "home")}
     modes = {
-        "pth-random-init": paths["pth"],
         "pth": paths["pth"],
-        "pth-mmap": paths["pth"],
-        "pth-cached": paths["pth"],
+        "pth-legacy": paths["pth-legacy"],
+        "pth-legacy-cached": paths["pth-legacy"],
         "safetensors": paths["safetensors"],
     }
     flag = "1" if args.first_image else "0"
     # the first cached read writes the safetensors copy; the timed ones read it
-    run_child(args.model, paths["pth"], "pth-cached", "0", args.dtype, env)
+    run_child(args.model, paths["pth-legacy"], "pth-legacy-cached", "0", args.dtype, env)
     if args.first_image:  # fill the text cache once (and warm the page cache)
         run_child(args.model, paths["safetensors"], "safetensors", flag, args.dtype, env)
     runs = {mode: [] for mode in modes}

@@ -292,8 +292,9 @@ def build_model(
         checkpoint: weights for a named variant: our ``.safetensors`` format or an official
             ``.pth``/``.pt``. None: the cached released weights (``ovseg download NAME``);
             ``ovseg-test-tiny`` alone falls back to seeded random weights, with a warning.
-        cache_converted: keep a safetensors copy of an official ``.pth`` in the cache folder
-            and read that on later calls (``checkpoints.read_state_dict(cache=True)``).
+        cache_converted: keep a safetensors copy of a legacy-format ``.pth`` (one that
+            cannot be memory-mapped) in the cache folder and read that on later calls
+            (``checkpoints.read_state_dict(cache=True)``).
     """
     from ovseg import checkpoints, hub
     from ovseg.pretrained import is_pretrained_folder, parse_hf_ref

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -29,16 +30,19 @@ TRAINING_ONLY = {"criterion.empty_weight"}
 def read_state_dict(path: str | Path, cache: bool = False) -> dict[str, torch.Tensor]:
     """Read tensors from ``.safetensors`` or a ``.pth``/``.pt`` (bare or ``{"model": ...}``).
 
-    ``cache=True`` (``.pth``/``.pt``): the first read also writes a safetensors copy to
-    ``ovseg_home()/converted``, which later reads memory-map instead of unpickling the file
-    (several times faster). The copy is valid for the source file's resolved path, size and
-    modification time (recorded in its metadata and checked; a content hash would cost as
-    much as reading the file); a damaged copy is ignored and rewritten.
+    A zip-format ``.pth`` (``torch.save``'s default since PyTorch 1.6) is memory-mapped.
+    ``cache=True`` with a legacy-format ``.pth``/``.pt``, which cannot be mapped: the first
+    read also writes a safetensors copy to ``ovseg_home()/converted``, which later reads
+    memory-map instead of unpickling the file. The copy is valid for the source file's
+    resolved path, size and modification time (recorded in its metadata and checked; a content
+    hash would cost as much as reading the file); a damaged copy is ignored and rewritten. A
+    zip-format file gets no copy: mapped directly it reads as fast as the copy would
+    (``benchmarks/README.md``, start-up), without a second file of its size.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if cache and path.suffix != ".safetensors":
+    if cache and path.suffix != ".safetensors" and not zipfile.is_zipfile(path):
         return _read_through_converted_copy(path)
     try:
         if path.suffix == ".safetensors":
@@ -62,8 +66,6 @@ def _torch_load(path: Path):
     """``torch.load(weights_only=True)``, memory-mapped for zip-format files (several times
     faster for large checkpoints; tensors are copy-on-write pages of the file), plainly for
     the legacy format, which cannot be mapped."""
-    import zipfile
-
     mmap = zipfile.is_zipfile(path)
     return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
 

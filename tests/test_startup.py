@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -61,7 +62,7 @@ def test_converted_copy_is_written_used_and_invalidated(tiny_model, tmp_path, mo
     monkeypatch.setenv("OVSEG_HOME", str(tmp_path / "home"))
     sd = _trained_like(tiny_model)
     source = tmp_path / "w.pth"
-    torch.save({"model": sd}, source)
+    torch.save({"model": sd}, source, _use_new_zipfile_serialization=False)  # legacy format
     copy, _ = converted_copy_path(source)
     assert not copy.exists()
     first = read_state_dict(source, cache=True)
@@ -94,13 +95,39 @@ def test_converted_copy_is_written_used_and_invalidated(tiny_model, tmp_path, mo
     assert torch.equal(load_file(str(fresh))[key], sd[key])
 
 
+def test_zip_format_pth_is_mapped_without_a_copy(tiny_model, tmp_path, monkeypatch):
+    """torch.save's default (zip) format is memory-mapped: no second file is written, and the
+    tensors are the file's (copy-on-write mapped pages, not a converted copy)."""
+    monkeypatch.setenv("OVSEG_HOME", str(tmp_path / "home"))
+    sd = _trained_like(tiny_model)
+    source = tmp_path / "w.pth"
+    torch.save({"model": sd}, source)
+    got = read_state_dict(source, cache=True)
+    assert not converted_copy_path(source)[0].exists()
+    assert not (tmp_path / "home" / "converted").exists()
+    assert all(torch.equal(got[k], sd[k]) for k in sd)
+    maps = Path("/proc/self/maps")
+    if maps.exists():  # Linux: every tensor's memory lies in a mapping of the file itself
+        spans = [
+            [int(a, 16) for a in line.split()[0].split("-")]
+            for line in maps.read_text().splitlines()
+            if line.endswith(str(source.resolve()))
+        ]
+        assert spans
+        for tensor in got.values():
+            if tensor.numel():
+                ptr = tensor.data_ptr()
+                assert any(lo <= ptr < hi for lo, hi in spans)
+
+
 def test_cli_loader_keeps_the_copy_unless_told_not_to(tiny_model, tmp_path, monkeypatch):
     import argparse
 
     from ovseg.cli._common import add_model_args, load_model_from_args
 
     monkeypatch.setenv("OVSEG_HOME", str(tmp_path / "home"))
-    torch.save({"model": tiny_model.state_dict()}, tmp_path / "w.pth")
+    legacy = {"_use_new_zipfile_serialization": False}
+    torch.save({"model": tiny_model.state_dict()}, tmp_path / "w.pth", **legacy)
     parser = argparse.ArgumentParser()
     add_model_args(parser)
     argv = ["--model", "ovseg-test-tiny", "--checkpoint", str(tmp_path / "w.pth")]

@@ -27,8 +27,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--no-weights-cache",
         action="store_true",
-        help="do not keep (or read) a safetensors copy of an official .pth in $OVSEG_HOME/"
-        "converted (kept by default: later runs load it several times faster)",
+        help="do not keep (or read) a safetensors copy of a legacy-format .pth in $OVSEG_HOME/"
+        "converted (kept by default: later runs map it instead of unpickling the file; "
+        "zip-format .pth files are mapped directly and get no copy)",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
 
