@@ -10,7 +10,9 @@ CLIP on every non-empty crop. Opt-in knobs that do change outputs: ``dtype="bf16
 
 int8 (``quantize_int8``): PyTorch's dynamic quantisation (``torch.ao.quantization``,
 x86/fbgemm engine): every ``nn.Linear`` of the CLIP towers gets int8 weights (per output
-channel) and int8 activations quantised per call. open_clip's attention is an
+channel) and int8 activations quantised per call: on 7 bits, PyTorch's default, unless this
+CPU's kernel takes 8 without saturating (measured once per process, ``int8_full_range``: VNNI
+CPUs), which halves the activation error. open_clip's attention is an
 ``nn.MultiheadAttention`` whose input projection is a raw parameter that dynamic quantisation
 skips (and whose output projection is marked non-quantisable), so each one is first replaced
 by ``SelfAttention``, the same computation with both projections as ``nn.Linear``. That
@@ -21,6 +23,7 @@ products and the final projection stay fp32).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 from torch.nn.utils import skip_init
 
 from ovseg import timing
@@ -278,10 +282,11 @@ def quantize_int8(module: nn.Module) -> nn.Module:
     with warnings.catch_warnings():  # torch 2.14 marks quantised tensors as deprecated
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
+        full_range = int8_full_range()
         for parent in list(module.modules()):
             for name, child in list(parent.named_children()):
                 if type(child) is nn.Linear:  # exact type, as quantize_dynamic's lookup
-                    setattr(parent, name, _dynamic_int8_linear(child))
+                    setattr(parent, name, _dynamic_int8_linear(child, full_range))
     for block in module.modules():
         mlp = getattr(block, "mlp", None)
         if mlp is not None and hasattr(mlp, "c_fc"):
@@ -290,11 +295,48 @@ def quantize_int8(module: nn.Module) -> nn.Module:
     return module
 
 
-def _dynamic_int8_linear(linear: nn.Linear) -> nn.Module:
+class FullRangeDynamicLinear(DynamicLinear):
+    """PyTorch's dynamic int8 linear with activations on the full 8-bit range.
+
+    ``torch.ao``'s module quantises activations to 7 bits (``reduce_range=True``): x86 kernels
+    without VNNI add pairs of u8 x s8 products in int16, which 8-bit activations can overflow.
+    Kernels that accumulate in int32 (VNNI) do not overflow, and the 8th bit halves the
+    quantisation error. ``quantize_int8`` uses this module only where ``int8_full_range()``
+    has measured that the kernel does not saturate.
+    """
+
+    def forward(self, x):
+        packed = self._packed_params._packed_params
+        return torch.ops.quantized.linear_dynamic(x, packed, reduce_range=False).to(x.dtype)
+
+    def _get_name(self):
+        return "FullRangeDynamicQuantizedLinear"
+
+
+@functools.cache
+def int8_full_range() -> bool:
+    """Whether this CPU's int8 linear kernel takes 8-bit activations without saturating.
+
+    Measured, not guessed from CPU flags: a product whose every u8 x s8 pair is at the top of
+    both ranges (all-ones input and weight quantise to 255 and 127: each pair sums to 64,770,
+    past int16) must come out right (64, within the 10% that rules out saturation). With int16
+    pair sums (AVX2, AVX512 without VNNI) it comes out about half (32.3 measured on AVX2);
+    with int32 accumulation (VNNI) right."""
+    layer = skip_init(nn.Linear, 64, 8, bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    packed = _dynamic_int8_linear(layer)._packed_params._packed_params
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        y = torch.ops.quantized.linear_dynamic(torch.ones(4, 64), packed, reduce_range=False)
+    return bool(((y - 64.0).abs() < 6.4).all())
+
+
+def _dynamic_int8_linear(linear: nn.Linear, full_range: bool = False) -> nn.Module:
     """``torch.ao.nn.quantized.dynamic.Linear.from_float`` under ``per_channel_dynamic_qconfig``
     (what ``quantize_dynamic`` does; the same module, tested bit-equal), without its
-    throwaway full-size packing of an empty weight (a third of the time for a large tower)."""
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    throwaway full-size packing of an empty weight (a third of the time for a large tower).
+    ``full_range``: the same weights in a ``FullRangeDynamicLinear``."""
     from torch.ao.quantization import per_channel_dynamic_qconfig
 
     observer = per_channel_dynamic_qconfig.weight()
@@ -306,7 +348,8 @@ def _dynamic_int8_linear(linear: nn.Linear) -> nn.Module:
     )
     if (observer.quant_min, observer.quant_max) != (-128, 127):  # a clamp would be needed
         raise RuntimeError("unexpected int8 weight range from per_channel_dynamic_qconfig")
-    quantized = DynamicLinear(1, 1, dtype=torch.qint8)  # a 1x1 placeholder packing
+    kind = FullRangeDynamicLinear if full_range else DynamicLinear
+    quantized = kind(1, 1, dtype=torch.qint8)  # a 1x1 placeholder packing
     quantized.in_features, quantized.out_features = linear.in_features, linear.out_features
     bias = None if linear.bias is None else linear.bias.detach().float()
     quantized.set_weight_bias(qweight, bias)

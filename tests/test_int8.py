@@ -25,20 +25,27 @@ def test_self_attention_equals_multihead_attention():
         assert weights is None and (got - expected).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("full_range", [False, True])
 @torch.no_grad()
-def test_int8_linear_equals_torch_quantize_dynamic():
+def test_int8_linear_equals_torch_quantize_dynamic(monkeypatch, full_range):
     """quantize_int8 builds each layer itself (no throwaway packing): the result is what
-    PyTorch's own ``quantize_dynamic`` with the per-channel qconfig gives, bit for bit."""
+    PyTorch's own ``quantize_dynamic`` with the per-channel qconfig gives, bit for bit; with
+    full-range activations, what PyTorch's kernel gives on those weights without
+    ``reduce_range``."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
+    from ovseg import inference
+
+    monkeypatch.setattr(inference, "int8_full_range", lambda: full_range)
     torch.manual_seed(0)
     float_model = nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 32, bias=False))
     with torch.no_grad():
         float_model[0].weight[3] = 0.0  # an all-zero row (the scale's eps floor)
     ours = quantize_int8(copy.deepcopy(float_model))
     theirs = quantize_dynamic(copy.deepcopy(float_model), {nn.Linear: per_channel_dynamic_qconfig})
+    kind = inference.FullRangeDynamicLinear if full_range else type(theirs[0])
     for i in (0, 2):
-        assert type(ours[i]) is type(theirs[i])
+        assert type(ours[i]) is kind and isinstance(ours[i], type(theirs[i]))
         assert (ours[i].in_features, ours[i].out_features) == (
             theirs[i].in_features,
             theirs[i].out_features,
@@ -49,7 +56,30 @@ def test_int8_linear_equals_torch_quantize_dynamic():
         assert torch.equal(w.q_per_channel_zero_points(), w_ref.q_per_channel_zero_points())
         assert (b is None) == (b_ref is None) and (b is None or torch.equal(b, b_ref))
     x = torch.randn(5, 7, 64) * 3
-    assert torch.equal(ours(x), theirs(x))
+    if not full_range:
+        assert torch.equal(ours(x), theirs(x))
+    else:
+        packed = theirs[0]._packed_params._packed_params
+        hidden = torch.ops.quantized.linear_dynamic(x, packed, reduce_range=False)
+        assert torch.equal(ours[0](x), hidden)
+
+
+@torch.no_grad()
+def test_int8_activation_range_never_saturates():
+    """Whatever this CPU's kernel, the range quantize_int8 picks multiplies the worst case
+    (every u8 x s8 pair at the top of both ranges) right; where it picks 7 bits, 8 bits
+    really do saturate there (why PyTorch reduces the range)."""
+    from ovseg.inference import int8_full_range
+
+    layer = nn.Linear(64, 8, bias=False)
+    layer.weight.fill_(1.0)
+    quantized = quantize_int8(nn.Sequential(layer))[0]
+    x = torch.ones(4, 64)
+    assert (quantized(x) - 64).abs().max() < 1.0
+    if not int8_full_range():
+        packed = quantized._packed_params._packed_params
+        saturated = torch.ops.quantized.linear_dynamic(x, packed, reduce_range=False)
+        assert (saturated - 64).abs().min() > 16
 
 
 @torch.no_grad()
