@@ -43,7 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ovseg  # noqa: E402
 from ovseg.data.transforms import resize_shortest_edge  # noqa: E402
-from ovseg.inference import DTYPES, InferenceOptions, native_bf16, prepare_model  # noqa: E402
+from ovseg.inference import (  # noqa: E402
+    DTYPES,
+    InferenceOptions,
+    int8_full_range,
+    native_bf16,
+    prepare_model,
+)
 from ovseg.modeling.fusion import proposal_class_probs, semantic_fusion  # noqa: E402
 from ovseg.modeling.ovseg import ClipImageFeatures  # noqa: E402
 from ovseg.modeling.proposals import Proposals  # noqa: E402
@@ -438,6 +444,8 @@ def main(argv=None) -> int:
         "dtype": args.dtype,
         "text_dtype": args.text_dtype,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # int8: activations on 8 bits where the kernel does not saturate (VNNI), else 7
+        "int8_activation_bits": (8 if int8_full_range() else 7) if args.dtype == "int8" else None,
         "device": str(device),
         "device_name": torch.cuda.get_device_name() if device.type == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(),
