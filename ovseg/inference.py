@@ -70,7 +70,8 @@ class InferenceOptions:
             probability of the proposal branch) before the CLIP branch; None keeps all.
         clip_batch_size: crops per CLIP call; 0: all crops in one call; None (default): on
             a CPU with the fast path, as many as keep the MLP's activations within 14 MiB,
-            at most 8 (6 for ViT-B/16, 3 for ViT-L/14: the activations stay in cache; ViT-B
+            at most 8 (fp32 and int8: 6 for ViT-B/16, 3 for ViT-L/14; bf16, half the bytes:
+            8 and 6; the activations stay in cache; ViT-B
             8 per call ran 1.2x the speed of 100 at once in fp32, 1.4x in int8; ViT-L int8
             3 per call 1.1-1.25x 8 per call, measured), else all in one call.
             int8 quantises activations per call, so this choice changes int8 outputs a
@@ -155,7 +156,8 @@ class InferenceOptions:
             return 0
         if arch is None:
             return CPU_CLIP_BATCH
-        hidden = (arch.grid**2 + 1) * 4 * arch.vision_width * 4  # bytes per crop
+        item = 2 if self.dtype == "bf16" else 4  # int8 layers return fp32 activations
+        hidden = (arch.grid**2 + 1) * 4 * arch.vision_width * item  # bytes per crop
         return max(1, min(CPU_CLIP_BATCH, CPU_CLIP_HIDDEN_BYTES // hidden))
 
     @property

@@ -166,10 +166,13 @@ def test_default_clip_batch_keeps_mlp_activations_in_budget():
         ClipArch(patch_size=16, vision_width=768),  # ViT-B/16
         ClipArch(patch_size=14, vision_width=1024),  # ViT-L/14
     ):
-        per_crop = ((224 // arch.patch_size) ** 2 + 1) * 4 * arch.vision_width * 4
-        n = options.clip_batch("cpu", arch)
-        assert 1 <= n < CPU_CLIP_BATCH
-        assert n * per_crop <= CPU_CLIP_HIDDEN_BYTES < (n + 1) * per_crop
+        for dtype, item in (("fp32", 4), ("int8", 4), ("bf16", 2)):
+            per_crop = ((224 // arch.patch_size) ** 2 + 1) * 4 * arch.vision_width * item
+            n = InferenceOptions(dtype=dtype).clip_batch("cpu", arch)
+            assert 1 <= n <= CPU_CLIP_BATCH
+            assert n * per_crop <= CPU_CLIP_HIDDEN_BYTES
+            assert n == CPU_CLIP_BATCH or (n + 1) * per_crop > CPU_CLIP_HIDDEN_BYTES
+        assert options.clip_batch("cpu", arch) < CPU_CLIP_BATCH
     tiny = ClipArch(patch_size=16, vision_width=64)
     assert options.clip_batch("cpu", tiny) == CPU_CLIP_BATCH
     assert options.clip_batch("cuda", tiny) == 0
