@@ -141,8 +141,10 @@ def test_timing_stages_add_up_by_name(monkeypatch):
     """``ovseg.timing``: each collect sees the stages entered inside it, summed by name."""
     from ovseg import timing
 
-    clock = iter(range(100))
-    monkeypatch.setattr(timing.time, "perf_counter", lambda: float(next(clock)))
+    from types import SimpleNamespace
+
+    clock = iter(range(100))  # ovseg.timing's own clock only, not the time module's
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
     with timing.collect() as outer:
         with timing.stage("read"):  # 0 -> 1
             pass
