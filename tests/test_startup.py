@@ -139,9 +139,9 @@ def test_cli_loader_keeps_the_copy_unless_told_not_to(tiny_model, tmp_path, monk
 
 def test_timing_stages_add_up_by_name(monkeypatch):
     """``ovseg.timing``: each collect sees the stages entered inside it, summed by name."""
-    from ovseg import timing
-
     from types import SimpleNamespace
+
+    from ovseg import timing
 
     clock = iter(range(100))  # ovseg.timing's own clock only, not the time module's
     monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
