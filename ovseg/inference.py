@@ -73,7 +73,8 @@ class InferenceOptions:
             at most 8 (fp32 and int8: 6 for ViT-B/16, 3 for ViT-L/14; bf16, half the bytes:
             8 and 6; the activations stay in cache; ViT-B
             8 per call ran 1.2x the speed of 100 at once in fp32, 1.4x in int8; ViT-L int8
-            3 per call 1.1-1.25x 8 per call, measured), else all in one call.
+            3 per call 1.1-1.25x 8 per call on 16 crops alone, within the noise end to end),
+            else all in one call.
             int8 quantises activations per call, so this choice changes int8 outputs a
             little; fp32 and bf16 outputs change only by rounding.
         tta_min_sizes: test-time augmentation (official ``TEST.AUG``, see ``ovseg.tta``): the

@@ -9,11 +9,13 @@ gives the time since the interpreter started (imports included).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 _collectors: list[dict[str, float]] = []
+_local = threading.local()  # .open: the stages this thread is timing now
 
 
 @contextmanager
@@ -30,11 +32,18 @@ def collect() -> Iterator[dict[str, float]]:
 
 @contextmanager
 def stage(name: str) -> Iterator[None]:
-    """Add this block's wall time to ``name`` in every active ``collect``."""
+    """Add this block's wall time to ``name`` in every active ``collect``. A stage entered
+    again inside itself (a function that calls itself) counts once, at the outer level."""
+    open_now = _local.__dict__.setdefault("open", set())
+    if name in open_now:
+        yield
+        return
+    open_now.add(name)
     start = time.perf_counter()
     try:
         yield
     finally:
+        open_now.discard(name)
         seconds = time.perf_counter() - start
         for stages in _collectors:
             stages[name] = stages.get(name, 0.0) + seconds

@@ -161,6 +161,23 @@ def test_timing_stages_add_up_by_name(monkeypatch):
     assert inner == {"read": 2.0, "build": 3.0}
 
 
+def test_a_stage_inside_itself_counts_once(monkeypatch):
+    """read_state_dict calls itself for a legacy .pth's first cached read: one read, once."""
+    from types import SimpleNamespace
+
+    from ovseg import timing
+
+    clock = iter(range(100))
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    with timing.collect() as stages:
+        with timing.stage("read"):  # 0 -> 1 (the inner one reads no clock)
+            with timing.stage("read"):
+                pass
+        with timing.stage("read"):  # 2 -> 3: counted again once the first has ended
+            pass
+    assert stages == {"read": 2.0}
+
+
 def test_process_age_is_positive_and_grows():
     import time
 

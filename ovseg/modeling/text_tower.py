@@ -9,7 +9,7 @@ CLIP's text transformer is causal: the hidden state at position ``p`` depends on
   prefix) and every node is encoded once: ``<SOT> a photo of a`` once for all class names,
   ``<SOT> a photo of a traffic light`` once for the templates ``a photo of a {}.`` and
   ``a photo of a {} in the scene``. For the 14 ViLD templates and the 150 ADE20K names that
-  is 8,287 positions instead of 25,460 (77 * 2,100 without the cut);
+  is 11,056 positions instead of 23,724 (77 * 2,100 without the cut);
 - a node attends to the keys and values of its ancestors and itself: the causal attention
   of its prompt, exactly. The linear layers run once per node; attention gathers each
   prompt's path (prompts of one length together) and keeps, for each node, the result of the
