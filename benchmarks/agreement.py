@@ -32,12 +32,12 @@ from latency import ade150_names, load_photo, random_box_masks, run_pipeline  # 
 
 import ovseg  # noqa: E402
 from ovseg.data.transforms import resize_shortest_edge  # noqa: E402
-from ovseg.inference import InferenceOptions, prepare_model  # noqa: E402
+from ovseg.inference.options import InferenceOptions, prepare_model  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, choices=list(ovseg.build.MODELS))
+    parser.add_argument("--model", required=True, choices=list(ovseg.modeling.variants.MODELS))
     parser.add_argument("--photos", type=int, default=3)
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "int8"])
     parser.add_argument("--top-k", type=int, default=30)
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    fp32 = ovseg.build_ovseg(ovseg.build.MODELS[args.model]()).eval()
+    fp32 = ovseg.build_ovseg(ovseg.modeling.variants.MODELS[args.model]()).eval()
     low = prepare_model(
         copy.deepcopy(fp32), InferenceOptions(dtype=args.dtype, text_cache=args.text_cache)
     )

@@ -6,10 +6,10 @@
 Random weights (seed 0), seeded random crops and region masks. Backends:
 
 - ``torch-fp32`` / ``torch-bf16``: ``MaskAdaptedCLIP.encode_masked`` (bf16: bf16 weights);
-- ``torch-int8``: the same after ``ovseg.inference.quantize_int8`` (what ``dtype="int8"``
+- ``torch-int8``: the same after ``ovseg.modeling.int8.quantize_int8`` (what ``dtype="int8"``
   runs);
 - ``ort-fp32`` / ``ort-int8``: onnxruntime on the ``clip_visual.onnx`` graph of
-  ``ovseg.export`` (int8: ``onnxruntime.quantization.quantize_dynamic``, per-channel int8
+  ``ovseg.inference.onnx`` (int8: ``onnxruntime.quantization.quantize_dynamic``, per-channel int8
   weights, dynamic uint8 activations);
 - ``ov-fp32`` / ``ov-int8``: OpenVINO on the same ONNX graph (int8: NNCF post-training
   quantisation, transformer preset, calibrated on 2 batches of other random crops).
@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ovseg  # noqa: E402
 from benchmarks.latency import cpu_name  # noqa: E402
-from ovseg.export import ClipGraph, _export  # noqa: E402
-from ovseg.inference import quantize_int8  # noqa: E402
+from ovseg.inference.onnx import ClipGraph, _export  # noqa: E402
 from ovseg.modeling.clip_branch import MaskAdaptedCLIP  # noqa: E402
+from ovseg.modeling.int8 import quantize_int8  # noqa: E402
 
 BACKENDS = ("torch-fp32", "torch-bf16", "torch-int8", "ort-fp32", "ort-int8", "ov-fp32", "ov-int8")
 
@@ -122,7 +122,7 @@ def make_runners(names, clip, folder: Path, crops, regions, threads: int, calibr
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, choices=list(ovseg.build.MODELS))
+    parser.add_argument("--model", required=True, choices=list(ovseg.modeling.variants.MODELS))
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--crops", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     torch.manual_seed(0)
-    clip = MaskAdaptedCLIP(ovseg.build.MODELS[args.model]().clip).eval()
+    clip = MaskAdaptedCLIP(ovseg.modeling.variants.MODELS[args.model]().clip).eval()
     size = clip.arch.image_size
     crops, regions = random_inputs(args.crops, size, 1)
     calibration = [random_inputs(args.crops, size, 2 + i) for i in range(2)]

@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 
 import ovseg
-from ovseg.build import MODELS, build_ovseg
+from ovseg.modeling.build import build_ovseg
+from ovseg.modeling.variants import MODELS
 from ovseg.train.clip_adaptation import ClipOptions, recipe_train_config, train_clip
 from ovseg.train.clip_recipes import get_recipe
 from ovseg.train.semseg_pairs import crop_accuracy

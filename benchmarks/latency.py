@@ -43,15 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ovseg  # noqa: E402
 from ovseg.data.transforms import resize_shortest_edge  # noqa: E402
-from ovseg.inference import (  # noqa: E402
-    DTYPES,
-    InferenceOptions,
-    int8_full_range,
-    native_bf16,
-    prepare_model,
-)
-from ovseg.modeling.fusion import proposal_class_probs, semantic_fusion  # noqa: E402
-from ovseg.modeling.ovseg import ClipImageFeatures  # noqa: E402
+from ovseg.inference.options import DTYPES, InferenceOptions, native_bf16, prepare_model  # noqa: E402
+from ovseg.modeling.classify import ClipImageFeatures, classify  # noqa: E402
+from ovseg.modeling.fusion import fusion_settings, proposal_class_probs, semantic_fusion  # noqa: E402
+from ovseg.modeling.int8 import int8_full_range  # noqa: E402
 from ovseg.modeling.proposals import Proposals  # noqa: E402
 from ovseg.modeling.text_cache import default_folder as default_text_cache  # noqa: E402
 
@@ -155,7 +150,10 @@ def run_pipeline(model, image, names, text, options, masks_override, original_si
     times["clip"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    probs, masks = model.classify(proposals, ClipImageFeatures(features, valid), text)
+    clip = ClipImageFeatures(features, valid)
+    probs, masks = classify(
+        model.clip_adapter, proposals, clip, text, fusion_settings(model.config)
+    )
     sem_seg = semantic_fusion(probs, masks)
     sem_seg = F.interpolate(sem_seg[None], size=original_size, mode="bilinear")[0]
     label = sem_seg.argmax(0).cpu()
@@ -278,12 +276,12 @@ def measure_interleaved(fast, reference, repeats, ref_repeats, warmup, device, d
 def matmul_peak(dtype: str, device: torch.device) -> float:
     """Best measured FLOP/s of a square matmul in ``dtype`` ("fp32", "bf16", "int8") on
     ``device``. int8: the kernel ``dtype="int8"`` runs, a dynamically quantised
-    ``nn.Linear`` (``ovseg.inference.quantize_int8``: int8 weights, activations quantised
+    ``nn.Linear`` (``ovseg.modeling.int8.quantize_int8``: int8 weights, activations quantised
     per call), on an n x n fp32 input."""
     n = 4096 if device.type == "cuda" else 2048
     a = torch.randn(n, n, device=device)
     if dtype == "int8":
-        from ovseg.inference import quantize_int8
+        from ovseg.modeling.int8 import quantize_int8
 
         linear = quantize_int8(torch.nn.Sequential(torch.nn.Linear(n, n, bias=False)))
         product = lambda: linear(a)  # noqa: E731
@@ -305,7 +303,7 @@ def matmul_peak(dtype: str, device: torch.device) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, choices=list(ovseg.build.MODELS))
+    parser.add_argument("--model", required=True, choices=list(ovseg.modeling.variants.MODELS))
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument(
         "--text-dtype",
@@ -360,7 +358,9 @@ def main(argv=None) -> int:
         )
         return 2
     torch.manual_seed(0)
-    reference_model = ovseg.build_ovseg(ovseg.build.MODELS[args.model]()).to(device).eval()
+    reference_model = (
+        ovseg.build_ovseg(ovseg.modeling.variants.MODELS[args.model]()).to(device).eval()
+    )
     model = copy.deepcopy(reference_model)
     # the text tower runs once, outside the end-to-end time; no disk cache, so text_s is a
     # real first encoding in this dtype

@@ -10,7 +10,7 @@ interpreter (so imports and file reads are cold for Python, though the OS page c
 after the first read), in rounds that alternate the formats:
 
 - ``import_s``: ``import ovseg`` (torch, open_clip, timm, ...);
-- ``read_s``: reading the state dict (``ovseg.checkpoints.read_state_dict(cache=True)``, what
+- ``read_s``: reading the state dict (``ovseg.weights.checkpoints.read_state_dict(cache=True)``, what
   the CLI does): ``pth`` zip format, memory-mapped; ``pth-legacy`` with ``cache=False``,
   unpickled; ``pth-legacy-cached`` through the safetensors copy kept in the cache (written by
   an untimed first run); ``safetensors`` our own format;
@@ -38,8 +38,9 @@ import json, sys, time
 t0 = time.perf_counter()
 import torch
 import ovseg
-from ovseg import checkpoints
-from ovseg.build import MODELS, build_ovseg
+from ovseg.weights import checkpoints
+from ovseg.modeling.build import build_ovseg
+from ovseg.modeling.variants import MODELS
 t1 = time.perf_counter()
 name, path, mode, first_image, dtype = sys.argv[1:6]
 torch.set_num_threads(2)
@@ -64,7 +65,7 @@ def write_checkpoints(name: str, folder: Path) -> dict[str, Path]:
     import torch
 
     import ovseg
-    from ovseg.checkpoints import save_checkpoint
+    from ovseg.weights.checkpoints import save_checkpoint
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -74,7 +75,7 @@ def write_checkpoints(name: str, folder: Path) -> dict[str, Path]:
     }
     if not all(p.is_file() for p in paths.values()):
         torch.manual_seed(0)
-        model = ovseg.build_ovseg(ovseg.build.MODELS[name]())
+        model = ovseg.build_ovseg(ovseg.modeling.variants.MODELS[name]())
         torch.save({"model": model.state_dict()}, paths["pth"])
         legacy = {"_use_new_zipfile_serialization": False}
         torch.save({"model": model.state_dict()}, paths["pth-legacy"], **legacy)

@@ -31,7 +31,7 @@ from ovseg.modeling.clip_branch import MaskAdaptedCLIP  # noqa: E402
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, choices=list(ovseg.build.MODELS))
+    parser.add_argument("--model", required=True, choices=list(ovseg.modeling.variants.MODELS))
     parser.add_argument("--precisions", nargs="+", default=["fp32", "int8"])
     parser.add_argument("--json", required=True)
     parser.add_argument("--threads", type=int, default=0)
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    clip = MaskAdaptedCLIP(ovseg.build.MODELS[args.model]().clip).eval()
+    clip = MaskAdaptedCLIP(ovseg.modeling.variants.MODELS[args.model]().clip).eval()
     names = ade150_names()
     t = time.perf_counter()
     clip.weights_fingerprint()

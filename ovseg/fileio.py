@@ -1,4 +1,5 @@
-"""Atomic file writes: a temp file in the same folder, then ``os.replace``."""
+"""Files: atomic writes (a temp file in the same folder, then ``os.replace``) and ovseg's
+cache folder (``ovseg_home``)."""
 
 from __future__ import annotations
 
@@ -33,3 +34,13 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def ovseg_home() -> Path:
+    """The cache folder for URL downloads: ``$OVSEG_HOME``, else the user cache dir + ``/ovseg``."""
+    env = os.environ.get("OVSEG_HOME")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("ovseg"))

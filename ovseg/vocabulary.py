@@ -42,3 +42,27 @@ def read_class_file(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     lines = path.read_text(encoding="utf-8").splitlines()
     return _clean([ln for ln in lines if not ln.lstrip().startswith("#")], str(path))
+
+
+def validate_class_names(class_names) -> list[str]:
+    """Check a vocabulary: a non-empty list of distinct, non-blank strings."""
+    if isinstance(class_names, str):
+        raise ValueError(
+            "class_names must be a list of names, got one string; split it, e.g. "
+            f"{[c.strip() for c in class_names.split(',')]}"
+        )
+    names = list(class_names)
+    if not names:
+        raise ValueError("the vocabulary is empty: give at least one class name")
+    bad = [n for n in names if not isinstance(n, str) or not n.strip()]
+    if bad:
+        raise ValueError(f"class names must be non-blank strings, got {bad!r}")
+    seen, dups = set(), []
+    for n in names:
+        key = n.strip().lower()
+        if key in seen:
+            dups.append(n)
+        seen.add(key)
+    if dups:
+        raise ValueError(f"duplicate class names: {sorted(set(dups))}")
+    return [n.strip() for n in names]

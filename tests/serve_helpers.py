@@ -10,7 +10,7 @@ import time
 import numpy as np
 import torch
 
-from ovseg.segmentation import Segmentation
+from ovseg.inference.segmentation import Segmentation
 
 
 class FakePredictor:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ovseg
-from ovseg.checkpoints import load_clip_weights, read_state_dict
+from ovseg.weights.checkpoints import load_clip_weights, read_state_dict
 from tests.conftest import OFFICIAL_TINY, require
 
 

@@ -12,8 +12,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import ovseg
-from ovseg.checkpoints import CLIP_PREFIX
 from ovseg.cli import main
+from ovseg.weights.checkpoints import CLIP_PREFIX
 
 PROMPT_KEY = "visual.mask_embedding"
 

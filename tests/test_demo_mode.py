@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import ovseg
+from ovseg.modeling.classify import classify, vocabulary
 from ovseg.modeling.fusion import demo_fusion, demo_unlabelled, fusion_settings
 from tests.conftest import FIXTURES, OFFICIAL_TINY, require
 
@@ -75,10 +76,13 @@ def test_clip_probabilities_and_selection_match(demo_fixture):
     assert (valid_masks - out["mask_pred_probs_valid"]).abs().max() < 5e-4
     assert torch.equal(valid_masks > 0.35, out["bin_masks"].bool())
     for key, names in VOCABULARIES.items():
-        used = model.vocabulary(names, fusion_settings(model.config))
+        settings = fusion_settings(model.config)
+        used = vocabulary(names, settings)
         text = model.clip_adapter.with_void(model.encode_text(used))
         assert (text - out[f"{key}.text.features_with_void"]).abs().max() < 1e-5
-        probs, _ = model.classify(predictor.proposals, clip, model.encode_text(used))
+        probs, _ = classify(
+            model.clip_adapter, predictor.proposals, clip, model.encode_text(used), settings
+        )
         assert (probs - out[f"{key}.mask_cls_probs"]).abs().max() < 5e-5
         # the fusion alone, fed the official tensors
         fused = demo_fusion(out[f"{key}.mask_cls_probs"], out["mask_pred_probs_valid"], 0.35, used)

@@ -1,4 +1,4 @@
-"""``ovseg.hub.download`` against local stand-ins on 127.0.0.1: a Hugging Face Hub (files fetched
+"""``ovseg.weights.hub.download`` against local stand-ins on 127.0.0.1: a Hugging Face Hub (files fetched
 with huggingface_hub) and a plain HTTP server (URLs fetched with gdown)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import socket
 
 import pytest
 
-from ovseg import hub
-from ovseg.hub import DownloadError, HubFile, ReleasedFile, download
+from ovseg.weights import hub
+from ovseg.weights.hub import DownloadError, HubFile, ReleasedFile, download
 from tests.hub_server import COMMIT, FileServer, patch_hub
 
 DATA = os.urandom(300_000)

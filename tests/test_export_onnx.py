@@ -13,7 +13,7 @@ from ovseg.data.transforms import shortest_edge_size
 pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.slow  # one export of the tiny model: ~15 s on 2 cores
 
-from ovseg.export import (  # noqa: E402
+from ovseg.inference.onnx import (  # noqa: E402
     META_FILE,
     OnnxClipEncoder,
     OnnxProposalGenerator,

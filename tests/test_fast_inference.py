@@ -12,8 +12,9 @@ import torch.nn.functional as F
 import ovseg
 from ovseg.data.fast_crops import bicubic_taps, nearest_index, tap_matrix, unique_masks
 from ovseg.data.masked_crops import MEAN_FILL, masked_crops
-from ovseg.inference import InferenceOptions
-from ovseg.modeling.fusion import clip_class_probs, semantic_fusion
+from ovseg.inference.options import InferenceOptions
+from ovseg.modeling.classify import classify
+from ovseg.modeling.fusion import clip_class_probs, fusion_settings, semantic_fusion
 from tests.test_official_fixture import assert_close_to_scale, max_abs
 
 
@@ -21,7 +22,7 @@ def fresh_tiny():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.manual_seed(0)
-        return ovseg.build_ovseg(ovseg.build.MODELS["ovseg-test-tiny"]())
+        return ovseg.build_ovseg(ovseg.modeling.variants.MODELS["ovseg-test-tiny"]())
 
 
 def random_masks(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
@@ -124,11 +125,11 @@ def test_fast_path_matches_official_fixture(official_tiny):
     logits = model.clip_adapter.similarity_logits(clip.features, model.clip_adapter.with_void(text))
     assert_close_to_scale(logits, out["clip.logits"])
     assert max_abs(clip_class_probs(logits), out["clip.cls_probs"]) < 1e-4
-    probs, masks = model.classify(proposals, clip, text)
+    settings = fusion_settings(model.config)
+    probs, masks = classify(model.clip_adapter, proposals, clip, text, settings)
     sem_seg = semantic_fusion(probs, masks)
-    ref_probs, _ = model.classify(
-        proposals, model.clip_image_features(image, proposals.masks), text
-    )
+    reference = model.clip_image_features(image, proposals.masks)
+    ref_probs, _ = classify(model.clip_adapter, proposals, reference, text, settings)
     assert max_abs(probs, ref_probs) < 1e-5
     assert torch.equal(sem_seg.argmax(0), out["sem_seg_argmax"])
 
@@ -158,7 +159,7 @@ def test_predictor_fast_fp32_equals_reference():
 def test_default_clip_batch_keeps_mlp_activations_in_budget():
     """On CPU the default is the most crops whose fp32 MLP activations fit the budget,
     capped at CPU_CLIP_BATCH; on GPUs and on the reference path, one call."""
-    from ovseg.inference import CPU_CLIP_BATCH, CPU_CLIP_HIDDEN_BYTES
+    from ovseg.inference.options import CPU_CLIP_BATCH, CPU_CLIP_HIDDEN_BYTES
     from ovseg.modeling.clip_branch import ClipArch
 
     options = InferenceOptions()

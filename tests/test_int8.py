@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ovseg import InferenceOptions
-from ovseg.inference import SelfAttention, prepare_model, quantize_int8
+from ovseg.inference.options import prepare_model
+from ovseg.modeling.int8 import SelfAttention, quantize_int8
 
 
 @torch.no_grad()
@@ -34,7 +35,7 @@ def test_int8_linear_equals_torch_quantize_dynamic(monkeypatch, full_range):
     ``reduce_range``."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    from ovseg import inference
+    from ovseg.modeling import int8 as inference
 
     monkeypatch.setattr(inference, "int8_full_range", lambda: full_range)
     torch.manual_seed(0)
@@ -69,7 +70,7 @@ def test_int8_activation_range_never_saturates():
     """Whatever this CPU's kernel, the range quantize_int8 picks multiplies the worst case
     (every u8 x s8 pair at the top of both ranges) right; where it picks 7 bits, 8 bits
     really do saturate there (why PyTorch reduces the range)."""
-    from ovseg.inference import int8_full_range
+    from ovseg.modeling.int8 import int8_full_range
 
     layer = nn.Linear(64, 8, bias=False)
     layer.weight.fill_(1.0)

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 import ovseg
-from ovseg.build import MODELS, build_ovseg
-from ovseg.checkpoints import CLIP_PREFIX, check_state_dict, load_official_state_dict
-from ovseg.config import config_from_official, read_official_yaml
+from ovseg.modeling.build import build_ovseg
 from ovseg.modeling.clip_branch import ClipArch
+from ovseg.modeling.variants import MODELS
+from ovseg.weights.checkpoints import CLIP_PREFIX, check_state_dict, load_official_state_dict
+from ovseg.weights.official_config import config_from_official
+from ovseg.weights.official_yaml import read_official_yaml
 from tests.conftest import FIXTURES, require
 
 CASES = [

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ovseg.data.masked_crops import MEAN_FILL, expand_boxes, mask_boxes, masked_crops
-from ovseg.modeling.clip_branch import CLIP_MEAN, CLIP_STD
+from ovseg.data.transforms import CLIP_MEAN, CLIP_STD
 
 
 def test_tight_boxes_are_exclusive_on_the_right():

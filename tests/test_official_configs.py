@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from ovseg.config import config_from_official, read_official_yaml
 from ovseg.modeling.clip_branch import ClipArch
-from ovseg.official_yaml import OFFICIAL_DEFAULTS, evaluate_size_list
+from ovseg.weights.official_config import config_from_official
+from ovseg.weights.official_yaml import OFFICIAL_DEFAULTS, evaluate_size_list, read_official_yaml
 from tests.conftest import FIXTURES, require
 
 CONFIGS = FIXTURES / "configs"

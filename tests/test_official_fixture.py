@@ -16,9 +16,11 @@ import torch.nn.functional as F
 
 from ovseg.data.masked_crops import masked_crops
 from ovseg.data.transforms import normalize_and_pad
+from ovseg.modeling.classify import classify
 from ovseg.modeling.fusion import (
     clip_class_probs,
     ensemble_probs,
+    fusion_settings,
     proposal_class_probs,
     semantic_fusion,
 )
@@ -128,7 +130,9 @@ def test_end_to_end_matches_official(official_tiny):
     assert_close_to_scale(clip_logits, out["clip.logits"])
     assert max_abs(clip_class_probs(clip_logits), out["clip.cls_probs"]) < 1e-4
 
-    probs, masks = model.classify(proposals, clip, text)
+    probs, masks = classify(
+        model.clip_adapter, proposals, clip, text, fusion_settings(model.config)
+    )
     assert max_abs(probs, out["ensembled_cls_probs"]) < 1e-4
     sem_seg = semantic_fusion(probs, masks)
     # element-wise; measured: 2e-4 abs on 2.9, 1.1e-3 relative at worst (sigmoid tails of

@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from ovseg.build import MODELS, build_ovseg
+from ovseg.modeling.build import build_ovseg
+from ovseg.modeling.variants import MODELS
 from ovseg.train.param_groups import param_groups
 from ovseg.train.proposal_training import freeze_for_proposals, recipe_param_groups
 from ovseg.train.recipes import get_recipe

@@ -19,7 +19,6 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import ovseg
-from ovseg.config import config_from_official, read_official_yaml
 from ovseg.data.transforms import normalize_and_pad, resize_shortest_edge
 from ovseg.modeling.fusion import (
     clip_class_probs,
@@ -27,6 +26,8 @@ from ovseg.modeling.fusion import (
     proposal_class_probs,
     semantic_fusion,
 )
+from ovseg.weights.official_config import config_from_official
+from ovseg.weights.official_yaml import read_official_yaml
 from tests.conftest import FIXTURES, OFFICIAL_TINY, require
 from tests.official_compare import assert_close, check_head_stages
 

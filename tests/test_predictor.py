@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import ovseg
+from ovseg.modeling.classify import classify
 from ovseg.modeling.fusion import fusion_settings
 
 
@@ -131,7 +132,8 @@ def test_demo_mode_with_an_ensemble_selects_among_valid_masks(tiny_model):
     with torch.inference_mode():
         settings = fusion_settings(model.config, "demo", 0.7, 0.5)
         clip = predictor.clip_features(0.5)
-        probs, _ = model.classify(predictor.proposals, clip, model.encode_text(names), settings)
+        text = model.encode_text(names)
+        probs, _ = classify(model.clip_adapter, predictor.proposals, clip, text, settings)
     assert clip.valid.tolist() == [False, True] * 5 and probs.shape[0] == 10
     # by hand: each class's best valid mask keeps its whole row, on the binary mask
     kept = torch.zeros_like(probs)

@@ -11,7 +11,7 @@ import torch
 from huggingface_hub import ModelCard
 
 import ovseg
-from ovseg.pretrained import parse_hf_ref
+from ovseg.weights.pretrained import parse_hf_ref
 
 CLASSES = ["sky", "tree", "road"]
 

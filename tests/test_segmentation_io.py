@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from ovseg.segmentation import Segmentation
-from ovseg.visualize import palette
+from ovseg.inference.segmentation import Segmentation
+from ovseg.inference.visualize import palette
 
 
 def _hand_made(num_classes: int = 3) -> Segmentation:
@@ -137,7 +137,7 @@ def test_class_255_and_unlabelled_differ_past_255_classes():
 
 
 def test_overlay_leaves_unlabelled_pixels_uncoloured():
-    from ovseg.visualize import legend_entries
+    from ovseg.inference.visualize import legend_entries
 
     seg = _with_unlabelled(3)
     image = np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)

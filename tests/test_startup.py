@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 import ovseg
-from ovseg.checkpoints import converted_copy_path, read_state_dict
+from ovseg.weights.checkpoints import converted_copy_path, read_state_dict
 
 
 def _trained_like(tiny_model) -> dict[str, torch.Tensor]:
@@ -53,7 +53,7 @@ def test_build_without_init_then_load_equals_build_then_copy(tiny_model, tmp_pat
     strided = {
         k: v.to(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in sd.items()
     }
-    ovseg.checkpoints.load_official_state_dict(fresh, strided, assign=True)
+    ovseg.weights.checkpoints.load_official_state_dict(fresh, strided, assign=True)
     assert all(p.is_contiguous() for p in fresh.parameters())
     _assert_same_model(fresh, expected)
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovseg.config import config_from_official
 from ovseg.modeling.clip_branch import ClipArch
 from ovseg.modeling.prompts import IMAGENET_TEMPLATES, VILD_TEMPLATES, prompt_templates
+from ovseg.weights.official_config import config_from_official
 
 OFFICIAL_TEMPLATES = Path(
     "/tmp/ovseg-official/open_vocab_seg/modeling/clip_adapter/text_template.py"
@@ -112,7 +112,7 @@ def test_predict_takes_templates(tiny_model):
 def test_config_reads_text_templates():
     import copy
 
-    from ovseg.config import read_official_yaml
+    from ovseg.weights.official_yaml import read_official_yaml
     from tests.conftest import FIXTURES, require
 
     base = read_official_yaml(

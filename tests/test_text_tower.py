@@ -8,7 +8,7 @@ import pytest
 import torch
 from open_clip.tokenizer import tokenize
 
-from ovseg.inference import SelfAttention, quantize_int8
+from ovseg.modeling.int8 import SelfAttention, quantize_int8
 from ovseg.modeling.text_tower import PrefixTree, encode_prompts
 
 NAMES = ["cat", "dog", "traffic light", "chest of drawers", "a", "potted plant in a pot"]

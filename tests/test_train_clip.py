@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import ovseg
-from ovseg.checkpoints import read_metadata
 from ovseg.train.clip_adaptation import PROMPT_KEY, ClipOptions, train_clip
 from ovseg.train.logs import read_csv
 from ovseg.train.pairs import PairDataset
+from ovseg.weights.checkpoints import read_metadata
 from tests.train_fixtures import (
     NOUNS,
     loop_config,

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import ovseg
-from ovseg.checkpoints import read_metadata
 from ovseg.cli import main
 from ovseg.train.combine import CLIP_PREFIX
+from ovseg.weights.checkpoints import read_metadata
 from tests.train_fixtures import make_tiny_model
 
 

@@ -80,7 +80,7 @@ def test_recipe_values_equal_the_raw_published_config(name):
     """The same values read from the config file as published (its Python-eval
     ``MIN_SIZE_TRAIN`` included, read by ``ovseg.config.read_official_yaml``); keys the file
     omits take detectron2 / ov-seg defaults and are covered by the resolved-config test."""
-    from ovseg.config import read_official_yaml
+    from ovseg.weights.official_yaml import read_official_yaml
 
     recipe = PROPOSAL_RECIPES[name]
     raw = read_official_yaml(require(FIXTURES / "configs" / "raw") / recipe["config"][0])

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 import ovseg
-from ovseg.inference import InferenceOptions
-from ovseg.tta import Augmentation, sliding_windows, tile_side
+from ovseg.inference.options import InferenceOptions
+from ovseg.inference.tta import Augmentation, sliding_windows, tile_side
 from tests.conftest import FIXTURES, require
 from tests.official_compare import assert_close
 
@@ -31,7 +31,7 @@ def model():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.manual_seed(0)
-        cfg = ovseg.build.MODELS["ovseg-test-tiny"]()
+        cfg = ovseg.modeling.variants.MODELS["ovseg-test-tiny"]()
         # small views, few queries and 64-pixel CLIP crops keep this fast
         cfg = dataclasses.replace(
             cfg, num_queries=6, clip=dataclasses.replace(cfg.clip, image_size=64)

@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 import ovseg
-from ovseg.build import MODELS, build_ovseg
-from ovseg.config import OVSegConfig
+from ovseg.modeling.build import build_ovseg
+from ovseg.modeling.config import OVSegConfig
+from ovseg.modeling.variants import MODELS
 from ovseg.train.pair_shards import ShardWriter, empty_stats, merge_shards
 from ovseg.train.trainer import TrainConfig
 

@@ -36,7 +36,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def resolve_download(name_or_path: str, option: str) -> Path:
     """A weights file from a download name (it must be cached) or a path, for ``option``."""
-    from ovseg import hub
+    from ovseg.weights import hub
 
     if name_or_path in hub.REGISTRY:
         cached = hub.find_cached(name_or_path)
@@ -149,7 +149,7 @@ def tta_options_from_args(args: argparse.Namespace, config) -> dict:
 
 
 def augmentation_settings(augmentation) -> dict | None:
-    """A JSON-ready record of an ``ovseg.tta.Augmentation`` (None: single view)."""
+    """A JSON-ready record of an ``ovseg.inference.tta.Augmentation`` (None: single view)."""
     if augmentation is None:
         return None
     import dataclasses

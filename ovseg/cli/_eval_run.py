@@ -15,7 +15,7 @@ from ovseg.data.datasets.base import read_index_map
 from ovseg.data.image import read_image
 from ovseg.evaluation.loop import ConfusionCache, PredictFn, evaluate_dataset
 from ovseg.evaluation.report import format_table, save_bar_chart, write_json
-from ovseg.segmentation import unlabelled_as_negative, unlabelled_png_values
+from ovseg.inference.segmentation import unlabelled_as_negative, unlabelled_png_values
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -274,7 +274,7 @@ def _cache(args, key: dict) -> ConfusionCache | None:
         return None
     folder = args.cache
     if not folder:
-        from ovseg.hub import ovseg_home
+        from ovseg.weights.hub import ovseg_home
 
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         folder = ovseg_home() / "eval-cache" / f"{key['dataset']}-{key['split']}-{digest}"

@@ -27,7 +27,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ovseg import hub
+    from ovseg.weights import hub
 
     if args.list or not args.names:
         print(f"URL downloads and hand-copied files: {hub.ovseg_home()}")

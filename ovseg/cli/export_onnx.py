@@ -41,7 +41,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ovseg.export import export_onnx, verify_onnx
+    from ovseg.inference.onnx import export_onnx, verify_onnx
 
     if args.random_weights:
         import torch
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.model or args.checkpoint or args.config:
             raise ValueError("--random-weights takes --model NAME only")
         torch.manual_seed(0)
-        model = ovseg.build_ovseg(ovseg.build.MODELS[args.model]()).eval()
+        model = ovseg.build_ovseg(ovseg.modeling.variants.MODELS[args.model]()).eval()
     else:
         model = load_model_from_args(args).cpu()
     print(f"exporting to {args.out} ...")

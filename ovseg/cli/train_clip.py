@@ -78,7 +78,7 @@ def resolve_recipe(args):
         raise SystemExit("give --mode or --recipe")
     patch = 14
     if args.init:
-        from ovseg.checkpoints import read_metadata
+        from ovseg.weights.checkpoints import read_metadata
 
         config = json.loads(read_metadata(args.init).get("config", "{}"))
         patch = config.get("clip", {}).get("patch_size", 14)
@@ -87,9 +87,9 @@ def resolve_recipe(args):
 
 def recipe_groups(recipe, init: str) -> dict:
     """{group: {"weight_decay", "names"}} of the recipe's optimizer groups for ``init``."""
-    from ovseg.checkpoints import load_checkpoint
     from ovseg.train.clip_adaptation import prepare_for_mode
     from ovseg.train.clip_recipes import official_param_groups
+    from ovseg.weights.checkpoints import load_checkpoint
 
     model = load_checkpoint(init)
     learned = recipe.logit_scale == "learned"

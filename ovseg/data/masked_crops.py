@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ovseg.modeling.clip_branch import CLIP_MEAN, CLIP_STD
+from ovseg.data.transforms import CLIP_MEAN, CLIP_STD
 
 MEAN_FILL = tuple(255.0 * m for m in CLIP_MEAN)  # (122.7709, 116.7460, 104.0937)
 CROP_METHODS = ("reference", "fast")

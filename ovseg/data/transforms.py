@@ -7,6 +7,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+# CLIP's pixel normalisation (0-1 scale; OpenAI CLIP)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
 
 def shortest_edge_size(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
     """New (height, width): short side to ``short``, long side at most ``max_size``.

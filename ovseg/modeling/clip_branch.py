@@ -26,11 +26,9 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from open_clip.tokenizer import tokenize
 from torch import nn
 
+from ovseg.data.transforms import CLIP_MEAN, CLIP_STD
 from ovseg.digest import tensor_digest
 from ovseg.modeling.prompts import VILD_TEMPLATES
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 LOGIT_TEMPERATURE = 100.0  # fixed; CLIP's own logit_scale is not used
 TEXT_BATCH = 4096  # prompts per text-tower call (its prefix tree's memory grows with it)
@@ -299,7 +297,7 @@ class MaskAdaptedCLIP(nn.Module):
             return self.clip_model.transformer
         fingerprint = self.weights_fingerprint()
         if self._int8_text is None or self._int8_text[0] != fingerprint:
-            from ovseg.inference import quantize_int8
+            from ovseg.modeling.int8 import quantize_int8
 
             quantized = quantize_int8(copy.deepcopy(self.clip_model.transformer).cpu())
             self._int8_text = (fingerprint, quantized)

@@ -4,32 +4,46 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from ovseg.config import OVSegConfig
 from ovseg.data.fast_crops import unique_masks
 from ovseg.data.masked_crops import MEAN_FILL, MaskedCrops, masked_crops
 from ovseg.data.transforms import normalize_and_pad
+from ovseg.modeling.classify import ClipImageFeatures, classify, fuse, vocabulary
 from ovseg.modeling.clip_branch import MaskAdaptedCLIP
-from ovseg.modeling.fusion import (
-    OTHERS,
-    FusionSettings,
-    clip_class_probs,
-    demo_fusion,
-    demo_vocabulary,
-    ensemble_probs,
-    fusion_settings,
-    proposal_class_probs,
-    semantic_fusion,
-)
+from ovseg.modeling.config import OVSegConfig
+from ovseg.modeling.fusion import fusion_settings
 from ovseg.modeling.pixel_decoder import PixelDecoder
 from ovseg.modeling.prompts import prompt_templates
 from ovseg.modeling.proposals import Proposals
 from ovseg.modeling.transformer_decoder import OpenVocabPredictor
+from ovseg.vocabulary import validate_class_names
+
+
+@dataclass(frozen=True)
+class HubFormat:
+    """The Hub file formats of ``OVSeg`` (registered by ``ovseg.weights.pretrained``).
+
+    Attributes:
+        save: ``(model, folder)``: write the files of ``save_pretrained``.
+        load: ``(model_id, *, config, **hub_kwargs) -> OVSeg``: read them back.
+        card: ``(model, **card_kwargs) -> huggingface_hub.ModelCard``.
+    """
+
+    save: Callable[..., None]
+    load: Callable[..., Any]
+    card: Callable[..., Any]
+
+
+def _hub_format() -> HubFormat:
+    if OVSeg.hub_format is None:
+        raise RuntimeError("the Hub formats are registered by ovseg.weights: import ovseg first")
+    return OVSeg.hub_format
 
 
 class SemSegHead(nn.Module):
@@ -39,19 +53,6 @@ class SemSegHead(nn.Module):
         super().__init__()
         self.pixel_decoder = pixel_decoder
         self.predictor = predictor
-
-
-@dataclass
-class ClipImageFeatures:
-    """CLIP-branch image features of one image's proposals at one mask threshold.
-
-    Attributes:
-        features: (V, C) features of the V valid (non-empty) binarised masks.
-        valid: (N,) bool.
-    """
-
-    features: torch.Tensor
-    valid: torch.Tensor
 
 
 class OVSeg(
@@ -107,29 +108,28 @@ class OVSeg(
         """False for a CLIP-branch-only model (proposals must come from a generator)."""
         return self.sem_seg_head is not None
 
-    # ---- Hugging Face Hub (PyTorchModelHubMixin); the formats live in ovseg.pretrained -------
-    def _save_pretrained(self, save_directory) -> None:
-        from ovseg.pretrained import save_pretrained_files
+    # ---- Hugging Face Hub (PyTorchModelHubMixin) ----------------------------------------
+    # The file formats are a loader's business: ``ovseg.weights.pretrained`` registers them
+    # here as ``hub_format`` (a ``HubFormat``) when ``ovseg`` is imported, so that building a
+    # model never imports a loader.
+    hub_format: ClassVar[HubFormat | None] = None
 
-        save_pretrained_files(self, save_directory)
+    def _save_pretrained(self, save_directory) -> None:
+        _hub_format().save(self, save_directory)
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, config: dict | None = None, **kwargs) -> OVSeg:
-        from ovseg.pretrained import load_pretrained
-
-        return load_pretrained(model_id, config=config, **kwargs)
+        return _hub_format().load(model_id, config=config, **kwargs)
 
     def push_to_hub(self, repo_id: str, *, model_card_kwargs: dict | None = None, **kwargs):
         """Upload ``config.json``, ``model.safetensors`` and the model card to ``repo_id``
         (``huggingface_hub``; needs a token with write access). ``model_card_kwargs``: see
-        ``ovseg.pretrained.model_card`` (provenance, recipe, license, eval_results)."""
+        ``ovseg.weights.pretrained.model_card`` (provenance, recipe, license, eval_results)."""
         card = {"repo_id": repo_id, **(model_card_kwargs or {})}
         return super().push_to_hub(repo_id, model_card_kwargs=card, **kwargs)
 
     def generate_model_card(self, *args, **kwargs):
-        from ovseg.pretrained import model_card
-
-        return model_card(self, **kwargs)
+        return _hub_format().card(self, **kwargs)
 
     # ---- stage 1: proposals (vocabulary-free) -----------------------------------------
     def proposal_outputs(self, image: torch.Tensor, all_layers: bool = False):
@@ -291,66 +291,6 @@ class OVSeg(
             validate_class_names(class_names), self.prompt_templates(templates)
         )
 
-    # ---- stage 3: classification, ensemble, fusion -------------------------------------
-    def classify(
-        self,
-        proposals: Proposals,
-        clip_features: ClipImageFeatures | None,
-        text_features: torch.Tensor,
-        settings: FusionSettings | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-proposal class probabilities and the masks they apply to.
-
-        Args:
-            settings: from ``ovseg.modeling.fusion.fusion_settings``; None for the config's.
-        Returns ``(probs (N', K), masks (N', H, W))``: all N proposals normally; only the
-        valid ones when CLIP alone classifies (lambda 0, ``clip_only``, or proposals without
-        embeddings).
-        """
-        settings = fusion_settings(self.config) if settings is None else settings
-        text = self.clip_adapter.with_void(text_features)
-        no_embeddings = proposals.embeddings is None
-        if not settings.clip_ensemble:
-            if no_embeddings:
-                raise ValueError(
-                    "these proposals have no class embeddings, so the proposal branch cannot "
-                    "classify them; keep the CLIP branch (clip_ensemble=True)"
-                )
-            logits = self.clip_adapter.similarity_logits(proposals.embeddings, text)
-            return proposal_class_probs(logits), proposals.masks
-        if clip_features is None:
-            raise ValueError("the CLIP branch is enabled but no clip_features were given")
-        p_clip = clip_class_probs(self.clip_adapter.similarity_logits(clip_features.features, text))
-        if settings.clip_alone or no_embeddings:
-            return p_clip, proposals.masks[clip_features.valid]
-        logits = self.clip_adapter.similarity_logits(proposals.embeddings, text)
-        p_prop = proposal_class_probs(logits)
-        weight = settings.ensemble_weight
-        return ensemble_probs(p_prop, p_clip, clip_features.valid, weight), proposals.masks
-
-    @staticmethod
-    def vocabulary(class_names: list[str], settings: FusionSettings) -> list[str]:
-        """The classes a prediction uses: demo mode appends ``others`` to a single name."""
-        names = validate_class_names(class_names)
-        if settings.mode != "demo":
-            return names
-        if [n.lower() for n in names] == [OTHERS]:
-            raise ValueError(
-                "demo mode adds 'others' to a single class name, so 'others' alone cannot be "
-                "segmented; name what to find, e.g. ['person']"
-            )
-        return demo_vocabulary(names)
-
-    @staticmethod
-    def fuse(
-        probs: torch.Tensor, masks: torch.Tensor, settings: FusionSettings, class_names: list[str]
-    ) -> torch.Tensor:
-        """(N', K) probabilities and (N', H, W) masks -> (K, H, W) scores for ``settings.mode``:
-        ``semantic_fusion`` (eval) or ``demo_fusion`` (demo, at ``settings.mask_threshold``)."""
-        if settings.mode == "demo":
-            return demo_fusion(probs, masks, settings.mask_threshold, class_names).sem_seg
-        return semantic_fusion(probs, masks)
-
     @torch.no_grad()
     def forward(
         self,
@@ -369,13 +309,13 @@ class OVSeg(
             image: (3, H, W) uint8 or float 0-255, already resized.
             others: see ``ovseg.modeling.fusion.fusion_settings`` and ``encode_text``.
         Returns:
-            sem_seg (K, H, W) over ``self.vocabulary(class_names, settings)`` (in demo mode a
+            sem_seg (K, H, W) over ``vocabulary(class_names, settings)`` (in demo mode a
             single name gets ``others`` appended).
         """
         settings = fusion_settings(
             self.config, mode, ensemble_weight, mask_threshold, clip_only, clip_ensemble
         )
-        names = self.vocabulary(class_names, settings)
+        names = vocabulary(class_names, settings)
         proposals = self.propose(image)
         clip_features = None
         if settings.clip_ensemble or proposals.embeddings is None:
@@ -383,8 +323,8 @@ class OVSeg(
                 image, proposals.masks, settings.mask_threshold
             )
         text = self.encode_text(names, templates)
-        probs, masks = self.classify(proposals, clip_features, text, settings)
-        return self.fuse(probs, masks, settings, names)
+        probs, masks = classify(self.clip_adapter, proposals, clip_features, text, settings)
+        return fuse(probs, masks, settings, names)
 
 
 def _as_input_of(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -393,27 +333,3 @@ def _as_input_of(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if p.is_floating_point():
             return x.to(p.dtype) if x.is_floating_point() else x
     return x
-
-
-def validate_class_names(class_names) -> list[str]:
-    """Check a vocabulary: a non-empty list of distinct, non-blank strings."""
-    if isinstance(class_names, str):
-        raise ValueError(
-            "class_names must be a list of names, got one string; split it, e.g. "
-            f"{[c.strip() for c in class_names.split(',')]}"
-        )
-    names = list(class_names)
-    if not names:
-        raise ValueError("the vocabulary is empty: give at least one class name")
-    bad = [n for n in names if not isinstance(n, str) or not n.strip()]
-    if bad:
-        raise ValueError(f"class names must be non-blank strings, got {bad!r}")
-    seen, dups = set(), []
-    for n in names:
-        key = n.strip().lower()
-        if key in seen:
-            dups.append(n)
-        seen.add(key)
-    if dups:
-        raise ValueError(f"duplicate class names: {sorted(set(dups))}")
-    return [n.strip() for n in names]

@@ -19,7 +19,7 @@ FOLDER = "text-features"
 
 
 def default_folder() -> Path:
-    from ovseg.hub import ovseg_home
+    from ovseg.fileio import ovseg_home
 
     return ovseg_home() / FOLDER
 

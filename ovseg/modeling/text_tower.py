@@ -19,7 +19,7 @@ CLIP's text transformer is causal: the hidden state at position ``p`` depends on
 
 The result equals ``open_clip``'s ``encode_text`` up to float rounding (tested against it).
 Works on the fp32 tower, under bf16 autocast, and on the int8 copy
-(``ovseg.inference.quantize_int8``, whose attention is ``SelfAttention``).
+(``ovseg.modeling.int8.quantize_int8``, whose attention is ``SelfAttention``).
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def _projections(attn: nn.Module):
         w, b = attn.in_proj_weight, attn.in_proj_bias
         out_w, out_b = attn.out_proj.weight, attn.out_proj.bias
         return (lambda h: F.linear(h, w, b)), (lambda o: F.linear(o, out_w, out_b)), attn.num_heads
-    if not getattr(attn, "batch_first", False):  # ovseg.inference.SelfAttention
+    if not getattr(attn, "batch_first", False):  # ovseg.modeling.int8.SelfAttention
         raise ValueError("the text tower's attention must be batch first")
     return attn.in_proj, attn.out_proj, attn.num_heads
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ovseg.data.datasets.base import IGNORE_LABEL
 from ovseg.modeling.proposals import Proposals
-from ovseg.proposals import register
+from ovseg.proposals.registry import register
 
 
 def resize_label(label: torch.Tensor | np.ndarray, size: tuple[int, int]) -> torch.Tensor:

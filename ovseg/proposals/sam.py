@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from ovseg.modeling.proposals import Proposals
-from ovseg.proposals import register
 from ovseg.proposals.overlaps import OVERLAP_RULES, resolve_overlaps
+from ovseg.proposals.registry import register
 
 # Width of ``image_encoder.patch_embed.proj.weight`` -> model type.
 _TYPE_BY_WIDTH = {768: "vit_b", 1024: "vit_l", 1280: "vit_h", 64: "test_tiny"}

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from ovseg.modeling.proposals import Proposals
-from ovseg.proposals import register
 from ovseg.proposals.overlaps import OVERLAP_RULES, resolve_overlaps
+from ovseg.proposals.registry import register
 
 DEFAULT_SCALES = (100, 300, 1000)
 

@@ -42,7 +42,7 @@ def _png_base64(image) -> str:
 def _segment_response(seg, image, elapsed_s: float) -> dict:
     """The JSON body of ``POST /segment``: ``Segmentation.to_json()`` plus the class colours,
     the overlay with its legend and the label map, both as base64 PNG."""
-    from ovseg.visualize import palette
+    from ovseg.inference.visualize import palette
 
     body = seg.to_json()
     colours = palette(max(len(seg.class_names), 1))[: len(seg.class_names)]

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ovseg.checkpoints import save_checkpoint
 from ovseg.fileio import write_atomic
+from ovseg.weights.checkpoints import save_checkpoint
 
 
 def rng_state() -> dict:

@@ -298,11 +298,11 @@ def train_clip(
     """
     import json
 
-    from ovseg.checkpoints import load_checkpoint, read_metadata
     from ovseg.train import distributed
     from ovseg.train.checkpointing import latest_checkpoint
     from ovseg.train.pairs import PairDataset, collate_pairs
     from ovseg.train.trainer import Trainer, TrainTask
+    from ovseg.weights.checkpoints import load_checkpoint, read_metadata
 
     options = options or ClipOptions()
     if mode not in MODES:

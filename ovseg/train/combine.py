@@ -36,8 +36,8 @@ def combine_checkpoints(
     (unless ``allow_text_mismatch``: the proposal classifier would then score against text
     embeddings it was not trained with).
     """
-    from ovseg.build import build_ovseg
-    from ovseg.checkpoints import load_checkpoint, read_metadata, save_checkpoint
+    from ovseg.modeling.build import build_ovseg
+    from ovseg.weights.checkpoints import load_checkpoint, read_metadata, save_checkpoint
 
     clip_model = load_checkpoint(clip_checkpoint)
     proposal_model = load_checkpoint(proposal_checkpoint)

@@ -37,8 +37,7 @@ import torch.nn.functional as F
 
 from ovseg.data.coco_captions import CocoCaptions
 from ovseg.data.image import read_image
-from ovseg.data.transforms import resize_shortest_edge
-from ovseg.modeling.clip_branch import CLIP_MEAN, CLIP_STD
+from ovseg.data.transforms import CLIP_MEAN, CLIP_STD, resize_shortest_edge
 from ovseg.train.pair_shards import ShardWriter, empty_stats, shard_done, write_json_atomic
 
 MODES = ("gt-gt", "gt-caption", "proposal-caption")

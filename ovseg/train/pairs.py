@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ovseg.modeling.clip_branch import CLIP_MEAN, CLIP_STD
+from ovseg.data.transforms import CLIP_MEAN, CLIP_STD
 
 OFFICIAL_MASK_FILL = (124, 116, 103)  # transform.py Maskget(mean=(124, 116, 103))
 MASK_RULES = ("official", "nearest")

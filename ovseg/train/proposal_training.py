@@ -180,9 +180,10 @@ def build_start_model(
     ``clip_weights``: OpenAI/OpenCLIP CLIP weights, or an ovseg ``.safetensors`` checkpoint
     whose CLIP towers are copied (so that the trained head fits that CLIP's text space).
     """
-    from ovseg.build import MODELS, build_ovseg
-    from ovseg.checkpoints import load_checkpoint, load_clip_weights, read_metadata
-    from ovseg.config import OVSegConfig
+    from ovseg.modeling.build import build_ovseg
+    from ovseg.modeling.config import OVSegConfig
+    from ovseg.modeling.variants import MODELS
+    from ovseg.weights.checkpoints import load_checkpoint, load_clip_weights, read_metadata
 
     if (model_name is None) == (init is None):
         raise ValueError("give exactly one of --model NAME (from scratch) or --init CKPT")

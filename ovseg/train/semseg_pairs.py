@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.init:
         model = ovseg.load_checkpoint(args.init)
     else:
-        from ovseg.build import MODELS, build_ovseg
+        from ovseg.modeling.build import build_ovseg
+        from ovseg.modeling.variants import MODELS
 
         model = build_ovseg(MODELS[args.model]())
     source = open_source(args.dataset, args.data, args.split)

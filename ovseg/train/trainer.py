@@ -23,7 +23,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from ovseg.checkpoints import read_state_dict, save_checkpoint
 from ovseg.train import distributed
 from ovseg.train.checkpointing import (
     latest_checkpoint,
@@ -34,6 +33,7 @@ from ovseg.train.checkpointing import (
 )
 from ovseg.train.logs import CSVLog, TensorBoardLog
 from ovseg.train.schedule import WarmupSchedule
+from ovseg.weights.checkpoints import read_state_dict, save_checkpoint
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # settings a resumed run must share with the run it resumes

@@ -212,7 +212,7 @@ def onnx_predictor(model, folder: str | Path, providers: list[str] | None = None
     ``model`` supplies the text tower (vocabulary stays open), classification and fusion; it
     should hold the same weights as the export.
     """
-    from ovseg.predictor import Predictor
+    from ovseg.inference.predictor import Predictor
 
     return Predictor(
         model,

@@ -165,7 +165,7 @@ class Segmentation:
             alpha: weight of the class colours in [0, 1].
             legend: add the legend panel to the right.
         """
-        from ovseg.visualize import overlay_image
+        from ovseg.inference.visualize import overlay_image
 
         if isinstance(image, Image.Image):
             image = np.asarray(image.convert("RGB"))
@@ -177,7 +177,7 @@ class Segmentation:
         Up to 255 classes: mode "P" with the class palette, unlabelled = 255 (black). More:
         16-bit "I;16", unlabelled = 65535. ``unlabelled_value`` says which.
         """
-        from ovseg.visualize import UNLABELLED_RGB, palette
+        from ovseg.inference.visualize import UNLABELLED_RGB, palette
 
         k = len(self.class_names)
         if k > 65535:

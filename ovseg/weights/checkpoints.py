@@ -16,9 +16,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from ovseg import timing
-from ovseg.config import config_from_official, read_official_yaml
-from ovseg.fileio import atomic_path
+from ovseg.fileio import atomic_path, ovseg_home
+from ovseg.modeling.build import build_ovseg
 from ovseg.modeling.clip_branch import ClipArch
+from ovseg.modeling.config import OVSegConfig
+from ovseg.weights.official_config import config_from_official
+from ovseg.weights.official_yaml import read_official_yaml
 
 FORMAT = "ovseg/1"
 CLIP_PREFIX = "clip_adapter.clip_model."
@@ -74,8 +77,6 @@ def converted_copy_path(path: str | Path) -> tuple[Path, dict[str, str]]:
     """Where ``read_state_dict(path, cache=True)`` keeps the safetensors copy of ``path``,
     and the metadata that ties it to the source file (path, size, mtime)."""
     import hashlib
-
-    from ovseg.hub import ovseg_home
 
     path = Path(path).resolve()
     source = file_identity(path)
@@ -192,8 +193,6 @@ def load_official(config: str | Path, weights: str | Path, cache_converted: bool
     The CLIP architecture is inferred from the checkpoint's shapes. Keys or shapes that do
     not fit raise ``ValueError`` listing them.
     """
-    from ovseg.build import build_ovseg
-
     cfg = read_official_yaml(config)
     sd = read_state_dict(weights, cache=cache_converted)
     arch = ClipArch.from_state_dict(sd, CLIP_PREFIX)
@@ -247,9 +246,6 @@ def load_checkpoint(path: str | Path, config: dict | None = None):
     ``config``: an ``OVSegConfig.to_dict()`` to build from instead of the metadata's (the
     ``config.json`` of a ``save_pretrained`` folder); the weights must fit it exactly.
     """
-    from ovseg.build import build_ovseg
-    from ovseg.config import OVSegConfig
-
     meta = read_metadata(path)
     if meta.get("format") != FORMAT or "config" not in meta:
         raise ValueError(

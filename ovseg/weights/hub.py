@@ -31,6 +31,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ovseg.fileio import ovseg_home
+
 CODE_LICENSE = "MIT"
 OVSEG_WEIGHTS_LICENSE = "CC BY-NC 4.0"  # the ov-seg repository's LICENSE (non-commercial)
 LICENSE_URLS = {
@@ -38,16 +40,6 @@ LICENSE_URLS = {
     "MIT": "https://opensource.org/licenses/MIT",
     "Apache-2.0": "https://www.apache.org/licenses/LICENSE-2.0",
 }
-
-
-def ovseg_home() -> Path:
-    """The cache folder for URL downloads: ``$OVSEG_HOME``, else the user cache dir + ``/ovseg``."""
-    env = os.environ.get("OVSEG_HOME")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("ovseg"))
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,14 @@ import torch.nn.functional as F
 
 from ovseg.data.image import to_rgb_array
 from ovseg.data.transforms import resize_shortest_edge
-from ovseg.inference import InferenceOptions, compiled, prepare_model
+from ovseg.inference.options import InferenceOptions, compiled, prepare_model
+from ovseg.inference.segmentation import Segmentation
+from ovseg.inference.tta import Augmentation, augmented_scores
+from ovseg.modeling.classify import ClipImageFeatures, classify, fuse, vocabulary
 from ovseg.modeling.fusion import demo_unlabelled, fusion_settings, proposal_class_probs
-from ovseg.modeling.ovseg import ClipImageFeatures, OVSeg, validate_class_names
+from ovseg.modeling.ovseg import OVSeg
 from ovseg.modeling.proposals import ProposalGenerator, Proposals
-from ovseg.segmentation import Segmentation
-from ovseg.tta import Augmentation, augmented_scores
+from ovseg.vocabulary import validate_class_names
 
 
 class Predictor:
@@ -36,7 +38,7 @@ class Predictor:
             official outputs up to float rounding. ``InferenceOptions(fast=False)`` is the
             reference path.
         clip_encoder: ``(crops, region_masks) -> (B, C)`` replacing the CLIP image tower
-            (e.g. ``ovseg.export.OnnxClipEncoder``); default the model's own.
+            (e.g. ``ovseg.inference.onnx.OnnxClipEncoder``); default the model's own.
     """
 
     def __init__(
@@ -68,7 +70,7 @@ class Predictor:
 
     @property
     def augmentation(self) -> Augmentation | None:
-        """The test-time augmentation / sliding-window plan (``ovseg.tta``), or None."""
+        """The test-time augmentation / sliding-window plan (``ovseg.inference.tta``), or None."""
         return self.options.augmentation(self.model.config)
 
     def single_view_predictor(self) -> Predictor:
@@ -190,8 +192,8 @@ class Predictor:
         settings = fusion_settings(
             model.config, mode, ensemble_weight, mask_threshold, clip_only, clip_ensemble
         )
-        names = model.vocabulary(class_names, settings)
-        if self.views is not None:  # test-time augmentation / sliding window: ovseg.tta
+        names = vocabulary(class_names, settings)
+        if self.views is not None:  # test-time augmentation / sliding window: ovseg.inference.tta
             scores = augmented_scores(
                 self,
                 validate_class_names(class_names),
@@ -212,8 +214,8 @@ class Predictor:
         clip = None
         if settings.clip_ensemble or proposals.embeddings is None:
             clip = self.clip_features(settings.mask_threshold, queries)
-        probs, masks = model.classify(proposals, clip, text, settings)
-        sem_seg = model.fuse(probs, masks, settings, names)
+        probs, masks = classify(model.clip_adapter, proposals, clip, text, settings)
+        sem_seg = fuse(probs, masks, settings, names)
         sem_seg = F.interpolate(
             sem_seg[None], size=self.original_size, mode="bilinear", align_corners=False
         )[0].float()

@@ -15,6 +15,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ovseg.modeling.ovseg import HubFormat, OVSeg
+from ovseg.weights.checkpoints import load_checkpoint, save_checkpoint
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 HF_SCHEME = "hf://"
@@ -44,8 +47,6 @@ def is_pretrained_folder(path: str | Path) -> bool:
 
 def save_pretrained_files(model, folder: str | Path) -> None:
     """Write ``config.json`` and ``model.safetensors`` (config and provenance in its metadata)."""
-    from ovseg.checkpoints import save_checkpoint
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, folder / WEIGHTS_NAME)  # provenance goes into its metadata
@@ -71,8 +72,6 @@ def load_pretrained(
     (``backbone``). The architecture comes from ``config`` alone; the weights must fit it key
     for key and shape for shape.
     """
-    from ovseg.checkpoints import load_checkpoint
-
     unknown = sorted(set(config_fields) - set(config or {}))
     if unknown:
         raise TypeError(f"OVSeg.from_pretrained got unexpected arguments {unknown}")
@@ -213,3 +212,7 @@ segmentation = predictor.predict(["sky", "building", "tree"])
 Command line: `ovseg segment photo.jpg --classes "sky, tree" --model hf://{repo_id or "OWNER/REPO"}`.
 """
     return ModelCard(content)
+
+
+# OVSeg.save_pretrained / from_pretrained / push_to_hub use these formats.
+OVSeg.hub_format = HubFormat(save=save_pretrained_files, load=load_pretrained, card=model_card)
