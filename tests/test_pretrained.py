@@ -93,17 +93,17 @@ def test_hub_round_trip_gives_the_same_outputs(saved, tiny_model, image, fake_hu
 def test_cli_model_option_takes_hf_uris(saved, tiny_model, fake_hub):
     import argparse
 
-    from ovseg.cli._common import add_model_args, load_model_from_args
+    from ovseg.cli._common import add_model_args
+    from ovseg.cli._spec import model_source
 
     fake_hub.add_folder("someone/ovseg-tiny", saved)
     parser = argparse.ArgumentParser()
     add_model_args(parser)
-    model = load_model_from_args(parser.parse_args(["--model", "hf://someone/ovseg-tiny"]))
+    model = model_source(parser.parse_args(["--model", "hf://someone/ovseg-tiny"])).load()
     assert _same_weights(model, tiny_model)
     with pytest.raises(ValueError, match="carries its own weights"):
-        load_model_from_args(
-            parser.parse_args(["--model", "hf://someone/ovseg-tiny", "--checkpoint", "x.pth"])
-        )
+        argv = ["--model", "hf://someone/ovseg-tiny", "--checkpoint", "x.pth"]
+        model_source(parser.parse_args(argv)).load()
 
 
 def test_missing_repository_or_config_is_a_clear_error(fake_hub, tmp_path):

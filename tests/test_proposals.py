@@ -237,31 +237,33 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_cli_builds_each_generator():
-    from ovseg.cli._proposals import proposal_generator_from_args
+def proposal_generator_from_args(args, model):
+    from ovseg.cli._spec import proposal_source
 
-    assert proposal_generator_from_args(_parse([]), None) is None
+    return proposal_source(args).build(model)
+
+
+def test_cli_builds_each_generator(tiny_model):
+    assert proposal_generator_from_args(_parse([]), tiny_model) is None
     argv = ["--proposals", "superpixels", "--superpixel-scales", "50,500", "--max-proposals", "7"]
-    gen = proposal_generator_from_args(_parse(argv), None)
+    gen = proposal_generator_from_args(_parse(argv), tiny_model)
     assert isinstance(gen, SuperpixelProposalGenerator)
     assert gen.scales == (50.0, 500.0) and gen.max_masks == 7 and gen.overlap == "sum"
     pytest.importorskip("segment_anything")
     from ovseg.proposals.sam import SamProposalGenerator
 
     argv = ["--proposals", "sam", "--sam-model-type", "test_tiny", "--sam-points-per-side", "2"]
-    gen = proposal_generator_from_args(_parse(argv), None)
+    gen = proposal_generator_from_args(_parse(argv), tiny_model)
     assert isinstance(gen, SamProposalGenerator) and gen.overlap == "smallest_wins"
 
 
-def test_cli_rejects_options_of_another_generator():
-    from ovseg.cli._proposals import proposal_generator_from_args
-
+def test_cli_rejects_options_of_another_generator(tiny_model):
     with pytest.raises(ValueError, match="--sam-checkpoint does not apply to --proposals sup"):
         proposal_generator_from_args(
-            _parse(["--proposals", "superpixels", "--sam-checkpoint", "x.pth"]), None
+            _parse(["--proposals", "superpixels", "--sam-checkpoint", "x.pth"]), tiny_model
         )
     with pytest.raises(ValueError, match="--max-proposals does not apply"):
-        proposal_generator_from_args(_parse(["--max-proposals", "3"]), None)
+        proposal_generator_from_args(_parse(["--max-proposals", "3"]), tiny_model)
     with pytest.raises(SystemExit):
         _parse(["--superpixel-scales", "a,b"])
 

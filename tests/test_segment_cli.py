@@ -13,7 +13,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ovseg.cli import main
-from ovseg.cli import segment as segment_cli
+from ovseg.inference.spec import PredictorSpec
 from tests.serve_helpers import FakePredictor
 
 COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-mini" / "train2017"
@@ -84,32 +84,72 @@ def test_segment_real_photos_with_tiny_model(photo_dir, tmp_path, capsys):
 @pytest.fixture
 def fake(monkeypatch) -> FakePredictor:
     predictor = FakePredictor()
-    monkeypatch.setattr(segment_cli, "make_predictor", lambda args: predictor)
+    monkeypatch.setattr(PredictorSpec, "build", lambda spec: predictor)
     return predictor
 
 
 def test_single_files_resume_force_and_new_vocabulary(fake, tmp_path, capsys):
     a, b = _photos(2)
     out = tmp_path / "out"
-    assert main(["segment", str(a), "--classes", "dark, bright", "--out", str(out)]) == 0
+    assert (
+        main(["segment", "--model", "m", str(a), "--classes", "dark, bright", "--out", str(out)])
+        == 0
+    )
     _check_outputs(out, a, ["dark", "bright"])
     assert fake.calls == 1
 
     # b is new, a is done: only b runs
-    assert main(["segment", str(a), str(b), "--classes", "dark, bright", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                "--model",
+                "m",
+                str(a),
+                str(b),
+                "--classes",
+                "dark, bright",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert fake.calls == 2
     assert "1 segmented, 1 already done" in capsys.readouterr().out
     _check_outputs(out, b, ["dark", "bright"])
 
-    argv = ["segment", str(a), str(b), "--classes", "dark, bright", "--out", str(out), "--force"]
+    argv = [
+        "segment",
+        "--model",
+        "m",
+        str(a),
+        str(b),
+        "--classes",
+        "dark, bright",
+        "--out",
+        str(out),
+        "--force",
+    ]
     assert main(argv) == 0
     assert fake.calls == 4
 
     # another vocabulary is not "done", nor are other options
-    assert main(["segment", str(a), "--classes", "x; y; z", "--out", str(out)]) == 0
+    assert main(["segment", "--model", "m", str(a), "--classes", "x; y; z", "--out", str(out)]) == 0
     assert fake.calls == 5
     _check_outputs(out, a, ["x", "y", "z"])
-    argv = ["segment", str(a), "--classes", "x; y; z", "--out", str(out), "--mode", "eval"]
+    argv = [
+        "segment",
+        "--model",
+        "m",
+        str(a),
+        "--classes",
+        "x; y; z",
+        "--out",
+        str(out),
+        "--mode",
+        "eval",
+    ]
     assert main(argv) == 0
     assert fake.calls == 6
 
@@ -119,7 +159,10 @@ def test_classes_file_keeps_commas_inside_names(fake, tmp_path):
     vocab = tmp_path / "classes.txt"
     vocab.write_text("# ADE-style names\nbuilding, edifice\n\nsky\n")
     out = tmp_path / "out"
-    assert main(["segment", str(a), "--classes-file", str(vocab), "--out", str(out)]) == 0
+    assert (
+        main(["segment", "--model", "m", str(a), "--classes-file", str(vocab), "--out", str(out)])
+        == 0
+    )
     assert json.loads((out / f"{a.stem}.json").read_text())["class_names"] == [
         "building, edifice",
         "sky",
@@ -133,7 +176,9 @@ def test_bad_image_in_a_folder_is_reported_and_the_rest_done(fake, tmp_path, cap
     os.symlink(a, folder / a.name)
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "out"
-    assert main(["segment", str(folder), "--classes", "a, b", "--out", str(out)]) == 1
+    assert (
+        main(["segment", "--model", "m", str(folder), "--classes", "a, b", "--out", str(out)]) == 1
+    )
     captured = capsys.readouterr()
     assert "broken.jpg" in captured.err and "1 segmented, 0 already done, 1 failed" in captured.out
     assert (out / "in" / f"{a.stem}.json").is_file()
@@ -142,14 +187,26 @@ def test_bad_image_in_a_folder_is_reported_and_the_rest_done(fake, tmp_path, cap
 
 def test_usage_errors(fake, tmp_path, capsys):
     (a,) = _photos(1)
-    assert main(["segment", str(a), "--classes", " , ;", "--out", str(tmp_path)]) == 2
+    assert (
+        main(["segment", "--model", "m", str(a), "--classes", " , ;", "--out", str(tmp_path)]) == 2
+    )
     assert "empty vocabulary" in capsys.readouterr().err
-    assert main(["segment", str(tmp_path / "nope.jpg"), "--classes", "a", "--out", "x"]) == 2
+    assert (
+        main(
+            ["segment", "--model", "m", str(tmp_path / "nope.jpg"), "--classes", "a", "--out", "x"]
+        )
+        == 2
+    )
     assert "no such image or folder" in capsys.readouterr().err
     twin = tmp_path / "twin"
     twin.mkdir()
     os.symlink(a, twin / a.name)
-    assert main(["segment", str(a), str(twin / a.name), "--classes", "a", "--out", "o"]) == 2
+    assert (
+        main(
+            ["segment", "--model", "m", str(a), str(twin / a.name), "--classes", "a", "--out", "o"]
+        )
+        == 2
+    )
     assert "would both write" in capsys.readouterr().err
     assert fake.calls == 0
 
@@ -173,13 +230,14 @@ def test_serve_binds_localhost_by_default():
 def test_serve_and_eval_prediction_flags():
     from ovseg.cli import build_parser
     from ovseg.cli._eval_run import eval_predict_kwargs
-    from ovseg.cli._inference import inference_options, predict_kwargs
+    from ovseg.cli._spec import predictor_spec
 
     parse = build_parser().parse_args
-    assert predict_kwargs(parse(["serve", "--model", "m"])) == {"mode": "demo"}
+    assert predictor_spec(parse(["serve", "--model", "m"])).predict_kwargs() == {"mode": "demo"}
     args = parse(["serve", "--model", "m", "--mode", "eval", "--templates", "vild", "--top-k", "7"])
-    assert predict_kwargs(args) == {"mode": "eval", "templates": "vild"}
-    assert inference_options(args).top_k == 7
+    spec = predictor_spec(args)
+    assert spec.predict_kwargs() == {"mode": "eval", "templates": "vild"}
+    assert spec.options.top_k == 7 and spec.model.model == "m"
     argv = ["eval", "--dataset", "camvid", "--root", "r", "--model", "m"]
     assert eval_predict_kwargs(parse(argv)) == {"mode": "eval", "clip_only": None}
     args = parse(argv + ["--clip-only", "--templates", "imagenet", "--no-clip-ensemble"])
@@ -217,10 +275,10 @@ def test_segment_flags_reach_the_predictor(fake, tmp_path):
     """Every prediction flag ends up in the ``predict`` call (the library tests show what
     each one does)."""
     (a,) = _photos(1)
-    argv = ["segment", str(a), "--classes", "a, b", "--out", str(tmp_path / "1")]
+    argv = ["segment", "--model", "m", str(a), "--classes", "a, b", "--out", str(tmp_path / "1")]
     assert main(argv) == 0
     assert fake.options == {"mode": "demo"}  # the official demo by default
-    argv = ["segment", str(a), "--classes", "a, b", "--out", str(tmp_path / "2")]
+    argv = ["segment", "--model", "m", str(a), "--classes", "a, b", "--out", str(tmp_path / "2")]
     argv += ["--mode", "eval", "--ensemble-weight", "0.3", "--mask-threshold", "0.6"]
     argv += ["--clip-only", "--templates", "imagenet"]
     assert main(argv) == 0
@@ -231,42 +289,44 @@ def test_segment_flags_reach_the_predictor(fake, tmp_path):
         "clip_only": True,
         "templates": "imagenet",
     }
-    argv = ["segment", str(a), "--classes", "a", "--out", str(tmp_path / "3")]
+    argv = ["segment", "--model", "m", str(a), "--classes", "a", "--out", str(tmp_path / "3")]
     assert main(argv + ["--no-clip-ensemble"]) == 0
     assert fake.options == {"mode": "demo", "clip_ensemble": False}
 
 
 def test_speed_flags_build_the_inference_options(monkeypatch):
-    from ovseg.cli import _inference, build_parser
+    from ovseg.cli import _spec, build_parser
+    from ovseg.inference.spec import ModelSource
 
     args = build_parser().parse_args(
-        ["segment", "x.jpg", "--classes", "a", "--dtype", "bf16", "--top-k", "5"]
+        ["segment", "x.jpg", "--classes", "a", "--dtype", "bf16", "--top-k", "5", "--model", "m"]
     )
-    options = _inference.inference_options(args)
+    options = _spec.inference_options(args)
     assert (options.dtype, options.top_k) == ("bf16", 5)
-    default = _inference.inference_options(
-        build_parser().parse_args(["segment", "x", "--classes", "a"])
-    )
+    default = _spec.inference_options(build_parser().parse_args(["segment", "x", "--classes", "a"]))
     assert (default.dtype, default.top_k) == ("fp32", None)
-    # make_predictor hands them to the Predictor it builds
+    # the spec hands them to the Predictor it builds
     import ovseg
 
     tiny = ovseg.build_model("ovseg-test-tiny")
-    monkeypatch.setattr("ovseg.cli._common.load_model_from_args", lambda _: tiny)
-    predictor = _inference.make_predictor(args)
+    monkeypatch.setattr(ModelSource, "load", lambda source: tiny)
+    predictor = _spec.predictor_spec(args).build()
     assert predictor.options.top_k == 5
     assert predictor.model.backbone.patch_embed.proj.weight.dtype == torch.bfloat16
     assert predictor.model.clip_adapter.text_precision == "fp32"  # --text-dtype's default
-    args = build_parser().parse_args(["segment", "x", "--classes", "a", "--text-dtype", "int8"])
+    argv = ["segment", "x", "--classes", "a", "--text-dtype", "int8", "--model", "m"]
     tiny = ovseg.build_model("ovseg-test-tiny")
-    predictor = _inference.make_predictor(args)
+    predictor = _spec.predictor_spec(build_parser().parse_args(argv)).build()
     assert predictor.options.text_dtype == "int8" and predictor.options.dtype == "fp32"
     assert predictor.model.clip_adapter.text_precision == "int8"
 
 
 def test_segment_tta_options_reach_the_predictor(tmp_path):
     from ovseg.cli import build_parser
-    from ovseg.cli.segment import make_predictor
+    from ovseg.cli._spec import predictor_spec
+
+    def make_predictor(args):
+        return predictor_spec(args).build()
 
     base = ["segment", "x.jpg", "--classes", "a", "--model", "ovseg-test-tiny"]
     parse = build_parser().parse_args

@@ -123,7 +123,8 @@ def test_zip_format_pth_is_mapped_without_a_copy(tiny_model, tmp_path, monkeypat
 def test_cli_loader_keeps_the_copy_unless_told_not_to(tiny_model, tmp_path, monkeypatch):
     import argparse
 
-    from ovseg.cli._common import add_model_args, load_model_from_args
+    from ovseg.cli._common import add_model_args
+    from ovseg.cli._spec import model_source
 
     monkeypatch.setenv("OVSEG_HOME", str(tmp_path / "home"))
     legacy = {"_use_new_zipfile_serialization": False}
@@ -131,9 +132,9 @@ def test_cli_loader_keeps_the_copy_unless_told_not_to(tiny_model, tmp_path, monk
     parser = argparse.ArgumentParser()
     add_model_args(parser)
     argv = ["--model", "ovseg-test-tiny", "--checkpoint", str(tmp_path / "w.pth")]
-    load_model_from_args(parser.parse_args(argv + ["--no-weights-cache"]))
+    model_source(parser.parse_args(argv + ["--no-weights-cache"])).load()
     assert not (tmp_path / "home" / "converted").exists()
-    load_model_from_args(parser.parse_args(argv))
+    model_source(parser.parse_args(argv)).load()
     assert len(list((tmp_path / "home" / "converted").glob("*.safetensors"))) == 1
 
 

@@ -1,9 +1,9 @@
-"""Options and model loading shared by every subcommand that runs a model."""
+"""Model and test-time augmentation flags shared by every subcommand that runs a model
+(``ovseg.cli._spec`` turns them into options objects)."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -32,56 +32,6 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         "zip-format .pth files are mapped directly and get no copy)",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
-
-
-def resolve_download(name_or_path: str, option: str) -> Path:
-    """A weights file from a download name (it must be cached) or a path, for ``option``."""
-    from ovseg.weights import hub
-
-    if name_or_path in hub.REGISTRY:
-        cached = hub.find_cached(name_or_path)
-        if cached is None:
-            raise FileNotFoundError(
-                f"{option} {name_or_path}: not downloaded; run `ovseg download {name_or_path}` "
-                "(or pass the file's path)"
-            )
-        return cached
-    path = Path(name_or_path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{option} {name_or_path}: no such file, and not a download name (see "
-            "`ovseg download --list`)"
-        )
-    return path
-
-
-def load_model_from_args(args: argparse.Namespace):
-    """Build the model named by the parsed ``add_model_args`` options, in eval mode."""
-    import ovseg
-
-    cache = not getattr(args, "no_weights_cache", False)
-    clip = getattr(args, "clip", None)
-    if clip and (args.model or args.checkpoint or args.config or args.weights):
-        raise ValueError(
-            "--clip builds a CLIP-only model for --proposals sam/superpixels; give it alone, "
-            "without --model/--checkpoint/--config/--weights"
-        )
-    if clip:
-        model = ovseg.build_clip_only(resolve_download(clip, "--clip"))
-    elif args.config or args.weights:
-        if not (args.config and args.weights):
-            raise ValueError("--config and --weights go together; give both")
-        if args.model or args.checkpoint:
-            raise ValueError("give either --model [--checkpoint] or --config --weights, not both")
-        model = ovseg.load_official(args.config, args.weights, cache_converted=cache)
-    elif args.model:
-        model = ovseg.build_model(args.model, checkpoint=args.checkpoint, cache_converted=cache)
-    else:
-        raise ValueError(
-            "no model given: pass --model NAME|hf://OWNER/REPO|FOLDER [--checkpoint PATH], "
-            "--config X.yaml --weights W.pth, or --clip NAME_OR_PATH with --proposals sam"
-        )
-    return model.to(args.device).eval()
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -125,27 +75,6 @@ def add_tta_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--sliding-tile-size", type=int, help="tile side (default: 224)")
     group.add_argument("--sliding-overlap", type=float, help="tile overlap (default: 2/3)")
-
-
-def tta_options_from_args(args: argparse.Namespace, config) -> dict:
-    """``InferenceOptions`` keyword arguments for the ``add_tta_args`` options."""
-    if getattr(args, "no_tta", False) and args.tta_sizes:
-        raise ValueError("--no-tta and --tta-sizes contradict each other; give one")
-    sizes = None
-    if getattr(args, "no_tta", False):
-        sizes = ()
-    elif args.tta_sizes:
-        sizes = tuple(args.tta_sizes)
-    elif getattr(args, "tta", False):
-        sizes = tuple(config.test_aug_min_sizes)
-    return {
-        "tta_min_sizes": sizes,
-        "tta_max_size": args.tta_max_size,
-        "tta_flip": args.tta_flip,
-        "sliding_window": args.sliding_window,
-        "sliding_tile_size": args.sliding_tile_size,
-        "sliding_overlap": args.sliding_overlap,
-    }
 
 
 def augmentation_settings(augmentation) -> dict | None:

@@ -160,24 +160,23 @@ def _predictions_mode(args, dataset: SemSegDataset):
 
 
 def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
-    from ovseg.cli._common import load_model_from_args
-    from ovseg.cli._proposals import proposal_generator_from_args, proposal_options_from_args
+    from ovseg.cli._spec import predictor_spec
     from ovseg.digest import tensor_digest
     from ovseg.evaluation import oracles
 
-    model = load_model_from_args(args)
-    generator = proposal_generator_from_args(args, model)
+    spec = predictor_spec(args)
+    model = spec.model.load()
+    generator = spec.proposals.build(model)
     k = dataset.num_classes
     cfg = model.config
-    options = {k: str(v) for k, v in sorted(proposal_options_from_args(args).items())}
+    options = {k: str(v) for k, v in sorted(spec.proposals.options.items())}
     key = {
         "model": tensor_digest(model.state_dict()),
         "proposals": args.proposals,
         "proposal_options": options,  # e.g. another SAM checkpoint must not reuse the cache
         "oracle": args.oracle,
     }
-    dtype = getattr(args, "dtype", "fp32")
-    text_dtype = getattr(args, "text_dtype", "fp32")
+    dtype, text_dtype = spec.options.dtype, spec.options.text_dtype
     if dtype != "fp32" or text_dtype != "fp32":  # fp32 keys stay as they were
         key["dtype"] = dtype
         key["text_dtype"] = text_dtype  # int8 once meant int8 text too: those entries miss
@@ -208,13 +207,10 @@ def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
         return [("default", {})], predict, key
 
     import ovseg
-    from ovseg.cli._common import augmentation_settings, tta_options_from_args
+    from ovseg.cli._common import augmentation_settings
     from ovseg.evaluation.settings import eval_ensemble_weight
 
-    options = ovseg.InferenceOptions(
-        dtype=dtype, text_dtype=text_dtype, **tta_options_from_args(args, cfg)
-    )
-    predictor = ovseg.Predictor(model, proposal_generator=generator, options=options)
+    predictor = ovseg.Predictor(model, proposal_generator=generator, options=spec.options)
     weight = eval_ensemble_weight(dataset.name, cfg.ensemble_weight, args.ensemble_weight)
     threshold = cfg.mask_threshold if args.mask_threshold is None else float(args.mask_threshold)
     key["run_settings"].update(

@@ -1,8 +1,5 @@
-"""Prediction options shared by ``ovseg segment`` and ``ovseg serve`` (eval takes some).
-
-``inference_options(args)``, ``predict_kwargs(args)`` and ``make_predictor(args)`` are what the
-commands build from their flags; tests call them to check that every flag takes effect.
-"""
+"""Prediction flags shared by ``ovseg segment`` and ``ovseg serve`` (eval takes some);
+``ovseg.cli._spec`` turns them into options objects."""
 
 from __future__ import annotations
 
@@ -90,49 +87,3 @@ def add_prediction_args(parser: argparse.ArgumentParser) -> None:
     )
     add_classifier_args(group)
     add_speed_args(group)
-
-
-def inference_options(args: argparse.Namespace, config=None):
-    """The ``InferenceOptions`` of ``--dtype``, ``--top-k`` and, when the command has them
-    and a model ``config`` is given, the test-time augmentation options (``add_tta_args``)."""
-    from ovseg import InferenceOptions
-    from ovseg.cli._common import tta_options_from_args
-
-    tta = {}
-    if config is not None and hasattr(args, "tta_sizes"):
-        tta = tta_options_from_args(args, config)
-    return InferenceOptions(
-        dtype=getattr(args, "dtype", "fp32"),
-        text_dtype=getattr(args, "text_dtype", "fp32"),
-        top_k=getattr(args, "top_k", None),
-        **tta,
-    )
-
-
-def predict_kwargs(args: argparse.Namespace) -> dict:
-    """The ``Predictor.predict`` keyword arguments of the prediction flags (unset ones left
-    out, so the library's defaults apply)."""
-    pairs = (
-        ("mode", getattr(args, "mode", None)),
-        ("ensemble_weight", getattr(args, "ensemble_weight", None)),
-        ("mask_threshold", getattr(args, "mask_threshold", None)),
-        ("clip_only", True if getattr(args, "clip_only", False) else None),
-        ("clip_ensemble", False if getattr(args, "no_clip_ensemble", False) else None),
-        ("templates", getattr(args, "templates", None)),
-    )
-    return {key: value for key, value in pairs if value is not None}
-
-
-def make_predictor(args: argparse.Namespace):
-    """The ``ovseg.Predictor`` for the model, proposal and speed options in ``args``."""
-    from ovseg import Predictor
-    from ovseg.cli._common import load_model_from_args
-    from ovseg.cli._proposals import proposal_generator_from_args
-
-    model = load_model_from_args(args)
-    generator = proposal_generator_from_args(args, model)
-    options = inference_options(args, model.config)
-    for flag, value in (("--dtype", options.dtype), ("--text-dtype", options.text_dtype)):
-        if value == "int8" and model.device.type != "cpu":
-            raise ValueError(f"{flag} int8 runs on CPU only, not {model.device}; use bf16")
-    return Predictor(model, proposal_generator=generator, options=options)

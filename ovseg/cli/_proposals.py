@@ -104,24 +104,3 @@ def proposal_options_from_args(args: argparse.Namespace) -> dict:
             raise ValueError(f"{flag} does not apply to --proposals {name}")
         options[option] = value
     return options
-
-
-def proposal_generator_from_args(args: argparse.Namespace, model):
-    """The generator named by ``--proposals`` for ``model``; None means the model's own head."""
-    from ovseg.proposals import build_generator
-
-    options = proposal_options_from_args(args)
-    if args.proposals == "maskformer":
-        if not getattr(model, "has_proposal_head", True):
-            raise ValueError(
-                "this model is the CLIP branch alone (--clip): choose --proposals sam or "
-                "superpixels to give it masks"
-            )
-        return None
-    if args.proposals == "sam":
-        options.setdefault("device", getattr(args, "device", None))
-        if options.get("checkpoint"):  # a download name (sam-vit-h, sam-vit-l) or a path
-            from ovseg.cli._common import resolve_download
-
-            options["checkpoint"] = resolve_download(options["checkpoint"], "--sam-checkpoint")
-    return build_generator(args.proposals, model, **options)

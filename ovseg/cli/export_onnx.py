@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ovseg.cli._common import add_model_args, load_model_from_args
+from ovseg.cli._common import add_model_args
+from ovseg.cli._spec import model_source
 
 
 def register(subparsers) -> None:
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         torch.manual_seed(0)
         model = ovseg.build_ovseg(ovseg.modeling.variants.MODELS[args.model]()).eval()
     else:
-        model = load_model_from_args(args).cpu()
+        model = model_source(args).load().cpu()
     print(f"exporting to {args.out} ...")
     export_onnx(model, args.out, tuple(args.image_size), args.crop_batch)
     if args.verify:

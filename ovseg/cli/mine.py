@@ -18,8 +18,9 @@ import argparse
 import json
 import os
 
-from ovseg.cli._common import add_model_args, load_model_from_args
-from ovseg.cli._proposals import add_proposal_args, proposal_generator_from_args
+from ovseg.cli._common import add_model_args
+from ovseg.cli._proposals import add_proposal_args
+from ovseg.cli._spec import model_source, proposal_source
 
 
 def register(subparsers) -> None:
@@ -93,10 +94,10 @@ def run(args: argparse.Namespace) -> int:
         args.captions, args.instances if args.mode != "proposal-caption" else None
     )
     rank, world = _distributed()
-    model = load_model_from_args(args)
+    model = model_source(args).load()
     generator = None
     if args.mode == "proposal-caption":
-        generator = proposal_generator_from_args(args, model)
+        generator = proposal_source(args).build(model)
     run_info = {
         "model": args.model or args.config,
         "checkpoint": args.checkpoint or args.weights,

@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 from ovseg.cli._common import add_model_args, add_tta_args
-from ovseg.cli._inference import add_prediction_args, make_predictor, predict_kwargs
+from ovseg.cli._inference import add_prediction_args
 from ovseg.cli._proposals import add_proposal_args
+from ovseg.cli._spec import predictor_spec
 from ovseg.timing import collect, process_age_s
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
@@ -122,7 +123,8 @@ def run(args) -> int:
     class_names = read_vocabulary(args)
     out = Path(args.out)
     jobs = collect_images(args.inputs, out)
-    options = predict_kwargs(args)
+    spec = predictor_spec(args)
+    options = spec.predict_kwargs()
     todo = [job for job in jobs if args.force or not is_done(job[1], job[2], class_names, options)]
     skipped = len(jobs) - len(todo)
     if not todo:
@@ -132,7 +134,7 @@ def run(args) -> int:
     timings = {"import_s": process_age_s(), "start_to_model_s": None, "images": []}
     start = time.perf_counter()
     with collect() as stages:
-        predictor = make_predictor(args)
+        predictor = spec.build()
     timings["start_to_model_s"] = time.perf_counter() - start
     timings["weights_read_s"] = stages.get("weights_read", 0.0)
     timings["prepare_s"] = stages.get("prepare", 0.0)  # dtype, int8 quantisation

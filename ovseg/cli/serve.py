@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from ovseg.cli._common import add_model_args
-from ovseg.cli._inference import add_prediction_args, make_predictor, predict_kwargs
+from ovseg.cli._inference import add_prediction_args
 from ovseg.cli._proposals import add_proposal_args
+from ovseg.cli._spec import predictor_spec
 
 
 def register(subparsers) -> None:
@@ -49,16 +50,17 @@ def run(args) -> int:
 
     from ovseg.serve import create_app
 
-    predictor = make_predictor(args)
+    spec = predictor_spec(args)
+    predictor = spec.build()
     app = create_app(
         predictor,
-        predict_options=predict_kwargs(args),
+        predict_options=spec.predict_kwargs(),
         random_weights=getattr(predictor.model, "random_weights", False),
         max_pending=args.max_pending,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_pixels=args.max_pixels,
         max_class_pixels=args.max_class_pixels,
-        model_name=args.model or args.config or args.clip,
+        model_name=spec.model.name,
     )
     print(f"ovseg serve: open http://{args.host}:{args.port}/ in a browser")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")

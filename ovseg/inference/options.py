@@ -65,9 +65,11 @@ class InferenceOptions:
             else all in one call.
             int8 quantises activations per call, so this choice changes int8 outputs a
             little; fp32 and bf16 outputs change only by rounding.
-        tta_min_sizes: test-time augmentation (official ``TEST.AUG``, see ``ovseg.inference.tta``): the
-            extra short-side sizes, applied to the test-resized image. None follows the
-            model config (on when its ``test_aug`` is, with its sizes); ``()`` turns it off.
+        tta: test-time augmentation (official ``TEST.AUG``, see ``ovseg.inference.tta``) on
+            (True), off (False), or as the model config says (None: on when its
+            ``test_aug`` is).
+        tta_min_sizes: the TTA short-side sizes, applied to the test-resized image; giving
+            them turns TTA on unless ``tta`` is False. None: the config's sizes.
         tta_max_size: long-side limit of those sizes; None: the config's (3584 published).
         tta_flip: add flipped views; None: the config's (True published).
         sliding_window: run each view in tiles (``TEST.SLIDING_WINDOW``); None follows the
@@ -86,6 +88,7 @@ class InferenceOptions:
     compile: bool = False
     top_k: int | None = None
     clip_batch_size: int | None = None
+    tta: bool | None = None
     tta_min_sizes: tuple[int, ...] | None = None
     tta_max_size: int | None = None
     tta_flip: bool | None = None
@@ -111,9 +114,11 @@ class InferenceOptions:
     def augmentation(self, config) -> Augmentation | None:
         """The TTA / sliding-window plan for a model ``config`` (``OVSegConfig``), or None for
         the plain single view. Options left None take the config's values."""
-        sizes = self.tta_min_sizes
-        if sizes is None:
-            sizes = tuple(config.test_aug_min_sizes) if config.test_aug else ()
+        on = self.tta
+        if on is None:
+            on = bool(self.tta_min_sizes) or (self.tta_min_sizes is None and config.test_aug)
+        sizes = self.tta_min_sizes if self.tta_min_sizes is not None else config.test_aug_min_sizes
+        sizes = tuple(sizes) if on else ()
         sliding = self.sliding_window
         if sliding is None:  # the official code slides only inside TTA
             sliding = bool(config.sliding_window and sizes)
@@ -134,7 +139,7 @@ class InferenceOptions:
 
     def without_augmentation(self) -> InferenceOptions:
         """These options with TTA and sliding window off (what each view runs with)."""
-        return dataclasses.replace(self, tta_min_sizes=(), sliding_window=False)
+        return dataclasses.replace(self, tta=False, sliding_window=False)
 
     def clip_batch(self, device: torch.device | str, arch=None) -> int:
         """Crops per CLIP call on ``device`` (``clip_batch_size`` with None resolved) for a

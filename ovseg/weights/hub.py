@@ -212,6 +212,29 @@ def find_cached(name: str, registry: dict[str, ReleasedFile] | None = None) -> P
     return None
 
 
+def resolve_file(name_or_path: str | os.PathLike, option: str = "weights") -> Path:
+    """A weights file from a download name (it must be cached: ``find_cached``) or a path.
+
+    ``option`` names the setting in error messages (e.g. ``--clip``).
+    """
+    name_or_path = str(name_or_path)
+    if name_or_path in REGISTRY:
+        cached = find_cached(name_or_path)
+        if cached is None:
+            raise FileNotFoundError(
+                f"{option} {name_or_path}: not downloaded; run `ovseg download {name_or_path}` "
+                "(or pass the file's path)"
+            )
+        return cached
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{option} {name_or_path}: no such file, and not a download name (see "
+            "`ovseg download --list`)"
+        )
+    return path
+
+
 class DownloadError(RuntimeError):
     """A download failed; the message names every source tried and what to do."""
 

@@ -1,0 +1,154 @@
+"""``PredictorSpec``: everything that decides a prediction, as one plain, picklable object.
+
+A spec names where the model comes from (``ModelSource``), which proposal generator gives the
+masks (``ProposalSource``), how the predictor runs (``InferenceOptions``) and the per-call
+prediction settings (``PredictSettings``). ``spec.build()`` makes the ``Predictor``;
+``spec.predict_kwargs()`` are the arguments of ``Predictor.predict``. The command line turns
+its flags into one spec in one place (``ovseg.cli._spec``), and every command builds from it;
+a worker process (``torchrun``, Ray) gets the spec and builds its own predictor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ovseg.inference.options import InferenceOptions
+from ovseg.inference.predictor import Predictor
+from ovseg.modeling.ovseg import OVSeg
+from ovseg.modeling.proposals import ProposalGenerator
+from ovseg.proposals import build_generator
+from ovseg.weights import build_clip_only, build_model, load_official
+from ovseg.weights.hub import resolve_file
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the model comes from: exactly one of
+
+    - ``model`` (a variant name, ``hf://OWNER/REPO[@REV]`` or a ``save_pretrained`` folder),
+      with an optional ``checkpoint`` for a named variant;
+    - ``config`` + ``weights``: an official detectron2 YAML and checkpoint;
+    - ``clip``: a CLIP weights file or download name, for a CLIP-branch-only model whose
+      proposals come from a generator (SAM, superpixels).
+
+    ``device``: where the model runs. ``cache_converted``: keep a safetensors copy of a
+    legacy-format ``.pth`` (``ovseg.weights.checkpoints.read_state_dict``).
+    """
+
+    model: str | None = None
+    checkpoint: str | None = None
+    config: str | None = None
+    weights: str | None = None
+    clip: str | None = None
+    device: str = "cpu"
+    cache_converted: bool = True
+
+    def __post_init__(self) -> None:
+        if self.clip and (self.model or self.checkpoint or self.config or self.weights):
+            raise ValueError(
+                "--clip builds a CLIP-only model for --proposals sam/superpixels; give it "
+                "alone, without --model/--checkpoint/--config/--weights"
+            )
+        if (self.config or self.weights) and not (self.config and self.weights):
+            raise ValueError("--config and --weights go together; give both")
+        if self.config and (self.model or self.checkpoint):
+            raise ValueError("give either --model [--checkpoint] or --config --weights, not both")
+        if self.checkpoint and not self.model:
+            raise ValueError("--checkpoint gives the weights of a --model; name the model too")
+        if not (self.model or self.config or self.clip):
+            raise ValueError(
+                "no model given: pass --model NAME|hf://OWNER/REPO|FOLDER [--checkpoint PATH], "
+                "--config X.yaml --weights W.pth, or --clip NAME_OR_PATH with --proposals sam"
+            )
+
+    @property
+    def name(self) -> str:
+        """A short name for messages and pages."""
+        return str(self.model or self.config or self.clip)
+
+    def load(self) -> OVSeg:
+        """Build the model in eval mode on ``device``."""
+        if self.clip:
+            model = build_clip_only(resolve_file(self.clip, "--clip"))
+        elif self.config:
+            model = load_official(self.config, self.weights, cache_converted=self.cache_converted)
+        else:
+            model = build_model(
+                self.model, checkpoint=self.checkpoint, cache_converted=self.cache_converted
+            )
+        return model.to(self.device).eval()
+
+
+@dataclass(frozen=True)
+class ProposalSource:
+    """The mask source: ``"maskformer"`` (the model's own head), ``"sam"`` or
+    ``"superpixels"``, with the generator's keyword options (``ovseg.proposals``; a SAM
+    ``checkpoint`` may be a download name)."""
+
+    name: str = "maskformer"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, model: OVSeg) -> ProposalGenerator | None:
+        """The generator for ``model``; None means the model's own MaskFormer head."""
+        if self.name == "maskformer":
+            if not model.has_proposal_head:
+                raise ValueError(
+                    "this model is the CLIP branch alone (--clip): choose --proposals sam or "
+                    "superpixels to give it masks"
+                )
+            if self.options:
+                raise ValueError(f"the maskformer proposals take no options, got {self.options}")
+            return None
+        options = dict(self.options)
+        if self.name == "sam":
+            options.setdefault("device", str(model.device))
+            if options.get("checkpoint"):  # a download name (sam-vit-h, sam-vit-l) or a path
+                options["checkpoint"] = resolve_file(options["checkpoint"], "--sam-checkpoint")
+        return build_generator(self.name, model, **options)
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """The arguments of ``Predictor.predict`` besides the vocabulary; None leaves the
+    library's default (the model config's, or the official demo settings in demo mode)."""
+
+    mode: str | None = None
+    ensemble_weight: float | None = None
+    mask_threshold: float | None = None
+    clip_only: bool | None = None
+    clip_ensemble: bool | None = None
+    templates: str | tuple[str, ...] | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments that are set."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None
+        }
+
+
+@dataclass(frozen=True)
+class PredictorSpec:
+    """Model, proposals, run options and prediction settings: what ``build`` needs to make a
+    ``Predictor`` and what ``predict_kwargs`` passes to each ``predict``."""
+
+    model: ModelSource
+    proposals: ProposalSource = field(default_factory=ProposalSource)
+    options: InferenceOptions = field(default_factory=InferenceOptions)
+    predict: PredictSettings = field(default_factory=PredictSettings)
+
+    def build(self) -> Predictor:
+        """Load the model, build the generator and return the ``Predictor``."""
+        model = self.model.load()
+        for name in ("dtype", "text_dtype"):
+            if getattr(self.options, name) == "int8" and model.device.type != "cpu":
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} int8 runs on CPU only, not {model.device}; use bf16")
+        generator = self.proposals.build(model)
+        return Predictor(model, proposal_generator=generator, options=self.options)
+
+    def predict_kwargs(self) -> dict[str, Any]:
+        return self.predict.kwargs()
