@@ -20,9 +20,8 @@ from ovseg.cli._common import add_model_args, add_tta_args
 from ovseg.cli._inference import add_prediction_args
 from ovseg.cli._proposals import add_proposal_args
 from ovseg.cli._spec import predictor_spec
+from ovseg.inference.jobs import collect_images, is_done
 from ovseg.timing import collect, process_age_s
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
 def register(subparsers) -> None:
@@ -51,49 +50,6 @@ def register(subparsers) -> None:
     add_model_args(parser)
     add_proposal_args(parser)
     parser.set_defaults(func=run)
-
-
-def collect_images(inputs: list[str], out: Path) -> list[tuple[Path, Path, str]]:
-    """(image, output folder, file stem) per image; folders are walked and mirrored."""
-    jobs: list[tuple[Path, Path, str]] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            for image in sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-                if image.is_file():
-                    rel = image.relative_to(path)
-                    jobs.append((image, out / path.name / rel.parent, rel.stem))
-        elif path.is_file():
-            jobs.append((path, out, path.stem))
-        else:
-            raise FileNotFoundError(f"no such image or folder: {path}")
-    seen: dict[Path, Path] = {}
-    for image, folder, stem in jobs:
-        key = folder / stem
-        if key in seen:
-            raise ValueError(
-                f"{seen[key]} and {image} would both write {key}.png; "
-                f"rename one or segment them in separate runs with different --out"
-            )
-        seen[key] = image
-    if not jobs:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {inputs}")
-    return jobs
-
-
-def is_done(folder: Path, stem: str, class_names: list[str], options: dict) -> bool:
-    """True when all three outputs exist and the JSON was made with ``class_names`` and the
-    prediction ``options``."""
-    record = folder / f"{stem}.json"
-    if not all(
-        p.is_file() for p in (record, folder / f"{stem}.png", folder / f"{stem}_overlay.png")
-    ):
-        return False
-    try:
-        done = json.loads(record.read_text())
-        return done["vocabulary"] == class_names and done["options"] == options
-    except (ValueError, KeyError, OSError):
-        return False
 
 
 def read_vocabulary(args) -> list[str]:
