@@ -78,7 +78,7 @@ def test_cli_print_recipe():
 @pytest.mark.parametrize("name", list(PROPOSAL_RECIPES))
 def test_recipe_values_equal_the_raw_published_config(name):
     """The same values read from the config file as published (its Python-eval
-    ``MIN_SIZE_TRAIN`` included, read by ``ovseg.config.read_official_yaml``); keys the file
+    ``MIN_SIZE_TRAIN`` included, read by ``ovseg.weights.official_yaml.read_official_yaml``); keys the file
     omits take detectron2 / ov-seg defaults and are covered by the resolved-config test."""
     from ovseg.weights.official_yaml import read_official_yaml
 
