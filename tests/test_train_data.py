@@ -1,6 +1,8 @@
 """Training data: the official augmentation on real images, the mapper's padding against the
 official fixture, MaskFormer targets, determinism."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -54,17 +56,22 @@ def test_mapper_padding_equals_the_official_fixture():
 
     folder = require(FIXTURES / "official-criterion")
     tensors = load_file(str(folder / "criterion.safetensors"))
-    for i in range(2):
+    meta = json.loads((folder / "meta.json").read_text())
+    side, other = meta["padded_image_hw"]  # the mapper pads to exactly SIZE_DIVISIBILITY
+    assert side == other
+    for i in range(meta["batch_B"]):
         image = np.array(Image.open(folder / f"image_{i}.png").convert("RGB"))
         raw = np.array(Image.open(folder / f"label_{i}.png")).astype(np.int64)
+        assert list(raw.shape) == meta["label_map_sizes_before_padding"][i]
         label = np.where(raw == 255, IGNORE, raw)
-        image, label, pad = pad_pair(image, label, 128)
+        image, label, pad = pad_pair(image, label, side)
         want_image = tensors[f"mapper.{i}.image_uint8_CHW"]
         assert torch.equal(torch.from_numpy(image).permute(2, 0, 1), want_image)
         sem_seg = np.where(label == IGNORE, 255, label)
         assert torch.equal(torch.from_numpy(sem_seg), tensors[f"mapper.{i}.sem_seg"])
         targets = label_targets(torch.from_numpy(label))
         assert torch.equal(targets["labels"], tensors[f"mapper.{i}.gt_classes"])
+        assert targets["labels"].tolist() == meta["classes_per_image"][i]
         assert torch.equal(targets["masks"].to(torch.uint8), tensors[f"mapper.{i}.gt_masks"])
 
 
