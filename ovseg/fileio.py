@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,20 +14,24 @@ from pathlib import Path
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success it replaces ``path``, else it is removed.
 
-    Readers never see a partial file. The result gets the usual permissions (0666 & ~umask).
+    Readers never see a partial file. The result gets the usual permissions (0666 & ~umask):
+    the temp file is created with mode 0666 and the kernel applies the umask, which is never
+    read or changed here (changing it, even for a moment, races with other threads).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
-        yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        yield tmp
         os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -44,3 +48,15 @@ def ovseg_home() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("ovseg"))
+
+
+def file_identity(path: str | os.PathLike) -> dict[str, str]:
+    """A file's resolved path, size and modification time: what ties a cache entry to the
+    file it was made from, without reading the file."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return {
+        "source": str(path),
+        "source_size": str(stat.st_size),
+        "source_mtime_ns": str(stat.st_mtime_ns),
+    }
