@@ -33,7 +33,7 @@ def run(args) -> int:
         print(f"URL downloads and hand-copied files: {hub.ovseg_home()}")
         print("Hugging Face Hub files: the Hugging Face cache ($HF_HUB_CACHE)")
         for name, entry in hub.REGISTRY.items():
-            cached = "cached" if hub.find_cached(name) else ""
+            cached = "cached" if hub.find_cached(name, verify=False) else ""
             print(
                 f"  {name:28s} {entry.filename:34s} {cached:6s} {entry.license:13s} "
                 f"{entry.description}"

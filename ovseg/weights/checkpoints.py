@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from ovseg import timing
-from ovseg.fileio import atomic_path, ovseg_home
+from ovseg.fileio import atomic_path, file_identity, ovseg_home
 from ovseg.modeling.build import build_ovseg
 from ovseg.modeling.clip_branch import ClipArch
 from ovseg.modeling.config import OVSegConfig
@@ -82,18 +82,6 @@ def converted_copy_path(path: str | Path) -> tuple[Path, dict[str, str]]:
     source = file_identity(path)
     digest = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:24]
     return ovseg_home() / "converted" / f"{path.stem}-{digest}.safetensors", source
-
-
-def file_identity(path: str | Path) -> dict[str, str]:
-    """A file's resolved path, size and modification time: what ties a cache entry to the
-    file it was made from, without reading the file."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    return {
-        "source": str(path),
-        "source_size": str(stat.st_size),
-        "source_mtime_ns": str(stat.st_mtime_ns),
-    }
 
 
 def note_weights_origin(model, path: str | Path) -> None:

@@ -26,12 +26,13 @@ code is MIT; each entry names its licence, and ``ovseg download --list`` prints 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from ovseg.fileio import ovseg_home
+from ovseg.weights.verify import ChecksumMismatch, verify_file
 
 CODE_LICENSE = "MIT"
 OVSEG_WEIGHTS_LICENSE = "CC BY-NC 4.0"  # the ov-seg repository's LICENSE (non-commercial)
@@ -185,30 +186,66 @@ RELEASED_FILES: dict[str, str] = {
 }
 
 
-def find_cached(name: str, registry: dict[str, ReleasedFile] | None = None) -> Path | None:
-    """Path of the cached file for ``name`` (a variant or download name), or None. No network.
-
-    Looks in ``ovseg_home()`` (URL downloads and hand-copied files), then in the Hugging Face
-    cache for each Hub source.
-    """
-    entry = (REGISTRY if registry is None else registry).get(name)
-    if entry is None:
-        return None
+def _candidates(entry: ReleasedFile) -> list[Path]:
+    """Where a copy of ``entry`` may already be, in order: ``ovseg_home()``, then the Hugging
+    Face cache of each Hub source (no network)."""
+    found = []
     manual = ovseg_home() / entry.filename
     if manual.is_file():
-        return manual
+        found.append(manual)
     for source in entry.sources:
         if isinstance(source, HubFile):
             from huggingface_hub import try_to_load_from_cache
 
-            found = try_to_load_from_cache(
+            path = try_to_load_from_cache(
                 source.repo_id,
                 source.filename,
                 revision=source.revision,
                 repo_type=source.repo_type,
             )
-            if isinstance(found, str) and os.path.isfile(found):
-                return Path(found)
+            if isinstance(path, str) and os.path.isfile(path):
+                found.append(Path(path))
+    return found
+
+
+def find_cached(
+    name: str, registry: dict[str, ReleasedFile] | None = None, verify: bool = True
+) -> Path | None:
+    """Path of the cached file for ``name`` (a variant or download name), or None. No network.
+
+    Looks in ``ovseg_home()`` (URL downloads and hand-copied files), then in the Hugging Face
+    cache for each Hub source. With ``verify`` (the default) a copy is returned only once it
+    matches the pinned sha256 (or, where only an md5 prefix is published, that prefix and
+    the sha256 recorded at the first download): ``check_released``, whose result is cached
+    per file version (``ovseg.weights.verify``), so a large file is hashed once. A copy that
+    does not match is skipped for the next one, with a warning.
+
+    Raises:
+        ChecksumMismatch: every copy found fails the check; the message names each one with
+            its sha256 and the pinned one.
+    """
+    entry = (REGISTRY if registry is None else registry).get(name)
+    if entry is None:
+        return None
+    candidates = _candidates(entry)
+    if not verify:
+        return candidates[0] if candidates else None
+    refused = []
+    for path in candidates:
+        try:
+            check_released(entry, path)
+        except ChecksumMismatch as error:
+            refused.append(str(error))
+            continue
+        for reason in refused:
+            warnings.warn(f"{name}: skipped a copy that does not match: {reason}", stacklevel=2)
+        return path
+    if refused:
+        raise ChecksumMismatch(
+            f"{name}: no cached copy matches its published checksum:\n  "
+            + "\n  ".join(refused)
+            + f"\nDelete the file(s) and run `ovseg download {name}`."
+        )
     return None
 
 
@@ -243,16 +280,6 @@ class _SourceFailed(Exception):
     """This source did not give a good file; the next one is tried."""
 
 
-def _digests(path: Path, with_md5: bool) -> tuple[str, str | None]:
-    sha, md5 = hashlib.sha256(), (hashlib.md5() if with_md5 else None)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            sha.update(chunk)
-            if md5 is not None:
-                md5.update(chunk)
-    return sha.hexdigest(), None if md5 is None else md5.hexdigest()
-
-
 def _sha_record(entry: ReleasedFile) -> Path:
     return ovseg_home() / f"{entry.filename}.sha256"
 
@@ -262,17 +289,20 @@ def _recorded_sha256(entry: ReleasedFile) -> str | None:
     return record.read_text().split()[0] if record.is_file() else None
 
 
-def _check(entry: ReleasedFile, path: Path) -> str:
-    """The sha256 of ``path``; raises ``_SourceFailed`` when it contradicts a known digest."""
+def check_released(entry: ReleasedFile, path: str | os.PathLike) -> str:
+    """The sha256 of ``path`` once it matches what is known of ``entry``: its pinned sha256,
+    else the sha256 recorded at its first download and its published md5 prefix.
+
+    Raises:
+        ChecksumMismatch: naming the file, its sha256 and the expected one.
+    """
     # a pinned sha256 says all; the (3x slower) md5 is only computed where it is the check
-    sha, md5 = _digests(path, with_md5=entry.sha256 is None and entry.md5_prefix is not None)
     expected = entry.sha256 or _recorded_sha256(entry)
-    if expected and sha != expected:
-        where = "pinned" if entry.sha256 else f"recorded in {_sha_record(entry)}"
-        raise _SourceFailed(f"sha256 mismatch: got {sha}, expected {expected} ({where})")
-    if md5 is not None and not md5.startswith(entry.md5_prefix):
-        raise _SourceFailed(f"md5 mismatch: got {md5}, the publisher gives {entry.md5_prefix}...")
-    return sha
+    md5 = entry.md5_prefix if entry.sha256 is None else None
+    what = entry.filename
+    if expected and not entry.sha256:
+        what += f", sha256 recorded in {_sha_record(entry)}"
+    return verify_file(path, sha256=expected, md5_prefix=md5, what=what)
 
 
 def _from_hub(source: HubFile, entry: ReleasedFile, force: bool, progress: bool) -> Path:
@@ -305,13 +335,13 @@ def _from_hub(source: HubFile, entry: ReleasedFile, force: bool, progress: bool)
     except (OSError, httpx2.HTTPError) as error:
         raise _SourceFailed(f"{type(error).__name__}: {error}") from None
     try:
-        _check(entry, path)
-    except _SourceFailed:
+        check_released(entry, path)
+    except ChecksumMismatch as error:
         blob = Path(os.path.realpath(path))
         for item in (path, blob):
             with contextlib.suppress(FileNotFoundError):
                 item.unlink()
-        raise
+        raise _SourceFailed(str(error)) from None
     return path
 
 
@@ -340,10 +370,10 @@ def _from_url(
         reason = str(error).strip().splitlines()
         raise _SourceFailed(f"{type(error).__name__}: {' '.join(reason)[:500]}") from None
     try:
-        digest = _check(entry, staging)
-    except _SourceFailed:
+        digest = check_released(entry, staging)
+    except ChecksumMismatch as error:
         staging.unlink()
-        raise
+        raise _SourceFailed(str(error)) from None
     os.replace(staging, dest)
     if entry.sha256 is None and _recorded_sha256(entry) is None:
         _sha_record(entry).write_text(f"{digest}  {entry.filename}\n")
@@ -402,7 +432,11 @@ def download(
     entry = registry[name]
     manual = ovseg_home() / entry.filename
     if manual.is_file() and not force:
-        return manual
+        try:
+            check_released(entry, manual)
+            return manual
+        except ChecksumMismatch as error:  # a damaged or wrong copy: fetch a good one
+            warnings.warn(f"{error}; downloading it again", stacklevel=2)
     from huggingface_hub import constants
 
     failures: list[str] = []
