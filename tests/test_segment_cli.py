@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -72,7 +73,11 @@ def test_segment_real_photos_with_tiny_model(photo_dir, tmp_path, capsys):
         folder = out / "photos" / image.parent.relative_to(photo_dir)
         _check_outputs(folder, image, ["person", "dog", "sky"])
         record = json.loads((folder / f"{image.stem}.json").read_text())
-        assert record["mode"] == "demo" and record["options"] == {"mode": "demo"}
+        assert record["mode"] == "demo" and record["options"]["predict"] == {"mode": "demo"}
+        assert record["options"]["model"] == {
+            "name": "ovseg-test-tiny",
+            "weights_sha256": "seeded-random",
+        }
     assert "3 segmented, 0 already done, 0 failed" in capsys.readouterr().out
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
@@ -152,6 +157,45 @@ def test_single_files_resume_force_and_new_vocabulary(fake, tmp_path, capsys):
     ]
     assert main(argv) == 0
     assert fake.calls == 6
+
+
+def test_a_rerun_redoes_what_changed_and_names_it(fake, tmp_path, capsys):
+    """Another model, other weights, other proposals, TTA, dtype or top-k: each rerun into
+    the same folder redoes the image and says which recorded keys differ."""
+    (a,) = _photos(1)
+    out = tmp_path / "out"
+    base = ["segment", str(a), "--classes", "dark, bright", "--out", str(out)]
+    tiny = base + ["--model", "ovseg-test-tiny"]
+    assert main(tiny) == 0 and fake.calls == 1
+    assert main(tiny) == 0 and fake.calls == 1  # same everything: done
+    assert "already done" in capsys.readouterr().out
+    reruns = [
+        (tiny + ["--proposals", "superpixels"], "proposals.name"),
+        (tiny + ["--proposals", "superpixels", "--superpixel-scales", "50"], "proposals.options"),
+        (tiny + ["--tta"], "inference.tta"),
+        (tiny + ["--tta", "--sliding-window"], "inference.sliding_window"),
+        (tiny + ["--dtype", "bf16"], "inference.dtype"),
+        (tiny + ["--top-k", "5"], "inference.top_k"),
+        (tiny + ["--templates", "imagenet"], "predict.templates"),
+        (base + ["--model", "ovseg-R101c-vitB16"], "model.name"),
+    ]
+    for calls, (argv, key) in enumerate(reruns, start=2):
+        assert main(argv) == 0, argv
+        assert fake.calls == calls, f"{argv} kept the old output"
+        assert key in capsys.readouterr().err, argv
+        assert main(argv) == 0 and fake.calls == calls  # and now it is done
+
+    # the same checkpoint path with other contents: the weights digest differs
+    checkpoint = tmp_path / "w.safetensors"
+    checkpoint.write_bytes(b"first weights")
+    argv = base + ["--model", "ovseg-test-tiny", "--checkpoint", str(checkpoint)]
+    assert main(argv) == 0 and fake.calls == len(reruns) + 2
+    record = json.loads((out / f"{a.stem}.json").read_text())["options"]
+    assert record["model"]["weights_sha256"] == hashlib.sha256(b"first weights").hexdigest()
+    checkpoint.write_bytes(b"other weights")
+    capsys.readouterr()
+    assert main(argv) == 0 and fake.calls == len(reruns) + 3
+    assert "model.weights_sha256" in capsys.readouterr().err
 
 
 def test_classes_file_keeps_commas_inside_names(fake, tmp_path):

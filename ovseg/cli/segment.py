@@ -2,11 +2,13 @@
 
 For each image it writes ``<stem>.png`` (label map: pixel value = class index, 255 (65535 past
 255 classes) = unlabelled), ``<stem>_overlay.png`` (colours + legend) and ``<stem>.json``
-(per-segment label, confidence score, area, COCO RLE). The default ``--mode demo`` does what the
-official demo does; ``--mode eval`` is the official evaluation's fusion. Folders are walked
+(per-segment label, confidence score, area, COCO RLE, and under ``options`` the record of
+everything that shaped it: ``PredictorSpec.record()``). The default ``--mode demo`` does what
+the official demo does; ``--mode eval`` is the official evaluation's fusion. Folders are walked
 recursively and mirrored under ``--out``. An image whose JSON already exists for the same
-vocabulary and options is skipped unless ``--force``, so an interrupted run resumes where it
-stopped.
+vocabulary and record is skipped unless ``--force``, so an interrupted run resumes where it
+stopped; one made with another model, weights, proposals, TTA, dtype, ... is redone, and the
+keys that differ are named.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from ovseg.cli._common import add_model_args, add_tta_args
 from ovseg.cli._inference import add_prediction_args
 from ovseg.cli._proposals import add_proposal_args
 from ovseg.cli._spec import predictor_spec
-from ovseg.inference.jobs import collect_images, is_done
+from ovseg.inference.jobs import collect_images, redo_reasons
 from ovseg.timing import collect, process_age_s
 
 
@@ -81,17 +84,27 @@ def run(args) -> int:
     jobs = collect_images(args.inputs, out)
     spec = predictor_spec(args)
     options = spec.predict_kwargs()
-    todo = [job for job in jobs if args.force or not is_done(job[1], job[2], class_names, options)]
+    record = spec.record()
+    todo, changed = [], Counter()
+    for job in jobs:
+        reasons = ["--force"] if args.force else redo_reasons(job[1], job[2], class_names, record)
+        if reasons:
+            todo.append(job)
+            changed.update(r for r in reasons if r != "no outputs")
     skipped = len(jobs) - len(todo)
     if not todo:
         print(f"all {len(jobs)} image(s) already done in {out} (use --force to redo)")
         return 0
+    if changed and not args.force:
+        what = ", ".join(f"{key} ({n})" for key, n in sorted(changed.items()))
+        print(f"ovseg segment: redoing images made with other settings: {what}", file=sys.stderr)
     # process start -> here: Python, imports (torch, open_clip, ...) and argument parsing
     timings = {"import_s": process_age_s(), "start_to_model_s": None, "images": []}
     start = time.perf_counter()
     with collect() as stages:
         predictor = spec.build()
     timings["start_to_model_s"] = time.perf_counter() - start
+    record = spec.record()  # again: building may have fetched a file the first one lacked
     timings["weights_read_s"] = stages.get("weights_read", 0.0)
     timings["prepare_s"] = stages.get("prepare", 0.0)  # dtype, int8 quantisation
     timings["model_build_s"] = (
@@ -139,7 +152,7 @@ def run(args) -> int:
                     "text": text,
                 }
             )
-            extra = {"source": str(image_path), "vocabulary": class_names, "options": options}
+            extra = {"source": str(image_path), "vocabulary": class_names, "options": record}
             writes.append(
                 writer.submit(seg.save, folder, stem, image=image, alpha=args.alpha, extra=extra)
             )

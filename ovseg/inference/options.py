@@ -28,6 +28,8 @@ from ovseg.modeling.int8 import quantize_int8
 # the float dtype of the image side's weights per option; int8 quantises the CLIP towers'
 # linear layers and keeps every other weight fp32
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}
+# options that change float rounding only (or nothing): left out of the outputs' record
+ROUNDING_ONLY = ("fast", "channels_last", "compile", "text_cache")
 CPU_CLIP_BATCH = 8  # at most this many crops per CLIP image-tower call on CPU
 CPU_CLIP_HIDDEN_BYTES = 14 * 2**20  # and at most this much fp32 MLP activation per call
 
@@ -136,6 +138,16 @@ class InferenceOptions:
             tile_size=pick(self.sliding_tile_size, config.sliding_tile_size),
             overlap=pick(self.sliding_overlap, config.sliding_overlap),
         )
+
+    def record(self) -> dict:
+        """The options that shape the outputs, JSON-ready (``PredictorSpec.record``): every
+        field except ``ROUNDING_ONLY`` ones, so a new option is recorded by default."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name not in ROUNDING_ONLY:
+                value = getattr(self, f.name)
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
 
     def without_augmentation(self) -> InferenceOptions:
         """These options with TTA and sliding window off (what each view runs with)."""

@@ -11,6 +11,7 @@ a worker process (``torchrun``, Ray) gets the spec and builds its own predictor.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ from ovseg.inference.predictor import Predictor
 from ovseg.modeling.ovseg import OVSeg
 from ovseg.modeling.proposals import ProposalGenerator
 from ovseg.proposals import build_generator
-from ovseg.weights import build_clip_only, build_model, load_official
+from ovseg.weights import build_clip_only, build_model, identity, load_official
 from ovseg.weights.hub import resolve_file
 
 
@@ -68,6 +69,15 @@ class ModelSource:
         """A short name for messages and pages."""
         return str(self.model or self.config or self.clip)
 
+    def record(self) -> dict[str, Any]:
+        """What identifies the model without building it: its name and the sha256 of every
+        file it is built from (``ovseg.weights.identity``; None for a file not found)."""
+        if self.clip:
+            return identity.clip_identity(self.clip)
+        if self.config:
+            return identity.official_identity(self.config, self.weights)
+        return identity.model_identity(self.model, self.checkpoint)
+
     def load(self) -> OVSeg:
         """Build the model in eval mode on ``device``."""
         if self.clip:
@@ -89,6 +99,14 @@ class ProposalSource:
 
     name: str = "maskformer"
     options: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        """The generator and its options as they shape the masks: a checkpoint is recorded
+        by its sha256, the device not at all."""
+        options = {k: v for k, v in sorted(self.options.items()) if k != "device"}
+        if options.get("checkpoint") is not None:
+            options["checkpoint"] = {"sha256": identity.weights_file_sha256(options["checkpoint"])}
+        return {"name": self.name, "options": _plain(options)}
 
     def build(self, model: OVSeg) -> ProposalGenerator | None:
         """The generator for ``model``; None means the model's own MaskFormer head."""
@@ -152,3 +170,25 @@ class PredictorSpec:
 
     def predict_kwargs(self) -> dict[str, Any]:
         return self.predict.kwargs()
+
+    def record(self) -> dict[str, Any]:
+        """Everything that shapes the outputs, JSON-ready: ``{"model": {name, weights_sha256,
+        ...}, "proposals": {name, options}, "inference": {dtype, text_dtype, top_k, TTA and
+        sliding-window options}, "predict": {the predict keyword arguments that are set}}``.
+
+        ``ovseg segment`` writes it into each output JSON (``"options"``) and redoes an image
+        whose record differs (``ovseg.inference.jobs.redo_reasons``). Settings that change
+        float rounding only (device, the fast path, channels_last, compile) are left out.
+        No model is built; weight files are hashed once per file version.
+        """
+        return {
+            "model": self.model.record(),
+            "proposals": self.proposals.record(),
+            "inference": self.options.record(),
+            "predict": _plain(self.predict.kwargs()),
+        }
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(value, default=str))
