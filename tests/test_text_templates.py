@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import ast
 import copy
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -15,32 +15,30 @@ from ovseg.modeling.clip_branch import ClipArch
 from ovseg.modeling.prompts import IMAGENET_TEMPLATES, VILD_TEMPLATES, prompt_templates
 from ovseg.weights.official_config import config_from_official
 
-OFFICIAL_TEMPLATES = Path(
-    "/tmp/ovseg-official/open_vocab_seg/modeling/clip_adapter/text_template.py"
-)
+# The official lists, as data (source: repository, path and commit inside the file).
+OFFICIAL = Path(__file__).parent / "data" / "official_text_templates.json"
 
 
-def test_imagenet_templates_are_the_official_80():
-    assert len(IMAGENET_TEMPLATES) == 80 and len(set(IMAGENET_TEMPLATES)) == 80
-    assert all(t.count("{}") == 1 for t in IMAGENET_TEMPLATES)
-    assert IMAGENET_TEMPLATES[0] == "a bad photo of a {}."
-    assert IMAGENET_TEMPLATES[39] == "a photo of a {}."
-    assert IMAGENET_TEMPLATES[-1] == "a tattoo of the {}."
-    assert "itap of my {}." in IMAGENET_TEMPLATES and "a {} in a video game." in IMAGENET_TEMPLATES
-    assert len(VILD_TEMPLATES) == 14 and VILD_TEMPLATES[1] == "This is a photo of a {}"
+def official_lists() -> dict[str, list[str]]:
+    data = json.loads(OFFICIAL.read_text())
+    assert data["source"]["path"] == "open_vocab_seg/modeling/clip_adapter/text_template.py"
+    return data
 
 
-def test_templates_equal_the_official_file_when_available():
-    if not OFFICIAL_TEMPLATES.is_file():
-        pytest.skip(f"the official source is not at {OFFICIAL_TEMPLATES}")
-    tree = ast.parse(OFFICIAL_TEMPLATES.read_text())
-    lists = {
-        node.targets[0].id: tuple(ast.literal_eval(node.value))
-        for node in tree.body
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
-    }
-    assert lists["IMAGENET_PROMPT"] == IMAGENET_TEMPLATES
-    assert lists["VILD_PROMPT"] == VILD_TEMPLATES
+def test_templates_equal_the_official_lists():
+    lists = official_lists()
+    assert IMAGENET_TEMPLATES == tuple(lists["IMAGENET_PROMPT"])  # in the official order
+    assert VILD_TEMPLATES == tuple(lists["VILD_PROMPT"])
+    assert (len(IMAGENET_TEMPLATES), len(VILD_TEMPLATES)) == (80, 14)
+    assert all(t.count("{}") == 1 for t in IMAGENET_TEMPLATES + VILD_TEMPLATES)
+
+
+def test_vild_templates_are_the_ones_the_official_run_used():
+    """official-tiny/meta.json records the templates its text features were made with."""
+    from tests.conftest import OFFICIAL_TINY, require
+
+    meta = json.loads((require(OFFICIAL_TINY) / "meta.json").read_text())
+    assert VILD_TEMPLATES == tuple(meta["vild_templates"]) == tuple(official_lists()["VILD_PROMPT"])
 
 
 def test_prompt_template_sets_and_errors():
