@@ -94,3 +94,53 @@ def test_clip_probabilities_and_selection_match(demo_fixture):
         label = resized.argmax(0)
         label[demo_unlabelled(resized)] = 255
         assert torch.equal(label, out[f"{key}.label_map"])
+
+
+def channel0_planted_predictor(tiny_model, options=None):
+    """A real Predictor in demo mode over a planted 8x12 image whose demo scores are known.
+
+    Two classes with orthonormal text features t0, t1 and two proposals: A (columns 0-5)
+    whose CLIP feature is t0 - t1, B (columns 4-9) with t1 - t0. CLIP logits are
+    100 * cosine, so each mask's probabilities are (1, exp(-141)) = (1, 0) and (0, 1) in
+    float32: class 0 selects A, class 1 selects B, and the demo scores are
+    channel 0 = [1 1 1 1 1 1 0 0 0 0 0 0], channel 1 = [0 0 0 0 1 1 1 1 1 1 0 0] per row.
+    Columns 6-9 have channel 0 exactly 0 while channel 1 is 1."""
+    import copy
+
+    from ovseg.modeling.proposals import Proposals
+
+    model = copy.copy(tiny_model)  # the same modules; encode_text planted on this copy only
+    dim = model.clip_adapter.arch.embed_dim
+    text = torch.eye(dim)[:2]
+    model.encode_text = lambda names, templates=None: text[: len(names)]
+    masks = torch.zeros(2, 8, 12)
+    masks[0, :, 0:6] = 0.9
+    masks[1, :, 4:10] = 0.9
+    features = F.normalize(torch.stack([text[0] - text[1], text[1] - text[0]]), dim=-1)
+
+    def encoder(crops, region_masks):
+        assert len(crops) == 2  # both masks are valid, encoded in mask order
+        return features
+
+    options = options or ovseg.InferenceOptions(fast=False, channels_last=False)
+    return ovseg.Predictor(model, lambda image: Proposals(masks), options, encoder)
+
+
+def test_unlabelled_is_where_channel_0_is_zero_through_the_predictor(tiny_model):
+    """Official ``VisualizationDemo.run_on_image``: ``blank_area = (r[0] == 0)``. A pixel
+    with channel 0 at 0 is unlabelled even where another class scores (columns 6-9), and a
+    pixel where channel 0 scores but the other does not is labelled (columns 0-3)."""
+    predictor = channel0_planted_predictor(tiny_model)
+    image = np.zeros((8, 12, 3), np.uint8)
+    image[:, :, 0] = np.arange(12) * 20  # crops differ; no resize (model input = original)
+    predictor.set_model_input(image, (8, 12))
+    seg = predictor.predict(["cat", "dog"], mode="demo")
+    row0 = torch.tensor([1.0] * 6 + [0.0] * 6)
+    row1 = torch.tensor([0.0] * 4 + [1.0] * 6 + [0.0] * 2)
+    assert torch.equal(seg.sem_seg[0], row0.expand(8, 12))  # the planted premise
+    assert torch.equal(seg.sem_seg[1], row1.expand(8, 12))
+    expected = np.array([0] * 6 + [-1] * 6)  # "all channels zero" would label 6-9 as 1
+    assert np.array_equal(seg.label_map, np.broadcast_to(expected, (8, 12)))
+    assert seg.to_json()["unlabelled"]["area"] == 8 * 6
+    # in eval mode nothing is unlabelled
+    assert (predictor.predict(["cat", "dog"], mode="eval").label_map >= 0).all()

@@ -61,6 +61,16 @@ def test_demo_fusion_by_hand():
     assert demo_unlabelled(out.sem_seg).tolist() == [[False, False, False, True]]
 
 
+def test_unlabelled_tests_channel_0_only():
+    """Official ``blank_area = (r[0] == 0)``: channel 0 alone decides. Pixel 0: channel 0 is
+    0 but channel 1 is not (unlabelled); pixel 1: channel 0 scores, the others are 0
+    (labelled); pixel 2: all 0 (unlabelled); pixel 3: all score (labelled)."""
+    scores = torch.tensor([[[0.0, 0.3, 0.0, 0.2]], [[0.9, 0.0, 0.0, 0.5]], [[0.4, 0.0, 0.0, 0.1]]])
+    assert demo_unlabelled(scores).tolist() == [[True, False, True, False]]
+    # a tiny first-class score is a score: only exactly 0 is blank
+    assert not demo_unlabelled(torch.tensor([[[1e-30]], [[1.0]]])).any()
+
+
 def test_demo_fusion_others_never_selects():
     probs = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
     masks = torch.ones(2, 1, 2)
