@@ -115,14 +115,14 @@ class _HubHandler(_Handler):
         if not sep or repo not in server.repos:
             return None, {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"}
         revision, _, filename = rest.partition("/")
-        files = server.repos[repo]
+        commit, files = server.revisions.get((repo, revision), (COMMIT, server.repos[repo]))
         if filename not in files:
-            headers = {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": COMMIT}
+            headers = {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit}
             return None, headers | {"X-Error-Message": "Entry not found"}
         body = files[filename]
         etag = server.etags.get((repo, filename), hashlib.sha256(body).hexdigest())
         return body, {
-            "X-Repo-Commit": COMMIT,
+            "X-Repo-Commit": commit,
             "ETag": f'"{etag}"',
             "X-Linked-Etag": f'"{etag}"',
             "X-Linked-Size": str(len(body)),
@@ -130,19 +130,34 @@ class _HubHandler(_Handler):
 
 
 class FakeHub(_Server):
-    """A Hub on 127.0.0.1: ``add(repo_id, files, repo_type)`` makes a repository."""
+    """A Hub on 127.0.0.1: ``add(repo_id, files, repo_type)`` makes a repository; with
+    ``revision`` (a branch or tag name) the files are that revision's (its own commit), and
+    any other revision serves the repository's default files."""
 
     def __init__(self):
         super().__init__(_HubHandler)
         self.repos: dict[str, dict[str, bytes]] = {}
         self.etags: dict[tuple[str, str], str] = {}
+        self.revisions: dict[tuple[str, str], tuple[str, dict[str, bytes]]] = {}
 
-    def add(self, repo_id: str, files: dict[str, bytes], repo_type: str = "model") -> None:
+    def add(
+        self,
+        repo_id: str,
+        files: dict[str, bytes],
+        repo_type: str = "model",
+        revision: str | None = None,
+    ) -> None:
         prefix = "" if repo_type == "model" else f"{repo_type}s/"
-        self.repos[prefix + repo_id] = dict(files)
+        if revision is None:
+            self.repos[prefix + repo_id] = dict(files)
+            return
+        self.repos.setdefault(prefix + repo_id, {})
+        commit = hashlib.sha1(f"{repo_id}@{revision}".encode()).hexdigest()
+        self.revisions[(prefix + repo_id, revision)] = (commit, dict(files))
 
-    def add_folder(self, repo_id: str, folder: Path) -> None:
-        self.add(repo_id, {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()})
+    def add_folder(self, repo_id: str, folder: Path, revision: str | None = None) -> None:
+        files = {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
+        self.add(repo_id, files, revision=revision)
 
 
 class _FileHandler(_Handler):

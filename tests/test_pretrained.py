@@ -4,6 +4,7 @@ from_pretrained gives the same model; the model card; push_to_hub; hf:// on the 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -88,6 +89,56 @@ def test_hub_round_trip_gives_the_same_outputs(saved, tiny_model, image, fake_hu
     assert _same_weights(ovseg.build_model("hf://someone/ovseg-tiny@v1.0"), tiny_model)
     paths = [path for _, path, _ in fake_hub.requests]
     assert "/someone/ovseg-tiny/resolve/v1.0/model.safetensors" in paths  # the revision asked
+
+
+@pytest.fixture(scope="module")
+def other_saved(tiny_model, tmp_path_factory):
+    """The tiny model with other weights, saved."""
+    import copy
+
+    other = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        other.clip_adapter.non_object_embedding.add_(1.0)
+    folder = tmp_path_factory.mktemp("pretrained-other") / "ovseg-tiny"
+    other.save_pretrained(folder)
+    return folder
+
+
+def test_hf_uri_means_the_hub_never_a_local_folder(
+    saved, other_saved, tiny_model, fake_hub, tmp_path, monkeypatch
+):
+    fake_hub.add_folder("someone/ovseg-tiny", saved)
+    local = tmp_path / "someone" / "ovseg-tiny"  # a folder named like the repository
+    local.parent.mkdir()
+    shutil.copytree(other_saved, local)
+    monkeypatch.chdir(tmp_path)
+    assert _same_weights(ovseg.build_model("hf://someone/ovseg-tiny"), tiny_model)
+    assert not _same_weights(ovseg.build_model("someone/ovseg-tiny"), tiny_model)  # the folder
+
+
+def test_hf_uri_revision_is_honoured(saved, other_saved, tiny_model, fake_hub):
+    fake_hub.add_folder("someone/ovseg-tiny", saved)
+    fake_hub.add_folder("someone/ovseg-tiny", other_saved, revision="v2")
+    assert _same_weights(ovseg.build_model("hf://someone/ovseg-tiny"), tiny_model)
+    assert not _same_weights(ovseg.build_model("hf://someone/ovseg-tiny@v2"), tiny_model)
+    assert _same_weights(ovseg.build_model("hf://someone/ovseg-tiny@main"), tiny_model)
+
+
+def test_hub_weights_damaged_in_the_cache_are_refused(saved, fake_hub):
+    import os
+
+    from ovseg.weights.verify import ChecksumMismatch
+
+    fake_hub.add_folder("someone/ovseg-tiny", saved)
+    ovseg.build_model("hf://someone/ovseg-tiny")
+    from huggingface_hub import try_to_load_from_cache
+
+    blob = os.path.realpath(try_to_load_from_cache("someone/ovseg-tiny", "model.safetensors"))
+    data = bytearray(open(blob, "rb").read())
+    data[-100] ^= 0xFF  # one flipped byte in a tensor
+    open(blob, "wb").write(bytes(data))
+    with pytest.raises(ChecksumMismatch, match="sha256 mismatch"):
+        ovseg.build_model("hf://someone/ovseg-tiny")
 
 
 def test_cli_model_option_takes_hf_uris(saved, tiny_model, fake_hub):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ovseg.modeling.ovseg import HubFormat, OVSeg
 from ovseg.weights.checkpoints import load_checkpoint, save_checkpoint
+from ovseg.weights.verify import verify_hub_blob
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -37,6 +38,28 @@ def parse_hf_ref(ref: str) -> tuple[str, str | None] | None:
             f"got {ref!r}"
         )
     return repo_id, revision or None
+
+
+def load_from_hub(repo_id: str, revision: str | None = None):
+    """``hf://OWNER/REPO[@REVISION]``: the model from the Hub (or the Hugging Face cache),
+    never from a local folder that happens to be called ``OWNER/REPO`` (which
+    ``OVSeg.from_pretrained`` would prefer). ``revision`` (branch, tag or commit; default
+    main) is asked for both files, and each file is checked against the ETag it was served
+    with (``ovseg.weights.verify.verify_hub_blob``)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        config_path = hf_hub_download(repo_id, CONFIG_NAME, revision=revision)
+    except (EntryNotFoundError, RepositoryNotFoundError) as error:
+        raise ValueError(
+            f"hf://{repo_id}{'@' + revision if revision else ''}: no {CONFIG_NAME} on the Hub "
+            f"(missing or private repository, unknown revision, or not an ovseg model): "
+            f"{str(error).splitlines()[0]}"
+        ) from None
+    verify_hub_blob(config_path, f"{repo_id}/{CONFIG_NAME}")
+    config = json.loads(Path(config_path).read_text())
+    return load_pretrained(repo_id, config=config, revision=revision, hub_only=True)
 
 
 def is_pretrained_folder(path: str | Path) -> bool:
@@ -63,6 +86,7 @@ def load_pretrained(
     local_files_only: bool = False,
     token: str | bool | None = None,
     map_location: str = "cpu",
+    hub_only: bool = False,
     **config_fields,
 ):
     """Build an ``OVSeg`` from a ``save_pretrained`` folder or Hub repository, exactly.
@@ -70,19 +94,22 @@ def load_pretrained(
     ``config`` is the parsed ``config.json`` (the mixin reads it first); ``config_fields`` are
     the copies of its keys that the mixin also passes under the constructor's argument names
     (``backbone``). The architecture comes from ``config`` alone; the weights must fit it key
-    for key and shape for shape.
+    for key and shape for shape. ``hub_only``: read ``model_id`` from the Hub even when a
+    folder of that name exists (``load_from_hub``). Weights from the Hub are checked against
+    their ETag (``verify_hub_blob``).
     """
     unknown = sorted(set(config_fields) - set(config or {}))
     if unknown:
         raise TypeError(f"OVSeg.from_pretrained got unexpected arguments {unknown}")
     if config is None:
-        where = "folder" if Path(model_id).is_dir() else "Hub repository (missing, private "
-        where += "" if Path(model_id).is_dir() else "without a token, or not an ovseg model?)"
+        folder = Path(model_id).is_dir() and not hub_only
+        where = "folder" if folder else "Hub repository (missing, private "
+        where += "" if folder else "without a token, or not an ovseg model?)"
         raise ValueError(
             f"{model_id}: no {CONFIG_NAME} in this {where}; an ovseg model holds {CONFIG_NAME}, "
             f"{WEIGHTS_NAME} and README.md (written by model.save_pretrained)"
         )
-    if Path(model_id).is_dir():
+    if Path(model_id).is_dir() and not hub_only:
         weights = Path(model_id) / WEIGHTS_NAME
     else:
         from huggingface_hub import hf_hub_download
@@ -96,6 +123,7 @@ def load_pretrained(
             local_files_only=local_files_only,
             token=token,
         )
+        verify_hub_blob(weights, f"{model_id}/{WEIGHTS_NAME}")
     try:
         model = load_checkpoint(weights, config=config)
     except ValueError as error:

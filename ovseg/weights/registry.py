@@ -20,7 +20,7 @@ from ovseg.modeling.config import OVSegConfig
 from ovseg.modeling.ovseg import OVSeg
 from ovseg.modeling.variants import MODELS, list_models, sam_demo_clip_config
 from ovseg.weights import checkpoints, hub
-from ovseg.weights.pretrained import is_pretrained_folder, parse_hf_ref
+from ovseg.weights.pretrained import is_pretrained_folder, load_from_hub, parse_hf_ref
 
 RANDOM_OK = {"ovseg-test-tiny"}  # variants that may be built with seeded random weights
 
@@ -107,7 +107,7 @@ def build_model(
             raise ValueError(f"{name} carries its own weights; do not give a checkpoint too")
         if ref is None:
             return OVSeg.from_pretrained(str(name))
-        return OVSeg.from_pretrained(ref[0], revision=ref[1])
+        return load_from_hub(*ref)
     if name not in MODELS:
         raise ValueError(
             f"unknown model {name!r}; available: {list_models()}, hf://OWNER/REPO[@REVISION], "
