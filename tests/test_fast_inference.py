@@ -233,7 +233,7 @@ def test_top_k_keeps_k_proposals():
 
 def test_options_are_checked():
     with pytest.raises(ValueError, match="dtype"):
-        InferenceOptions(dtype="fp16")
+        InferenceOptions(dtype="float16")
 
 
 @pytest.mark.slow

@@ -180,6 +180,8 @@ def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
     if dtype != "fp32" or text_dtype != "fp32":  # fp32 keys stay as they were
         key["dtype"] = dtype
         key["text_dtype"] = text_dtype  # int8 once meant int8 text too: those entries miss
+    if spec.options.tf32:  # TF32 arithmetic is not the exact path's
+        key["tf32"] = True
 
     def image(index: int) -> np.ndarray:
         return read_image(dataset[index].image)

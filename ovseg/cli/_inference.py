@@ -13,15 +13,22 @@ def add_dtype_args(parser) -> None:
     """``--dtype`` and ``--text-dtype`` (segment, serve, eval)."""
     parser.add_argument(
         "--dtype",
-        choices=["fp32", "bf16", "int8"],
+        choices=["fp32", "bf16", "fp16", "int8"],
         default="fp32",
         help="bf16 runs backbone and CLIP image tower on bf16 weights (fast only on CPUs "
-        "with AVX512-BF16/AMX, and GPUs); int8 quantises the CLIP image tower's linear "
-        "layers (CPU); fp32 (default) is the official computation",
+        "with AVX512-BF16/AMX, and GPUs); fp16 likewise on fp16 weights (CUDA only); int8 "
+        "quantises the CLIP image tower's linear layers (CPU); fp32 (default) is the "
+        "official computation",
+    )
+    parser.add_argument(
+        "--tf32",
+        action="store_true",
+        help="let CUDA convolutions and matmuls use TF32 (faster fp32 on Ampere and later; "
+        "not the official computation: ovseg turns TF32 off inside its calls by default)",
     )
     parser.add_argument(
         "--text-dtype",
-        choices=["fp32", "bf16", "int8"],
+        choices=["fp32", "bf16", "fp16", "int8"],
         default="fp32",
         help="precision of the text tower (default fp32 whatever --dtype: text features are "
         "cached per vocabulary, and lower precision there costs most of the agreement); "

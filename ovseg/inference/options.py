@@ -27,8 +27,15 @@ from ovseg.modeling.int8 import quantize_int8
 
 # the float dtype of the image side's weights per option; int8 quantises the CLIP towers'
 # linear layers and keeps every other weight fp32
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}
+DTYPES = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "int8": torch.float32,
+}
+CUDA_ONLY_DTYPES = ("fp16",)  # the fp16 path is made and measured for GPUs
 # options that change float rounding only (or nothing): left out of the outputs' record
+# (tf32 is recorded: it is the one that leaves the official fp32 arithmetic)
 ROUNDING_ONLY = ("fast", "channels_last", "compile", "text_cache")
 CPU_CLIP_BATCH = 8  # at most this many crops per CLIP image-tower call on CPU
 CPU_CLIP_HIDDEN_BYTES = 14 * 2**20  # and at most this much fp32 MLP activation per call
@@ -40,15 +47,16 @@ class InferenceOptions:
 
     Attributes:
         fast: duplicate-mask skipping, batched crops on CUDA (False: the reference path).
-        dtype: "fp32" (official), "bf16" or "int8", for the image side. bf16: the
-            backbone, pixel decoder and CLIP image tower get bf16 weights (autocast alone
-            leaves most of the time in fp32 on CPU). int8: the linear layers of the CLIP
+        dtype: "fp32" (official), "bf16", "fp16" or "int8", for the image side. bf16 and
+            fp16: the backbone, pixel decoder and CLIP image tower get bf16 / fp16 weights
+            (autocast alone leaves most of the time in fp32 on CPU). fp16 runs on CUDA only
+            (the authors' Hugging Face space runs CLIP under fp16 autocast on GPU). int8: the linear layers of the CLIP
             image tower are quantised (``quantize_int8``; CPU only), the rest stays fp32.
             The transformer decoder, classification and fusion stay fp32 in all cases.
             Only CPUs with native bf16 (AVX512-BF16 or AMX) run bf16 fast; elsewhere it is
             far slower than fp32 (``native_bf16``).
         text_dtype: the text tower's precision, "fp32" (default, whatever ``dtype``), "bf16"
-            (autocast) or "int8" (a quantised copy of the tower). Text features are made
+            or "fp16" (autocast; fp16 on CUDA only) or "int8" (a quantised copy of the tower). Text features are made
             once per vocabulary and kept on disk, while their precision decides most of
             the disagreement with fp32: measured with random weights, int8 image + int8
             text kept 85% of the fp32 labels, int8 image + fp32 text 98%
@@ -78,6 +86,12 @@ class InferenceOptions:
             config, which the official code applies only together with TTA.
         sliding_tile_size, sliding_overlap: tile side (<= 0: by the view's short side) and
             overlap; None: the config's (224 and 2/3).
+        tf32: let CUDA convolutions and matmuls use TF32 inside ovseg's calls. False
+            (default): fp32 work runs in IEEE fp32 as the official computation, whatever
+            the process-wide PyTorch setting (PyTorch's own default allows TF32 in cuDNN
+            convolutions, which moved 0.04% of the official fixture's pixels on an H200;
+            ``ovseg.modeling.precision``). The caller's setting is restored after each
+            call. No effect on CPUs.
         text_cache: keep class text features on disk under ``ovseg_home()/text-features``
             (keyed by text-tower weights, templates, precision and names), so a vocabulary
             seen before skips the text tower, also in a new process; False: memory only.
@@ -98,6 +112,7 @@ class InferenceOptions:
     sliding_tile_size: int | None = None
     sliding_overlap: float | None = None
     text_cache: bool = True
+    tf32: bool = False
 
     def __post_init__(self) -> None:
         if self.tta_min_sizes is not None:
@@ -193,8 +208,14 @@ def prepare_model(model, options: InferenceOptions):
     accordingly (fp32, bf16 autocast, or an int8 copy of the tower).
     """
     for name in ("dtype", "text_dtype"):
-        if getattr(options, name) == "int8" and model.device.type != "cpu":
-            raise ValueError(f"{name}='int8' runs on CPU only; use bf16 on GPUs")
+        value = getattr(options, name)
+        if value == "int8" and model.device.type != "cpu":
+            raise ValueError(f"{name}='int8' runs on CPU only; use bf16 or fp16 on GPUs")
+        if value in CUDA_ONLY_DTYPES and model.device.type != "cuda":
+            raise ValueError(
+                f"{name}={value!r} runs on CUDA only (the model is on {model.device.type}); "
+                "on a CPU use bf16 (CPUs with AVX512-BF16 or AMX), int8 or fp32"
+            )
     bf16 = "bf16" in (options.dtype, options.text_dtype)
     if bf16 and model.device.type == "cpu" and not native_bf16():
         warnings.warn(

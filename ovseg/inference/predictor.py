@@ -8,6 +8,7 @@ per weights and vocabulary), the classification, the fusion and the resize back.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 
@@ -23,6 +24,7 @@ from ovseg.inference.tta import Augmentation, augmented_scores
 from ovseg.modeling.classify import ClipImageFeatures, classify, fuse, vocabulary
 from ovseg.modeling.fusion import demo_unlabelled, fusion_settings, proposal_class_probs
 from ovseg.modeling.ovseg import OVSeg
+from ovseg.modeling.precision import ieee_fp32
 from ovseg.modeling.proposals import ProposalGenerator, Proposals
 from ovseg.vocabulary import validate_class_names
 
@@ -107,7 +109,8 @@ class Predictor:
         tensor = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)
         self.input_image = tensor.to(self.model.device)
         generate = self.proposal_generator or self.model.propose
-        self.proposals = generate(self.input_image)
+        with self.float_math():
+            self.proposals = generate(self.input_image)
         self.original_size = tuple(original_size)
 
     def clip_features(
@@ -123,7 +126,7 @@ class Predictor:
         key = (thr, None if queries is None else tuple(queries.tolist()))
         if key not in self._clip_cache:
             masks = self.proposals.masks if queries is None else self.proposals.masks[queries]
-            with torch.inference_mode():
+            with torch.inference_mode(), self.float_math():
                 self._clip_cache[key] = self.model.clip_image_features(
                     self.input_image,
                     masks,
@@ -135,6 +138,11 @@ class Predictor:
                     ),
                 )
         return self._clip_cache[key]
+
+    def float_math(self) -> contextlib.AbstractContextManager:
+        """The context of every model call: IEEE fp32 on CUDA (TF32 off, the caller's
+        setting restored afterwards) unless ``options.tf32`` (``ovseg.modeling.precision``)."""
+        return contextlib.nullcontext() if self.options.tf32 else ieee_fp32()
 
     def top_k_queries(self, text: torch.Tensor) -> torch.Tensor | None:
         """Indices (ascending) of the ``options.top_k`` proposals with the highest proposal
@@ -187,6 +195,27 @@ class Predictor:
         Returns:
             ``Segmentation`` with ``sem_seg`` (K, H, W) at the original image size.
         """
+        with self.float_math():
+            return self._predict(
+                class_names,
+                ensemble_weight=ensemble_weight,
+                mask_threshold=mask_threshold,
+                clip_only=clip_only,
+                mode=mode,
+                templates=templates,
+                clip_ensemble=clip_ensemble,
+            )
+
+    def _predict(
+        self,
+        class_names: list[str],
+        ensemble_weight: float | None,
+        mask_threshold: float | None,
+        clip_only: bool | None,
+        mode: str | None,
+        templates: str | tuple[str, ...] | None,
+        clip_ensemble: bool | None,
+    ) -> Segmentation:
         self._require_image()
         model = self.model
         settings = fusion_settings(

@@ -154,7 +154,7 @@ class MaskAdaptedCLIP(nn.Module):
         self._text_cache: OrderedDict = OrderedDict()
         self._fingerprint: tuple | None = None
         self._int8_text: tuple | None = None
-        self.text_precision = "fp32"  # "fp32", "bf16" or "int8" (set by prepare_model)
+        self.text_precision = "fp32"  # "fp32", "bf16", "fp16" or "int8" (prepare_model)
         self.text_cache_dir: Path | None = None  # on-disk text cache (None: memory only)
         self.last_text_stats: dict = {}
 
@@ -229,7 +229,8 @@ class MaskAdaptedCLIP(nn.Module):
         ``Predictor`` sets it): repeated vocabularies cost nothing, even in a new process,
         and changed weights never hit a stale entry. All prompts (every template of every
         class) go through the tower in a few batches of similar length, in the precision
-        ``text_precision`` ("fp32", "bf16" autocast or "int8"; set by ``prepare_model``).
+        ``text_precision`` ("fp32", "bf16" or "fp16" autocast, or "int8"; set by
+        ``prepare_model``).
         ``last_text_stats`` says where the last result came from and how long it took.
         """
         from ovseg.modeling import text_cache
@@ -278,7 +279,8 @@ class MaskAdaptedCLIP(nn.Module):
         transformer = self._text_transformer(precision)
         feats = torch.empty(len(templates), len(names), self.arch.embed_dim)
         step = max(1, TEXT_BATCH // len(templates))
-        autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
+        low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        autocast = torch.autocast(device.type, low or torch.bfloat16, enabled=low is not None)
         with autocast:
             for i in range(0, len(names), step):
                 group = names[i : i + step]

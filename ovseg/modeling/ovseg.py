@@ -19,6 +19,7 @@ from ovseg.modeling.clip_branch import MaskAdaptedCLIP
 from ovseg.modeling.config import OVSegConfig
 from ovseg.modeling.fusion import fusion_settings
 from ovseg.modeling.pixel_decoder import PixelDecoder
+from ovseg.modeling.precision import ieee_fp32
 from ovseg.modeling.prompts import prompt_templates
 from ovseg.modeling.proposals import Proposals
 from ovseg.modeling.transformer_decoder import OpenVocabPredictor
@@ -303,7 +304,8 @@ class OVSeg(
         templates: str | tuple[str, ...] | None = None,
         clip_ensemble: bool | None = None,
     ) -> torch.Tensor:
-        """The whole official pipeline on one model-input image.
+        """The whole official pipeline on one model-input image, in IEEE fp32 on CUDA
+        (TF32 off inside, as ``ovseg.modeling.precision.ieee_fp32``).
 
         Args:
             image: (3, H, W) uint8 or float 0-255, already resized.
@@ -312,6 +314,16 @@ class OVSeg(
             sem_seg (K, H, W) over ``vocabulary(class_names, settings)`` (in demo mode a
             single name gets ``others`` appended).
         """
+        with ieee_fp32():
+            return self._forward(
+                image, class_names, ensemble_weight, mask_threshold, clip_only, mode, templates,
+                clip_ensemble,
+            )  # fmt: skip
+
+    def _forward(
+        self, image, class_names, ensemble_weight, mask_threshold, clip_only, mode, templates,
+        clip_ensemble,
+    ) -> torch.Tensor:  # fmt: skip
         settings = fusion_settings(
             self.config, mode, ensemble_weight, mask_threshold, clip_only, clip_ensemble
         )
