@@ -22,6 +22,7 @@ from ovseg.modeling.clip_branch import ClipArch
 from ovseg.modeling.config import OVSegConfig
 from ovseg.weights.official_config import config_from_official
 from ovseg.weights.official_yaml import read_official_yaml
+from ovseg.weights.torchscript import is_torchscript_archive, read_torchscript_state_dict
 
 FORMAT = "ovseg/1"
 CLIP_PREFIX = "clip_adapter.clip_model."
@@ -299,22 +300,18 @@ def clip_state_dict(sd: dict[str, torch.Tensor], source: str | Path = "checkpoin
 def read_clip_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """CLIP weights from a file, as an OpenAI-layout dict (see ``clip_state_dict``).
 
-    Reads OpenAI's TorchScript ``.pt`` archives, state dicts (``.pth``/``.pt``/
+    Reads OpenAI's TorchScript ``.pt`` archives (their tensors only, with a reader that runs
+    nothing from the file: ``ovseg.weights.torchscript``), state dicts (``.pth``/``.pt``/
     ``.safetensors``), OVSeg checkpoints (their CLIP part) and the authors' standalone
     mask-adapted CLIP (``ovseg_clip_l_9a1909.pth``).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CLIP weights not found: {path}")
-    try:
+    if is_torchscript_archive(path):
+        sd = read_torchscript_state_dict(path)
+    else:
         sd = read_state_dict(path)
-    except ValueError:
-        try:  # OpenAI's released .pt files are TorchScript archives (no pickled objects)
-            sd = torch.jit.load(str(path), map_location="cpu").state_dict()
-        except Exception as error:
-            raise ValueError(
-                f"{path}: neither a state dict nor a TorchScript CLIP ({error})"
-            ) from error
     return clip_state_dict(sd, source=path)
 
 
