@@ -158,8 +158,8 @@ def test_predictor_fast_fp32_equals_reference():
 
 def test_default_clip_batch_keeps_mlp_activations_in_budget():
     """On CPU the default is the most crops whose fp32 MLP activations fit the budget,
-    capped at CPU_CLIP_BATCH; on GPUs and on the reference path, one call."""
-    from ovseg.inference.options import CPU_CLIP_BATCH, CPU_CLIP_HIDDEN_BYTES
+    capped at CPU_CLIP_BATCH; on GPUs GPU_CLIP_BATCH; on the reference path, one call."""
+    from ovseg.inference.options import CPU_CLIP_BATCH, CPU_CLIP_HIDDEN_BYTES, GPU_CLIP_BATCH
     from ovseg.modeling.clip_branch import ClipArch
 
     options = InferenceOptions()
@@ -176,7 +176,7 @@ def test_default_clip_batch_keeps_mlp_activations_in_budget():
         assert options.clip_batch("cpu", arch) < CPU_CLIP_BATCH
     tiny = ClipArch(patch_size=16, vision_width=64)
     assert options.clip_batch("cpu", tiny) == CPU_CLIP_BATCH
-    assert options.clip_batch("cuda", tiny) == 0
+    assert options.clip_batch("cuda", tiny) == GPU_CLIP_BATCH
     assert InferenceOptions(fast=False).clip_batch("cpu", tiny) == 0
 
 

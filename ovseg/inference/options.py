@@ -39,6 +39,7 @@ CUDA_ONLY_DTYPES = ("fp16",)  # the fp16 path is made and measured for GPUs
 ROUNDING_ONLY = ("fast", "channels_last", "compile", "text_cache")
 CPU_CLIP_BATCH = 8  # at most this many crops per CLIP image-tower call on CPU
 CPU_CLIP_HIDDEN_BYTES = 14 * 2**20  # and at most this much fp32 MLP activation per call
+GPU_CLIP_BATCH = 1024  # at most this many crops per call on GPUs (activation memory)
 
 
 @dataclass
@@ -71,8 +72,10 @@ class InferenceOptions:
             at most 8 (fp32 and int8: 6 for ViT-B/16, 3 for ViT-L/14; bf16, half the bytes:
             8 and 6; the activations stay in cache; ViT-B
             8 per call ran 1.2x the speed of 100 at once in fp32, 1.4x in int8; ViT-L int8
-            3 per call 1.1-1.25x 8 per call on 16 crops alone, within the noise end to end),
-            else all in one call.
+            3 per call 1.1-1.25x 8 per call on 16 crops alone, within the noise end to end);
+            on a GPU with the fast path at most 1024 (the crops of ~10 images of
+            ``Predictor.predict_batch``: ViT-L/14 bf16 needs ~2 GiB of MLP activations per
+            1024), else all in one call.
             int8 quantises activations per call, so this choice changes int8 outputs a
             little; fp32 and bf16 outputs change only by rounding.
         tta: test-time augmentation (official ``TEST.AUG``, see ``ovseg.inference.tta``) on
@@ -173,11 +176,13 @@ class InferenceOptions:
         CLIP image tower of ``arch`` (a ``ClipArch``; None: ``CPU_CLIP_BATCH``)."""
         if self.clip_batch_size is not None:
             return self.clip_batch_size
-        if not self.fast or torch.device(device).type != "cpu":
+        if not self.fast:
             return 0
+        if torch.device(device).type != "cpu":
+            return GPU_CLIP_BATCH
         if arch is None:
             return CPU_CLIP_BATCH
-        item = 2 if self.dtype == "bf16" else 4  # int8 layers return fp32 activations
+        item = 2 if self.dtype in ("bf16", "fp16") else 4  # int8 returns fp32 activations
         hidden = (arch.grid**2 + 1) * 4 * arch.vision_width * item  # bytes per crop
         return max(1, min(CPU_CLIP_BATCH, CPU_CLIP_HIDDEN_BYTES // hidden))
 

@@ -4,13 +4,18 @@
 the proposal model (or another proposal generator), and the CLIP image features of the
 masked crops (cached per mask threshold). ``predict`` then runs only the text tower (cached
 per weights and vocabulary), the classification, the fusion and the resize back.
+
+``set_images`` and ``predict_batch`` do the same for several images at once: the proposal
+model runs on batches of images with the same padded size, and the masked crops of all
+images go through the CLIP image tower together (what a GPU needs to be busy). Each image's
+outputs equal those of ``set_image`` and ``predict`` up to float rounding.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +23,7 @@ import torch.nn.functional as F
 
 from ovseg.data.image import to_rgb_array
 from ovseg.data.transforms import resize_shortest_edge
+from ovseg.inference.image_state import ImageState
 from ovseg.inference.options import InferenceOptions, compiled, prepare_model
 from ovseg.inference.segmentation import Segmentation
 from ovseg.inference.tta import Augmentation, augmented_scores
@@ -65,10 +71,22 @@ class Predictor:
         self.proposals: Proposals | None = None
         self._clip_cache: dict[tuple, ClipImageFeatures] = {}
         self.views: list[tuple[np.ndarray, bool]] | None = None  # TTA / sliding window only
+        self.image_batch: list[ImageState] | None = None  # set_images only
+
+    def _state(self) -> ImageState:
+        return ImageState(
+            self.original_size, self.input_image, self.proposals, self._clip_cache, self.views
+        )
+
+    def _use(self, state: ImageState) -> None:
+        """Make ``state`` the current image (its CLIP cache is shared, not copied)."""
+        self.original_size, self.input_image = state.original_size, state.input_image
+        self.proposals, self.views = state.proposals, state.views
+        self._clip_cache = state.clip_cache
 
     @property
     def is_image_set(self) -> bool:
-        return self.proposals is not None or self.views is not None
+        return self.proposals is not None or self.views is not None or bool(self.image_batch)
 
     @property
     def augmentation(self) -> Augmentation | None:
@@ -102,6 +120,47 @@ class Predictor:
         self.set_model_input(resized, rgb.shape[:2])
 
     @torch.inference_mode()
+    def set_images(self, images: Sequence) -> None:
+        """Cache the vocabulary-free work for several images at once; ``predict_batch``
+        then segments all of them.
+
+        The images are resized as by ``set_image``; those whose model inputs pad to the same
+        size go through the proposal model as one batch (``OVSeg.propose_batch``), others
+        in their own batches (padding them further would change the outputs). A proposal
+        generator runs per image. With test-time augmentation each image keeps its views.
+
+        Args:
+            images: a sequence of what ``set_image`` takes.
+        """
+        rgbs = [to_rgb_array(image) for image in images]
+        if not rgbs:
+            raise ValueError("set_images needs at least one image")
+        self.reset_image()
+        cfg = self.model.config
+        resized = [resize_shortest_edge(rgb, cfg.min_size_test, cfg.max_size_test) for rgb in rgbs]
+        augmentation = self.augmentation
+        if augmentation is not None:
+            batch = [
+                ImageState(rgb.shape[:2], clip_cache={}, views=augmentation.views(image))
+                for rgb, image in zip(rgbs, resized)
+            ]
+        else:
+            device = self.model.device
+            inputs = [
+                torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).to(device)
+                for image in resized
+            ]
+            with self.float_math():
+                if self.proposal_generator is None:
+                    proposals = self.model.propose_batch(inputs)
+                else:
+                    proposals = [self.proposal_generator(x) for x in inputs]
+            batch = [
+                ImageState(rgb.shape[:2], x, p, {}) for rgb, x, p in zip(rgbs, inputs, proposals)
+            ]
+        self.image_batch = batch
+
+    @torch.inference_mode()
     def set_model_input(self, image: np.ndarray, original_size: tuple[int, int]) -> None:
         """Cache the vocabulary-free work for an (H, W, 3) uint8 image that is already the
         model input (no resize); ``predict`` resizes ``sem_seg`` to ``original_size``."""
@@ -122,22 +181,37 @@ class Predictor:
             queries: (k,) indices of the proposals to encode; None for all of them.
         """
         self._require_single_view()
-        thr = self.model.config.mask_threshold if mask_threshold is None else float(mask_threshold)
-        key = (thr, None if queries is None else tuple(queries.tolist()))
+        key = self._clip_key(mask_threshold, queries)
         if key not in self._clip_cache:
-            masks = self.proposals.masks if queries is None else self.proposals.masks[queries]
-            with torch.inference_mode(), self.float_math():
-                self._clip_cache[key] = self.model.clip_image_features(
-                    self.input_image,
-                    masks,
-                    thr,
-                    fast=self.options.fast,
-                    encoder=self.clip_encoder,
-                    batch_size=self.options.clip_batch(
-                        self.model.device, self.model.clip_adapter.arch
-                    ),
-                )
+            self._encode_clip([(self._state(), key)])
         return self._clip_cache[key]
+
+    def _clip_key(self, mask_threshold: float | None, queries: torch.Tensor | None) -> tuple:
+        thr = self.model.config.mask_threshold if mask_threshold is None else float(mask_threshold)
+        return thr, None if queries is None else tuple(queries.tolist())
+
+    def _encode_clip(self, requests: list[tuple[ImageState, tuple]]) -> None:
+        """Fill each state's CLIP cache at its (threshold, queries) key; the crops of all the
+        images go through the CLIP image tower together (all with one threshold)."""
+        thr = requests[0][1][0]
+        images, masks = [], []
+        for state, (_, queries) in requests:
+            images.append(state.input_image)
+            proposals = state.proposals.masks
+            if queries is not None:
+                proposals = proposals[torch.tensor(queries, device=proposals.device)]
+            masks.append(proposals)
+        with torch.inference_mode(), self.float_math():
+            features = self.model.clip_image_features_batch(
+                images,
+                masks,
+                thr,
+                fast=self.options.fast,
+                encoder=self.clip_encoder,
+                batch_size=self.options.clip_batch(self.model.device, self.model.clip_adapter.arch),
+            )
+        for (state, key), feats in zip(requests, features):
+            state.clip_cache[key] = feats
 
     def float_math(self) -> contextlib.AbstractContextManager:
         """The context of every model call: IEEE fp32 on CUDA (TF32 off, the caller's
@@ -195,6 +269,11 @@ class Predictor:
         Returns:
             ``Segmentation`` with ``sem_seg`` (K, H, W) at the original image size.
         """
+        if self.image_batch is not None:
+            raise RuntimeError(
+                "several images are set (set_images): segment them with predict_batch, or set "
+                "one with set_image"
+            )
         with self.float_math():
             return self._predict(
                 class_names,
@@ -250,6 +329,65 @@ class Predictor:
         )[0].float()
         unlabelled = demo_unlabelled(sem_seg) if settings.mode == "demo" else None
         return Segmentation.from_scores(names, sem_seg.cpu(), unlabelled, mode=settings.mode)
+
+    @torch.inference_mode()
+    def predict_batch(
+        self,
+        class_names: list[str],
+        ensemble_weight: float | None = None,
+        mask_threshold: float | None = None,
+        clip_only: bool | None = None,
+        mode: str | None = None,
+        templates: str | tuple[str, ...] | None = None,
+        clip_ensemble: bool | None = None,
+    ) -> list[Segmentation]:
+        """``predict`` for every image of ``set_images`` (or the one of ``set_image``), in
+        order. The masked crops of all the images that need CLIP features go through the
+        CLIP image tower together. Arguments as ``predict``.
+        """
+        kwargs = dict(
+            ensemble_weight=ensemble_weight,
+            mask_threshold=mask_threshold,
+            clip_only=clip_only,
+            mode=mode,
+            templates=templates,
+            clip_ensemble=clip_ensemble,
+        )
+        batch = self.image_batch
+        if batch is None:
+            return [self.predict(class_names, **kwargs)]
+        try:
+            with self.float_math():
+                self._encode_clip_batch(batch, class_names, kwargs)
+                results = []
+                for state in batch:
+                    self._use(state)
+                    results.append(self._predict(class_names, **kwargs))
+        finally:
+            self._use(ImageState(clip_cache={}))
+        return results
+
+    def _encode_clip_batch(self, batch: list[ImageState], class_names, kwargs: dict) -> None:
+        """The CLIP features ``_predict`` will ask for, for every single-view image of
+        ``batch``, encoded in one pass (``_encode_clip``)."""
+        model = self.model
+        keys = ("mode", "ensemble_weight", "mask_threshold", "clip_only", "clip_ensemble")
+        settings = fusion_settings(model.config, *(kwargs[k] for k in keys))
+        text = None
+        requests = []
+        for state in batch:
+            if state.views is not None:
+                continue
+            if not (settings.clip_ensemble or state.proposals.embeddings is None):
+                continue
+            if text is None:  # cached: the predictions below reuse it
+                text = model.encode_text(vocabulary(class_names, settings), kwargs["templates"])
+            self._use(state)
+            key = self._clip_key(settings.mask_threshold, self.top_k_queries(text))
+            if key not in state.clip_cache:
+                requests.append((state, key))
+        if requests:
+            self._encode_clip(requests)
 
     def _require_image(self) -> None:
         if not self.is_image_set:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -166,15 +166,36 @@ class OVSeg(
         Returns ``Proposals`` with masks = sigmoid of the mask logits upsampled (bilinear) to
         the padded size and cropped to (H, W), and the query class embeddings.
         """
-        h, w = image.shape[-2:]
-        x = normalize_and_pad(
-            image.to(self.device), self.pixel_mean, self.pixel_std, self.config.size_divisibility
-        )
-        embeddings, mask_logits = self.proposal_outputs(x)
-        mask_logits = F.interpolate(
-            mask_logits, size=x.shape[-2:], mode="bilinear", align_corners=False
-        )[0, :, :h, :w]
-        return Proposals(masks=mask_logits.sigmoid(), embeddings=embeddings[0])
+        return self.propose_batch([image])[0]
+
+    def propose_batch(self, images: Sequence[torch.Tensor]) -> list[Proposals]:
+        """``propose`` for several (3, H, W) 0-255 model-input images, batched.
+
+        Images whose padded size (``size_divisibility``) is the same go through backbone,
+        pixel decoder and decoder as one batch; each image's outputs equal ``propose`` on it
+        alone up to float rounding. Images are never padded further to share a batch: the
+        Swin windows, the convolutions' borders and the decoder's attention all see the
+        padding, so that would change the outputs.
+        """
+        div = self.config.size_divisibility
+        inputs = [
+            normalize_and_pad(image.to(self.device), self.pixel_mean, self.pixel_std, div)
+            for image in images
+        ]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, x in enumerate(inputs):
+            groups.setdefault(tuple(x.shape[-2:]), []).append(i)
+        out: list[Proposals] = [None] * len(images)  # type: ignore[list-item]
+        for size, members in groups.items():
+            batch = torch.cat([inputs[i] for i in members])
+            embeddings, mask_logits = self.proposal_outputs(batch)
+            for j, i in enumerate(members):  # one image at a time: (Q, Hp, Wp) fp32 each
+                h, w = images[i].shape[-2:]
+                logits = F.interpolate(
+                    mask_logits[j : j + 1], size=size, mode="bilinear", align_corners=False
+                )[0, :, :h, :w]
+                out[i] = Proposals(masks=logits.sigmoid(), embeddings=embeddings[j])
+        return out
 
     # ---- stage 2: CLIP branch (vocabulary-free image side) ----------------------------
     def clip_image_features(
@@ -197,11 +218,44 @@ class OVSeg(
                 default ``clip_adapter.encode_masked`` (e.g. an onnxruntime session instead).
             batch_size: crops per encoder call; 0 means all in one call.
         """
-        crops, valid, inverse = self.clip_crops(image, masks, mask_threshold, fast)
-        features = self.encode_crops(crops, encoder, batch_size)
-        if inverse is not None:
-            features = features[inverse]
-        return ClipImageFeatures(features, valid)
+        return self.clip_image_features_batch(
+            [image], [masks], mask_threshold, fast, encoder, batch_size
+        )[0]
+
+    def clip_image_features_batch(
+        self,
+        images: Sequence[torch.Tensor],
+        masks: Sequence[torch.Tensor],
+        mask_threshold: float | None = None,
+        fast: bool = False,
+        encoder: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
+        batch_size: int = 0,
+    ) -> list[ClipImageFeatures]:
+        """``clip_image_features`` of several images: each image's crops are made on their
+        own, then the crops of all images go through the encoder together (in calls of
+        ``batch_size``; 0: one call). Per image, the features equal those of
+        ``clip_image_features`` up to float rounding.
+
+        Args:
+            images: (3, H_i, W_i) 0-255 model inputs. masks: (N_i, H_i, W_i) per image.
+        """
+        made = [self.clip_crops(image, m, mask_threshold, fast) for image, m in zip(images, masks)]
+        if len(made) == 1:
+            joint = made[0][0]
+        else:
+            joint = MaskedCrops(
+                torch.cat([crops.crops for crops, _, _ in made]),
+                torch.cat([crops.region_masks for crops, _, _ in made]),
+                torch.cat([valid for _, valid, _ in made]),
+                torch.cat([crops.boxes for crops, _, _ in made]),
+            )
+        features = self.encode_crops(joint, encoder, batch_size)
+        out, start = [], 0
+        for crops, valid, inverse in made:
+            own = features[start : start + crops.crops.shape[0]]
+            start += crops.crops.shape[0]
+            out.append(ClipImageFeatures(own if inverse is None else own[inverse], valid))
+        return out
 
     def encode_crops(
         self,
