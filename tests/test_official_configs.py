@@ -126,7 +126,9 @@ def test_other_expressions_are_refused(tmp_path, expression):
         evaluate_size_list(expression)
     path = tmp_path / "c.yaml"
     path.write_text(f"INPUT:\n  MIN_SIZE_TRAIN: !!python/object/apply:eval [{expression!r}]\n")
-    with pytest.raises(ValueError, match="not valid YAML"):
+    with pytest.raises(
+        ValueError, match=r"c.yaml: INPUT.MIN_SIZE_TRAIN \(line 2\): (refused|cannot)"
+    ):
         read_official_yaml(path)
 
 
@@ -173,5 +175,118 @@ def test_load_official_reads_a_raw_file_with_the_eval_tag(tmp_path, official_tin
         "  MASK_FORMER: {HIDDEN_DIM: 64, NHEADS: 4, DIM_FEEDFORWARD: 128, DEC_LAYERS: 3,\n"
         "                NUM_OBJECT_QUERIES: 10}\n"
     )
-    loaded = ovseg.load_official(tmp_path / "tiny.yaml", OFFICIAL_TINY / "model_state.safetensors")
+    with pytest.raises(ValueError, match="outside the config's folder"):
+        ovseg.load_official(tmp_path / "tiny.yaml", OFFICIAL_TINY / "model_state.safetensors")
+    loaded = ovseg.load_official(
+        tmp_path / "tiny.yaml",
+        OFFICIAL_TINY / "model_state.safetensors",
+        allow_base_outside=True,
+    )
     assert loaded.config == model.config
+
+
+# ---- hostile and malformed files: a ValueError naming the file (and key), quickly -------------
+
+
+def _eval_config(tmp_path, expression: str):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "MODEL:\n  META_ARCHITECTURE: OVSeg\n"
+        f"INPUT:\n  MIN_SIZE_TRAIN: !!python/object/apply:eval [{expression!r}]\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    "expression, words",
+    [
+        ("[int(x * 0.1 * 640) for x in range(5, 100000000000)]", "99999999995 elements"),
+        ("[int(x * 1) for x in range(0, 10001)]", "10001 elements"),
+        ("[int(x * 1) for x in range(0, 10**2)]", "range"),
+        ("[int(x * 1) for x in range(0, 99999999999999999999999999999)]", "elements"),
+        ("[int(x * 1e308 * 1e308) for x in range(1, 3)]", "OverflowError"),
+        ("[int(x * -1) for x in range(1, 3)]", "product of the loop variable"),
+        ("[int(x * 1e10) for x in range(1, 3)]", "not a size"),
+        ("[int(x * 1) for x in range(1, 3, 0)]", "must not be zero"),
+        ("[int(x" + " * 1" * 400 + ") for x in range(1, 3)]", "characters"),
+        ("[" * 300 + "]" * 300, "cannot parse|characters"),
+    ],
+)
+def test_eval_form_is_bounded(tmp_path, expression, words):
+    import resource
+    import time
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=words) as info:
+        read_official_yaml(_eval_config(tmp_path, expression))
+    assert time.perf_counter() - start < 2.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
+    assert "c.yaml: INPUT.MIN_SIZE_TRAIN (line 4)" in str(info.value)
+
+
+def test_the_published_form_still_reads_at_the_bound(tmp_path):
+    cfg = read_official_yaml(_eval_config(tmp_path, "[int(x * 1) for x in range(0, 10000)]"))
+    assert len(cfg["INPUT"]["MIN_SIZE_TRAIN"]) == 10000
+
+
+def test_base_chains_loop_nest_or_leave_the_folder(tmp_path):
+    (tmp_path / "a.yaml").write_text("_BASE_: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("_BASE_: a.yaml\n")
+    with pytest.raises(ValueError, match="chain loops"):
+        read_official_yaml(tmp_path / "a.yaml")
+    (tmp_path / "self.yaml").write_text("_BASE_: self.yaml\n")
+    with pytest.raises(ValueError, match="chain loops"):
+        read_official_yaml(tmp_path / "self.yaml")
+    for i in range(40):
+        (tmp_path / f"n{i}.yaml").write_text(f"_BASE_: n{i + 1}.yaml\nK{i}: {i}\n")
+    (tmp_path / "n40.yaml").write_text("END: 1\n")
+    with pytest.raises(ValueError, match="chain longer than 16"):
+        read_official_yaml(tmp_path / "n0.yaml")
+    assert read_official_yaml(tmp_path / "n30.yaml") == {"END": 1} | {
+        f"K{i}": i for i in range(30, 40)
+    }
+
+    outside = tmp_path / "elsewhere"
+    inside = tmp_path / "configs"
+    outside.mkdir()
+    inside.mkdir()
+    (outside / "secret.yaml").write_text("MODEL: {WEIGHTS: x}\n")
+    (inside / "c.yaml").write_text(f"_BASE_: {outside / 'secret.yaml'}\n")
+    (inside / "rel.yaml").write_text("_BASE_: ../elsewhere/secret.yaml\n")
+    for name in ("c.yaml", "rel.yaml"):
+        with pytest.raises(ValueError, match=r"outside the config's folder .*--allow-base-outside"):
+            read_official_yaml(inside / name)
+        assert read_official_yaml(inside / name, allow_base_outside=True)["MODEL"] == {
+            "WEIGHTS": "x"
+        }
+    (inside / "sub").mkdir()
+    (inside / "sub" / "base.yaml").write_text("A: 1\n")
+    (inside / "nested.yaml").write_text("_BASE_: sub/base.yaml\nB: 2\n")
+    assert read_official_yaml(inside / "nested.yaml") == {"A": 1, "B": 2}
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+        ("a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+         + "".join(f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+                   for p, c in zip("abcdefgh", "bcdefghi"))
+         + "top: *i\n", "more than 100000 values"),
+        ("- a\n- b\n", "mapping at the top level"),
+        ("_BASE_: [a, b]\n", "_BASE_ must be a file name"),
+        ("a: !!python/object/apply:eval [1]\n", "not valid YAML"),
+        ("a: [unclosed\n", "not valid YAML"),
+    ],
+    ids=["deep", "billion-laughs", "list", "base-list", "eval-int", "syntax"],
+)  # fmt: skip
+def test_malformed_configs_are_value_errors(tmp_path, text, words):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=words) as info:
+        read_official_yaml(path)
+    assert "bad.yaml" in str(info.value)
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00a: 1")
+    with pytest.raises(ValueError, match="bin.yaml"):
+        read_official_yaml(tmp_path / "bin.yaml")

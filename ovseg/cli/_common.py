@@ -18,6 +18,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config", help="official detectron2-style YAML config (with --weights)")
     group.add_argument("--weights", help="official checkpoint .pth/.pt (with --config)")
     group.add_argument(
+        "--allow-base-outside",
+        action="store_true",
+        help="follow _BASE_ files of --config that lie outside its folder (refused by default)",
+    )
+    group.add_argument(
         "--clip",
         metavar="NAME_OR_PATH",
         help="CLIP branch alone, for --proposals sam/superpixels (the authors' SAM demo): a "

@@ -26,6 +26,7 @@ def model_source(args: argparse.Namespace) -> ModelSource:
         clip=getattr(args, "clip", None),
         device=getattr(args, "device", "cpu"),
         cache_converted=not getattr(args, "no_weights_cache", False),
+        allow_base_outside=getattr(args, "allow_base_outside", False),
     )
 
 

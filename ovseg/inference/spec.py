@@ -36,6 +36,7 @@ class ModelSource:
 
     ``device``: where the model runs. ``cache_converted``: keep a safetensors copy of a
     legacy-format ``.pth`` (``ovseg.weights.checkpoints.read_state_dict``).
+    ``allow_base_outside``: the official YAML's ``_BASE_`` files may lie outside its folder.
     """
 
     model: str | None = None
@@ -45,6 +46,7 @@ class ModelSource:
     clip: str | None = None
     device: str = "cpu"
     cache_converted: bool = True
+    allow_base_outside: bool = False
 
     def __post_init__(self) -> None:
         if self.clip and (self.model or self.checkpoint or self.config or self.weights):
@@ -75,7 +77,9 @@ class ModelSource:
         if self.clip:
             return identity.clip_identity(self.clip)
         if self.config:
-            return identity.official_identity(self.config, self.weights)
+            return identity.official_identity(
+                self.config, self.weights, allow_base_outside=self.allow_base_outside
+            )
         return identity.model_identity(self.model, self.checkpoint)
 
     def load(self) -> OVSeg:
@@ -83,7 +87,12 @@ class ModelSource:
         if self.clip:
             model = build_clip_only(resolve_file(self.clip, "--clip"))
         elif self.config:
-            model = load_official(self.config, self.weights, cache_converted=self.cache_converted)
+            model = load_official(
+                self.config,
+                self.weights,
+                cache_converted=self.cache_converted,
+                allow_base_outside=self.allow_base_outside,
+            )
         else:
             model = build_model(
                 self.model, checkpoint=self.checkpoint, cache_converted=self.cache_converted

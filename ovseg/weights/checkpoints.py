@@ -176,13 +176,19 @@ def _load(model, sd: dict[str, torch.Tensor], assign: bool) -> None:
     model.load_state_dict(sd, strict=True, assign=assign)
 
 
-def load_official(config: str | Path, weights: str | Path, cache_converted: bool = False):
+def load_official(
+    config: str | Path,
+    weights: str | Path,
+    cache_converted: bool = False,
+    allow_base_outside: bool = False,
+):
     """Build and load an official OVSeg model from its detectron2 YAML and checkpoint.
 
     The CLIP architecture is inferred from the checkpoint's shapes. Keys or shapes that do
-    not fit raise ``ValueError`` listing them.
+    not fit raise ``ValueError`` listing them. ``allow_base_outside``: follow ``_BASE_``
+    files outside the config's folder (``read_official_yaml``).
     """
-    cfg = read_official_yaml(config)
+    cfg = read_official_yaml(config, allow_base_outside=allow_base_outside)
     sd = read_state_dict(weights, cache=cache_converted)
     arch = ClipArch.from_state_dict(sd, CLIP_PREFIX)
     ovseg_cfg = config_from_official(cfg, arch)

@@ -78,14 +78,16 @@ def model_identity(name: str, checkpoint: str | Path | None = None) -> dict:
     return {"name": name, "weights_sha256": digest}
 
 
-def official_identity(config: str | Path, weights: str | Path) -> dict:
+def official_identity(
+    config: str | Path, weights: str | Path, allow_base_outside: bool = False
+) -> dict:
     """An official YAML + checkpoint: the sha256 of the effective config (``_BASE_`` chain
     resolved) and of the weights file."""
     from ovseg.weights.official_yaml import read_official_yaml
 
     config_sha = None
     if Path(config).is_file():
-        cfg = read_official_yaml(config)
+        cfg = read_official_yaml(config, allow_base_outside=allow_base_outside)
         text = json.dumps(cfg, sort_keys=True, default=str)
         config_sha = hashlib.sha256(text.encode()).hexdigest()
     return {"name": "official-config", "config_sha256": config_sha, "weights_sha256": _sha(weights)}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import copy
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -131,32 +132,111 @@ def merge_config(dst: dict, src: dict) -> None:
             dst[k] = v
 
 
-def read_official_yaml(path: str | Path) -> dict:
+MAX_EVAL_ELEMENTS = 10_000  # the eval form builds at most this many sizes (published: 16)
+MAX_EXPRESSION_CHARS = 500  # and is at most this long (published: 45)
+MAX_SIZE_VALUE = 2**31  # each size it gives is in [0, this)
+MAX_BASE_DEPTH = 16  # _BASE_ chains longer than this are refused
+MAX_CONFIG_NODES = 100_000  # values in a config, aliases counted as often as they are used
+MAX_CONFIG_BYTES = 16 * 2**20
+
+
+def read_official_yaml(path: str | Path, allow_base_outside: bool = False) -> dict:
     """Read a detectron2-style YAML safely, resolving ``_BASE_`` chains (relative to the file).
 
-    Raises ``ValueError`` for invalid YAML and for Python tags other than the published
-    ``MIN_SIZE_TRAIN`` list comprehension (see the module docstring).
+    ``_BASE_`` files must lie under the folder of ``path`` (the config the user gave) unless
+    ``allow_base_outside``; chains are at most ``MAX_BASE_DEPTH`` long and may not loop.
+
+    Raises:
+        FileNotFoundError: ``path`` or a ``_BASE_`` file does not exist.
+        ValueError: naming the file (and key, where there is one) for every malformed input:
+            invalid YAML, Python tags other than the published ``MIN_SIZE_TRAIN`` list
+            comprehension (see the module docstring) or such a comprehension over more than
+            ``MAX_EVAL_ELEMENTS`` elements, nesting too deep, more than ``MAX_CONFIG_NODES``
+            values, a ``_BASE_`` outside the folder, looping or too long a chain.
     """
     path = Path(path)
+    root = path.resolve().parent
+    return _read(path, root, allow_base_outside, ())
+
+
+def _read(path: Path, root: Path, allow_outside: bool, chain: tuple[Path, ...]) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"config not found: {path}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a config")
     try:
-        cfg = yaml.load(path.read_text(), Loader=_OfficialLoader) or {}
+        cfg = yaml.load(path.read_text(encoding="utf-8"), Loader=_OfficialLoader) or {}
     except yaml.YAMLError as error:
         hint = (
             "; Python tags are refused except the published MIN_SIZE_TRAIN list comprehension"
             if "python/" in str(error)
             else ""
         )
-        raise ValueError(f"{path}: not valid YAML ({error}){hint}") from error
+        raise ValueError(f"{path}: not valid YAML ({error}){hint}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be a config") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error})") from None
     if not isinstance(cfg, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
+    _resolve_eval_forms(cfg, path)
     base = cfg.pop("_BASE_", None)
-    if base:
-        merged = read_official_yaml(path.parent / Path(base).expanduser())
+    if base is None:
+        return cfg
+    if not isinstance(base, str) or not base.strip():
+        raise ValueError(f"{path}: _BASE_ must be a file name, got {base!r}")
+    here = path.resolve()
+    base_path = (here.parent / Path(base).expanduser()).resolve()
+    if not allow_outside and not base_path.is_relative_to(root):
+        raise ValueError(
+            f"{path}: _BASE_ {base!r} is {base_path}, outside the config's folder {root}; "
+            "pass allow_base_outside=True (command line: --allow-base-outside) to follow it"
+        )
+    chain = (*chain, here)
+    if base_path in chain:
+        loop = " -> ".join(str(p) for p in (*chain, base_path))
+        raise ValueError(f"{path}: the _BASE_ chain loops: {loop}")
+    if len(chain) >= MAX_BASE_DEPTH:
+        raise ValueError(f"{path}: _BASE_ chain longer than {MAX_BASE_DEPTH} files")
+    merged = _read(base_path, root, allow_outside, chain)
+    try:
         merge_config(merged, cfg)
-        cfg = merged
-    return cfg
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be a config") from None
+    return merged
+
+
+class _EvalForm(NamedTuple):
+    """A ``!!python/object/apply:eval`` value, computed after loading (to name its key)."""
+
+    expression: str
+    line: int
+
+
+def _resolve_eval_forms(cfg: dict, path: Path) -> None:
+    """Replace each ``_EvalForm`` by its computed list, and bound the config's size (aliases
+    counted at each use, so a "billion laughs" file stops early)."""
+    count = 0
+    stack: list[tuple[object, tuple[str, ...]]] = [(cfg, ())]
+    while stack:
+        node, keys = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in list(items):
+            count += 1
+            if count > MAX_CONFIG_NODES:
+                raise ValueError(f"{path}: more than {MAX_CONFIG_NODES} values; not a config")
+            where = (*keys, str(key))
+            if isinstance(value, _EvalForm):
+                try:
+                    node[key] = evaluate_size_list(value.expression)
+                except ValueError as error:
+                    raise ValueError(
+                        f"{path}: {'.'.join(where)} (line {value.line}): {error}"
+                    ) from None
+            elif isinstance(value, (dict, list)):
+                if len(where) > 64:
+                    raise ValueError(f"{path}: {'.'.join(where[:8])}...: nested too deeply")
+                stack.append((value, where))
 
 
 def evaluate_size_list(expression: str) -> list[int]:
@@ -166,14 +246,22 @@ def evaluate_size_list(expression: str) -> list[int]:
     multiplied left to right as Python does (so ``int(x * 0.1 * 640)`` rounds exactly as the
     official ``eval``). Anything else raises ``ValueError``.
     """
-    accepted = "[int(x * A * B) for x in range(C, D)] with numbers A, B, C, D"
+    accepted = (
+        "[int(x * A * B) for x in range(C, D)] with numbers A, B, C, D, at most "
+        f"{MAX_EVAL_ELEMENTS} elements"
+    )
+    if not isinstance(expression, str) or len(expression) > MAX_EXPRESSION_CHARS:
+        raise ValueError(
+            f"refused Python expression of {len(str(expression))} characters (at most "
+            f"{MAX_EXPRESSION_CHARS}); accepted: {accepted}"
+        )
     try:
         tree = ast.parse(expression, mode="eval").body
-    except SyntaxError as error:
+    except (SyntaxError, RecursionError, MemoryError) as error:
         raise ValueError(f"cannot parse {expression!r}: {error}; accepted: {accepted}") from None
 
     def refuse(why: str):
-        return ValueError(f"refused Python expression {expression!r} ({why}); accepted: {accepted}")
+        return _Refused(f"refused Python expression {expression!r} ({why}); accepted: {accepted}")
 
     if not isinstance(tree, ast.ListComp) or len(tree.generators) != 1:
         raise refuse("not a list comprehension with one loop")
@@ -211,7 +299,29 @@ def evaluate_size_list(expression: str) -> list[int]:
         raise refuse("int() must hold a product of the loop variable and numbers")
 
     bounds = [a.value for a in it.args]
-    return [int(product(elt.args[0], x)) for x in range(*bounds)]
+    try:
+        steps = range(*bounds)
+        count = len(steps)
+    except (ValueError, OverflowError) as error:
+        raise refuse(f"range{tuple(bounds)}: {error}") from None
+    if count > MAX_EVAL_ELEMENTS:
+        raise refuse(f"range{tuple(bounds)} has {count} elements, more than {MAX_EVAL_ELEMENTS}")
+    out = []
+    for x in steps:
+        try:
+            value = int(product(elt.args[0], x))
+        except _Refused:
+            raise
+        except (OverflowError, ValueError, RecursionError) as error:
+            raise refuse(f"for x = {x}: {type(error).__name__}: {error}") from None
+        if not 0 <= value < MAX_SIZE_VALUE:
+            raise refuse(f"for x = {x} it gives {value}, not a size in [0, {MAX_SIZE_VALUE})")
+        out.append(value)
+    return out
+
+
+class _Refused(ValueError):
+    pass
 
 
 def _is_number(node, types) -> bool:
@@ -226,19 +336,17 @@ class _OfficialLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` plus the one published ``eval`` form (computed, never evaluated)."""
 
 
-def _construct_eval(loader: yaml.SafeLoader, node: yaml.Node) -> list[int]:
+def _construct_eval(loader: yaml.SafeLoader, node: yaml.Node) -> _EvalForm:
     args = loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode) else None
     if not args or len(args) != 1 or not isinstance(args[0], str):
+        shown = repr(args)[:200]
         raise yaml.constructor.ConstructorError(
             None,
             None,
-            f"!!python/object/apply:eval needs one string argument, got {args!r}",
+            f"!!python/object/apply:eval needs one string argument, got {shown}",
             node.start_mark,
         )
-    try:
-        return evaluate_size_list(args[0])
-    except ValueError as error:
-        raise yaml.constructor.ConstructorError(None, None, str(error), node.start_mark) from None
+    return _EvalForm(args[0], node.start_mark.line + 1)
 
 
 _OfficialLoader.add_constructor(EVAL_TAG, _construct_eval)
