@@ -1,26 +1,31 @@
-"""Dynamic int8 quantisation of the CLIP towers (CPU inference).
+"""int8 inference of the CLIP towers on CPU, with torchao (PyTorch's maintained quantisation).
 
-``quantize_int8``: PyTorch's dynamic quantisation (``torch.ao.quantization``,
-x86/fbgemm engine): every ``nn.Linear`` of the CLIP towers gets int8 weights (per output
-channel) and int8 activations quantised per call: on 7 bits, PyTorch's default, unless this
-CPU's kernel takes 8 without saturating (measured once per process, ``int8_full_range``: VNNI
-CPUs), which halves the activation error. open_clip's attention is an
-``nn.MultiheadAttention`` whose input projection is a raw parameter that dynamic quantisation
-skips (and whose output projection is marked non-quantisable), so each one is first replaced
-by ``SelfAttention``, the same computation with both projections as ``nn.Linear``. That
-covers ~97% of the CLIP tower's FLOPs (the patch-embedding convolution, the attention
-products and the final projection stay fp32).
+``quantize_int8``: torchao's ``quantize_`` with ``Int8DynamicActivationInt8WeightConfig``:
+every ``nn.Linear`` gets int8 weights (symmetric, one scale per output channel) and its input
+is quantised per call, one scale per row (per token: a token's scale no longer depends on the
+other crops of the batch, as PyTorch's former per-tensor dynamic quantisation did). The
+product runs as an int8 x int8 -> int32 matmul (``torch._int_mm``, oneDNN: VNNI instructions
+where the CPU has them), then both scales. This replaces ``torch.ao``'s quantised tensors
+(``quantize_per_channel``, ``quantized.dynamic.Linear``), which PyTorch deprecates.
+
+Activations use the full 8-bit range unless this CPU's kernel saturates on it (measured once
+per process, ``int8_full_range``: x86 kernels without VNNI add pairs of u8 x s8 products in
+int16), where torchao's ``reduce_range`` (7 bits) is used.
+
+open_clip's attention is an ``nn.MultiheadAttention`` whose input projection is a raw
+parameter, so each one is first replaced by ``SelfAttention``, the same computation with both
+projections as ``nn.Linear``. That covers ~97% of the CLIP tower's FLOPs (the
+patch-embedding convolution, the attention products and the final projection stay float).
 """
 
 from __future__ import annotations
 
 import functools
-import warnings
+import logging
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 from torch.nn.utils import skip_init
 
 
@@ -28,8 +33,8 @@ class SelfAttention(nn.Module):
     """``nn.MultiheadAttention`` self-attention with its projections as ``nn.Linear``.
 
     Same computation (scaled dot-product attention over ``heads`` heads, additive or boolean
-    ``attn_mask``), but dynamic quantisation can reach the projections. Self-attention only
-    (query, key and value the same tensor), no dropout, no attention weights returned.
+    ``attn_mask``), but quantisation can reach the projections. Self-attention only (query,
+    key and value the same tensor), no dropout, no attention weights returned.
     """
 
     def __init__(self, mha: nn.MultiheadAttention):
@@ -65,95 +70,73 @@ class SelfAttention(nn.Module):
         return (out if self.batch_first else out.transpose(0, 1)), None
 
 
-def quantize_int8(module: nn.Module) -> nn.Module:
-    """Dynamic int8 quantisation of ``module``'s linear layers, in place (CPU inference).
-
-    Replaces each ``nn.MultiheadAttention`` by ``SelfAttention``, then swaps every
-    ``nn.Linear`` for PyTorch's dynamically quantised one (int8 weights per output channel,
-    activations quantised per call on the x86 engine, fbgemm where x86 is missing).
-    """
-    engines = torch.backends.quantized.supported_engines
-    engine = next((e for e in ("x86", "fbgemm", "qnnpack") if e in engines), None)
-    if engine is None:
-        raise RuntimeError(f"no int8 engine in this PyTorch build (engines: {engines})")
-    torch.backends.quantized.engine = engine
+def use_self_attention(module: nn.Module) -> nn.Module:
+    """Replace every ``nn.MultiheadAttention`` inside ``module`` by ``SelfAttention``, in
+    place (same results; the projections become ``nn.Linear``)."""
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.MultiheadAttention):
                 setattr(parent, name, SelfAttention(child))
-    module.float()
-    with warnings.catch_warnings():  # torch 2.14 marks quantised tensors as deprecated
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        full_range = int8_full_range()
-        for parent in list(module.modules()):
-            for name, child in list(parent.named_children()):
-                if type(child) is nn.Linear:  # exact type, as quantize_dynamic's lookup
-                    setattr(parent, name, _dynamic_int8_linear(child, full_range))
-    for block in module.modules():
-        mlp = getattr(block, "mlp", None)
-        if mlp is not None and hasattr(mlp, "c_fc"):
-            # open_clip reads the cast dtype from c_fc.weight, a method once quantised
-            mlp.c_fc.int8_original_dtype = torch.float32
     return module
 
 
-class FullRangeDynamicLinear(DynamicLinear):
-    """PyTorch's dynamic int8 linear with activations on the full 8-bit range.
+def quantize_int8(module: nn.Module, full_range: bool | None = None) -> nn.Module:
+    """int8 dynamic quantisation of ``module``'s linear layers, in place (CPU inference).
 
-    ``torch.ao``'s module quantises activations to 7 bits (``reduce_range=True``): x86 kernels
-    without VNNI add pairs of u8 x s8 products in int16, which 8-bit activations can overflow.
-    Kernels that accumulate in int32 (VNNI) do not overflow, and the 8th bit halves the
-    quantisation error. ``quantize_int8`` uses this module only where ``int8_full_range()``
-    has measured that the kernel does not saturate.
+    Replaces each ``nn.MultiheadAttention`` by ``SelfAttention``, makes the module fp32, then
+    gives every ``nn.Linear`` (exact type) torchao's int8 weights with per-row int8
+    activations. ``full_range``: 8-bit activations (True), 7 bits (False), or as this CPU's
+    kernel allows (None, ``int8_full_range``).
     """
+    quantize_, config = _torchao()
+    use_self_attention(module)
+    module.float()
+    if full_range is None:
+        full_range = int8_full_range()
+    quantize_(
+        module,
+        config(set_inductor_config=False, reduce_range=not full_range),
+        filter_fn=lambda m, _name: type(m) is nn.Linear,
+    )
+    return module
 
-    def forward(self, x):
-        packed = self._packed_params._packed_params
-        return torch.ops.quantized.linear_dynamic(x, packed, reduce_range=False).to(x.dtype)
 
-    def _get_name(self):
-        return "FullRangeDynamicQuantizedLinear"
+def is_int8_linear(module: nn.Module) -> bool:
+    """Whether ``module`` is a linear layer with torchao int8 weights."""
+    weight = getattr(module, "weight", None)
+    return isinstance(module, nn.Linear) and type(weight).__name__ == "Int8Tensor"
 
 
 @functools.cache
 def int8_full_range() -> bool:
-    """Whether this CPU's int8 linear kernel takes 8-bit activations without saturating.
+    """Whether this CPU's int8 kernel takes 8-bit activations without saturating.
 
-    Measured, not guessed from CPU flags: a product whose every u8 x s8 pair is at the top of
-    both ranges (all-ones input and weight quantise to 255 and 127: each pair sums to 64,770,
-    past int16) must come out right (64, within the 10% that rules out saturation). With int16
-    pair sums (AVX2, AVX512 without VNNI) it comes out about half (32.3 measured on AVX2);
-    with int32 accumulation (VNNI) right."""
+    Measured, not guessed from CPU flags: a product whose every pair is at the top of both
+    ranges (all-ones input and weight quantise to 127, 255 once shifted to u8 as oneDNN's u8 x
+    s8 kernels take it: each pair sums to 64,770, past int16) must come out right (64, within
+    the 10% that rules out saturation). Kernels that add pairs in int16 (AVX2, AVX512 without
+    VNNI) give about half; VNNI kernels accumulate in int32."""
     layer = skip_init(nn.Linear, 64, 8, bias=False)
     with torch.no_grad():
         layer.weight.fill_(1.0)
-    packed = _dynamic_int8_linear(layer)._packed_params._packed_params
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        y = torch.ops.quantized.linear_dynamic(torch.ones(4, 64), packed, reduce_range=False)
+        quantized = quantize_int8(nn.Sequential(layer), full_range=True)
+        y = quantized(torch.ones(4, 64))
     return bool(((y - 64.0).abs() < 6.4).all())
 
 
-def _dynamic_int8_linear(linear: nn.Linear, full_range: bool = False) -> nn.Module:
-    """``torch.ao.nn.quantized.dynamic.Linear.from_float`` under ``per_channel_dynamic_qconfig``
-    (what ``quantize_dynamic`` does; the same module, tested bit-equal), without its
-    throwaway full-size packing of an empty weight (a third of the time for a large tower).
-    ``full_range``: the same weights in a ``FullRangeDynamicLinear``."""
-    from torch.ao.quantization import per_channel_dynamic_qconfig
-
-    observer = per_channel_dynamic_qconfig.weight()
-    weight = linear.weight.detach().float()
-    observer(weight)
-    scale, zero_point = observer.calculate_qparams()
-    qweight = torch.quantize_per_channel(
-        weight, scale.double(), zero_point.long(), observer.ch_axis, observer.dtype
-    )
-    if (observer.quant_min, observer.quant_max) != (-128, 127):  # a clamp would be needed
-        raise RuntimeError("unexpected int8 weight range from per_channel_dynamic_qconfig")
-    kind = FullRangeDynamicLinear if full_range else DynamicLinear
-    quantized = kind(1, 1, dtype=torch.qint8)  # a 1x1 placeholder packing
-    quantized.in_features, quantized.out_features = linear.in_features, linear.out_features
-    bias = None if linear.bias is None else linear.bias.detach().float()
-    quantized.set_weight_bias(qweight, bias)
-    return quantized
+@functools.cache
+def _torchao():
+    """(``quantize_``, ``Int8DynamicActivationInt8WeightConfig``), imported on first use
+    (torchao imports ``torch._dynamo``; its import-time notice about an Enum is silenced)."""
+    logger = logging.getLogger("torch.utils._pytree")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    except ImportError as e:
+        raise ImportError(
+            "dtype='int8' needs torchao (pip install torchao, or pip install ovseg[int8])"
+        ) from e
+    finally:
+        logger.setLevel(level)
+    return quantize_, Int8DynamicActivationInt8WeightConfig
