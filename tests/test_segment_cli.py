@@ -14,6 +14,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ovseg.cli import main
+from ovseg.inference import auto
 from ovseg.inference.spec import PredictorSpec
 from tests.serve_helpers import FakePredictor
 
@@ -418,6 +419,9 @@ def test_second_run_takes_text_features_from_the_disk_cache(tmp_path, monkeypatc
         assert t["import_s"] > 0 and t["weights_read_s"] == 0.0  # no checkpoint file here
         assert t["prepare_s"] > 0 and t["model_build_s"] >= 0  # int8: the quantisation
         assert t["start_to_model_s"] >= t["prepare_s"]
+        # what ran and why: the CPU flags dtype auto reads, and the path
+        assert t["chosen"] == "int8/torchao" and t["requested"] == "int8"
+        assert set(t["cpu_capabilities"]) <= set(auto.KNOWN)
         before_first = t["import_s"] + t["start_to_model_s"] + first["set_image_s"]
         assert t["process_to_first_result_s"] >= before_first + first["predict_s"] - 0.02
     assert sources == ["computed", "disk"]

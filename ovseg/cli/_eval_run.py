@@ -176,7 +176,8 @@ def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
         "proposal_options": options,  # e.g. another SAM checkpoint must not reuse the cache
         "oracle": args.oracle,
     }
-    dtype, text_dtype = spec.options.dtype, spec.options.text_dtype
+    resolved = spec.options.resolved(model.device)  # the dtypes 'auto' picks here
+    dtype, text_dtype = resolved.dtype, resolved.text_dtype
     if dtype != "fp32" or text_dtype != "fp32":  # fp32 keys stay as they were
         key["dtype"] = dtype
         key["text_dtype"] = text_dtype  # int8 once meant int8 text too: those entries miss

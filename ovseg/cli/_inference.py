@@ -13,9 +13,11 @@ def add_dtype_args(parser) -> None:
     """``--dtype`` and ``--text-dtype`` (segment, serve, eval)."""
     parser.add_argument(
         "--dtype",
-        choices=["fp32", "bf16", "fp16", "int8"],
+        choices=["fp32", "auto", "bf16", "fp16", "int8"],
         default="fp32",
-        help="bf16 runs backbone and CLIP image tower on bf16 weights (fast only on CPUs "
+        help="auto picks the fastest path this machine runs within the agreement targets "
+        "(from its CPU flags and CUDA; int8 on AVX2 and VNNI CPUs, bf16 on GPUs; the rule "
+        "table: benchmarks/README.md); bf16 runs backbone and CLIP image tower on bf16 weights (fast only on CPUs "
         "with AVX512-BF16/AMX, and GPUs); fp16 likewise on fp16 weights (CUDA only); int8 "
         "quantises the CLIP image tower's linear layers (CPU); fp32 (default) is the "
         "official computation",
@@ -28,11 +30,12 @@ def add_dtype_args(parser) -> None:
     )
     parser.add_argument(
         "--text-dtype",
-        choices=["fp32", "bf16", "fp16", "int8"],
-        default="fp32",
-        help="precision of the text tower (default fp32 whatever --dtype: text features are "
-        "cached per vocabulary, and lower precision there costs most of the agreement); "
-        "int8/bf16 only speed up the first query of a new vocabulary",
+        choices=["fp32", "auto", "bf16", "fp16", "int8"],
+        default=None,
+        help="precision of the text tower (default fp32 whatever --dtype, auto with --dtype "
+        "auto: the fastest precision whose text features stay within cosine 0.9999 of "
+        "fp32 here); text features are cached per vocabulary, so this only speeds up the "
+        "first query of a new vocabulary",
     )
 
 

@@ -59,7 +59,7 @@ def inference_options(args: argparse.Namespace) -> InferenceOptions:
     """``--dtype``, ``--text-dtype``, ``--tf32``, ``--top-k`` and the TTA flags."""
     return InferenceOptions(
         dtype=getattr(args, "dtype", "fp32"),
-        text_dtype=getattr(args, "text_dtype", "fp32"),
+        text_dtype=getattr(args, "text_dtype", None),
         top_k=getattr(args, "top_k", None),
         tf32=getattr(args, "tf32", False),
         **tta_options(args),

@@ -104,6 +104,7 @@ def run(args) -> int:
     with collect() as stages:
         predictor = spec.build()
     timings["start_to_model_s"] = time.perf_counter() - start
+    timings.update(getattr(predictor, "choice", None) or {})  # cpu_capabilities, chosen
     record = spec.record()  # again: building may have fetched a file the first one lacked
     timings["weights_read_s"] = stages.get("weights_read", 0.0)
     timings["prepare_s"] = stages.get("prepare", 0.0)  # dtype, int8 quantisation

@@ -6,7 +6,8 @@ one call, crops are made for all masks at once with tensor ops on CUDA (on a CPU
 per-mask loop is faster), everything runs under ``torch.inference_mode``. These change
 nothing but float rounding. ``fast=False`` selects the reference path: the official per-mask crop loop and
 CLIP on every non-empty crop. Opt-in knobs that do change outputs: ``dtype="bf16"``,
-``dtype="int8"`` and ``top_k``.
+``dtype="int8"``, ``dtype="auto"`` (the fastest path this machine runs within the agreement
+targets, from one rule table: ``ovseg.inference.auto``) and ``top_k``.
 
 int8: ``ovseg.modeling.int8``.
 """
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from ovseg import timing
+from ovseg.inference import auto
 from ovseg.inference.tta import Augmentation
 from ovseg.modeling.int8 import quantize_int8
 
@@ -33,6 +35,7 @@ DTYPES = {
     "fp16": torch.float16,
     "int8": torch.float32,
 }
+AUTO = "auto"  # dtype / text_dtype: chosen per machine by ovseg.inference.auto.AUTO_RULES
 CUDA_ONLY_DTYPES = ("fp16",)  # the fp16 path is made and measured for GPUs
 # options that change float rounding only (or nothing): left out of the outputs' record
 # (tf32 is recorded: it is the one that leaves the official fp32 arithmetic)
@@ -55,8 +58,12 @@ class InferenceOptions:
             image tower are quantised (``quantize_int8``; CPU only), the rest stays fp32.
             The transformer decoder, classification and fusion stay fp32 in all cases.
             Only CPUs with native bf16 (AVX512-BF16 or AMX) run bf16 fast; elsewhere it is
-            far slower than fp32 (``native_bf16``).
-        text_dtype: the text tower's precision, "fp32" (default, whatever ``dtype``), "bf16"
+            far slower than fp32 (``native_bf16``). "auto": the fastest of these that meets
+            the agreement targets on this machine (``ovseg.inference.auto.AUTO_RULES``,
+            measured; ``resolved`` turns it into an explicit dtype).
+        text_dtype: the text tower's precision, "fp32" (default, whatever ``dtype``; "auto"
+            when ``dtype`` is "auto" and this is left None), "auto" (the fastest precision
+            whose text features stay within cosine 0.9999 of fp32 here), "bf16"
             or "fp16" (autocast; fp16 on CUDA only) or "int8" (a quantised copy of the tower). Text features are made
             once per vocabulary and kept on disk, while their precision decides most of
             the disagreement with fp32: measured with random weights, int8 image + int8
@@ -102,7 +109,7 @@ class InferenceOptions:
 
     fast: bool = True
     dtype: str = "fp32"
-    text_dtype: str = "fp32"
+    text_dtype: str | None = None  # None: "auto" when dtype is "auto", else "fp32"
     channels_last: bool = True
     compile: bool = False
     top_k: int | None = None
@@ -120,12 +127,13 @@ class InferenceOptions:
     def __post_init__(self) -> None:
         if self.tta_min_sizes is not None:
             self.tta_min_sizes = tuple(int(s) for s in self.tta_min_sizes)
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.text_dtype not in DTYPES:
-            raise ValueError(f"text_dtype must be one of {sorted(DTYPES)}, got {self.text_dtype!r}")
-        if self.dtype == "int8" and self.compile:
-            raise ValueError("dtype='int8' (dynamic quantisation) does not combine with compile")
+        if self.text_dtype is None:
+            self.text_dtype = AUTO if self.dtype == AUTO else "fp32"
+        accepted = sorted(DTYPES) + [AUTO]
+        if self.dtype not in accepted:
+            raise ValueError(f"dtype must be one of {accepted}, got {self.dtype!r}")
+        if self.text_dtype not in accepted:
+            raise ValueError(f"text_dtype must be one of {accepted}, got {self.text_dtype!r}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be a positive int or None, got {self.top_k}")
         if self.clip_batch_size is not None and self.clip_batch_size < 0:
@@ -167,6 +175,30 @@ class InferenceOptions:
                 out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
+    def resolved(self, device: torch.device | str) -> InferenceOptions:
+        """These options with "auto" replaced by the dtypes ``ovseg.inference.auto.choose``
+        picks for ``device`` on this machine (unchanged when nothing is "auto")."""
+        if AUTO not in (self.dtype, self.text_dtype):
+            return self
+        rule = auto.choose(device)
+        return dataclasses.replace(
+            self,
+            dtype=rule.dtype if self.dtype == AUTO else self.dtype,
+            text_dtype=rule.text_dtype if self.text_dtype == AUTO else self.text_dtype,
+        )
+
+    def choice(self, device: torch.device | str) -> dict:
+        """What runs on ``device`` with these options, JSON-ready: ``cpu_capabilities`` (the
+        flags ``auto`` reads), ``chosen`` ("dtype/backend" of the image side, e.g.
+        "int8/torchao"), ``text_dtype``, and ``requested`` (the dtype asked for)."""
+        final = self.resolved(device)
+        return {
+            "requested": self.dtype,
+            "cpu_capabilities": auto.capabilities(device),
+            "chosen": auto.chosen(final.dtype),
+            "text_dtype": final.text_dtype,
+        }
+
     def without_augmentation(self) -> InferenceOptions:
         """These options with TTA and sliding window off (what each view runs with)."""
         return dataclasses.replace(self, tta=False, sliding_window=False)
@@ -188,6 +220,8 @@ class InferenceOptions:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        if self.dtype == AUTO:
+            raise ValueError("dtype 'auto' has no torch dtype until resolved(device)")
         return DTYPES[self.dtype]
 
     @property
@@ -210,8 +244,10 @@ def prepare_model(model, options: InferenceOptions):
     The model's other parts are untouched; its methods cast inputs to each module's weight
     dtype, so a bf16 model keeps working everywhere, with fp32 outputs. ``text_dtype`` is
     recorded on the CLIP branch (``clip_adapter.text_precision``), which runs the text tower
-    accordingly (fp32, bf16 autocast, or an int8 copy of the tower).
+    accordingly (fp32, bf16 autocast, or an int8 copy of the tower). "auto" dtypes are
+    resolved for the model's device first (``InferenceOptions.resolved``).
     """
+    options = options.resolved(model.device)
     for name in ("dtype", "text_dtype"):
         value = getattr(options, name)
         if value == "int8" and model.device.type != "cpu":

@@ -56,7 +56,10 @@ class Predictor:
         options: InferenceOptions | None = None,
         clip_encoder: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
     ):
-        self.options = InferenceOptions() if options is None else options
+        options = InferenceOptions() if options is None else options
+        # what runs here: the machine's capabilities and the path "auto" picks among them
+        self.choice = options.choice(model.device)
+        self.options = options.resolved(model.device)
         self.model = prepare_model(model, self.options)
         self.proposal_generator = proposal_generator
         encoder = model.clip_adapter.encode_masked if clip_encoder is None else clip_encoder
