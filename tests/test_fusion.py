@@ -103,3 +103,63 @@ def test_granularity_selection_by_hand():
     assert torch.equal(granularity_selection(probs, 1.0), kept)
     with pytest.raises(ValueError, match="granularity"):
         granularity_selection(probs, 1.5)
+
+
+def test_granularity_others_selects_no_mask():
+    """The space: with ``[name, "others"]`` only the name's column selects masks (at g = 1
+    and below); a kept mask keeps its ``others`` probability."""
+    from ovseg.modeling.fusion import granularity_keep, granularity_selection
+
+    probs = torch.tensor([[0.7, 0.3], [0.1, 0.9], [0.6, 0.4]])
+    assert granularity_keep(probs, 1.0, ["cat", "others"]).tolist() == [True, False, False]
+    # 0.8 * 0.7 = 0.56: masks 0 and 2; mask 1's high "others" keeps nothing
+    assert granularity_keep(probs, 0.8, ["cat", "others"]).tolist() == [True, False, True]
+    kept = granularity_selection(probs, 0.8, ["cat", "others"])
+    assert torch.equal(kept, torch.tensor([[0.7, 0.3], [0.0, 0.0], [0.6, 0.4]]))
+    # without the rule (two real names, or no names) "others" would select mask 1
+    assert granularity_keep(probs, 1.0, ["cat", "dog"]).tolist() == [True, True, False]
+    assert granularity_keep(probs, 1.0).tolist() == [True, True, False]
+    # strict ">": a mask exactly at the threshold is not kept (0.5 * 0.8 = 0.4)
+    tie = torch.tensor([[0.8, 0.2], [0.4, 0.6]])
+    assert granularity_keep(tie, 0.5, ["cat", "others"]).tolist() == [True, False]
+
+
+def test_space_fusion_by_hand():
+    """Kept masks add up where they overlap; uncovered pixels are reported; the kept flags."""
+    from ovseg.modeling.fusion import space_fusion
+
+    masks = torch.zeros(3, 2, 3)
+    masks[0, :, :2] = 1  # left two columns
+    masks[1, :, 1:] = 1  # right two columns (overlaps mask 0 in column 1)
+    masks[2, 0, 0] = 1  # one pixel, never kept below
+    probs = torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.5, 0.5]])
+    out = space_fusion(probs, masks, 1.0, ["a", "b"])
+    assert out.kept.tolist() == [True, True, False]
+    assert out.covered.all()
+    assert torch.allclose(out.sem_seg[:, 0, 1], torch.tensor([1.2, 0.8]))  # 0.9+0.3, 0.1+0.7
+    assert torch.allclose(out.sem_seg[:, 0, 2], torch.tensor([0.3, 0.7]))
+    # one name + others: only "a" selects (mask 0); columns 2 are uncovered
+    out = space_fusion(probs, masks, 1.0, ["a", "others"])
+    assert out.kept.tolist() == [True, False, False]
+    assert out.covered[:, :2].all() and not out.covered[:, 2].any()
+    assert torch.equal(out.sem_seg[:, :, 2], torch.zeros(2, 2))
+    # granularity 0.5: "a" keeps p > 0.45 (masks 0, 2); "others" selects nothing
+    out = space_fusion(probs, masks, 0.5, ["a", "others"])
+    assert out.kept.tolist() == [True, False, True]
+    assert torch.allclose(out.sem_seg[:, 0, 0], torch.tensor([1.4, 0.6]))
+    with pytest.raises(ValueError, match="granularity"):
+        space_fusion(probs, masks, -0.1, ["a", "b"])
+
+
+def test_space_unlabelled_is_coverage_not_channel_zero():
+    """ovseg's documented difference from the space's ``semseg[0] == 0`` test: a pixel that
+    a kept mask covers stays labelled even where class 0's probability underflowed to 0."""
+    from ovseg.modeling.fusion import space_fusion
+
+    masks = torch.ones(1, 2, 2)
+    logits = torch.tensor([[-120.0, 0.0]])  # float32 softmax: exp(-120) underflows to 0
+    probs = logits.softmax(dim=-1)
+    assert probs[0, 0] == 0
+    out = space_fusion(probs, masks, 1.0, ["a", "b"])
+    assert out.covered.all() and (out.sem_seg[0] == 0).all()  # the space would blank these
+    assert (out.sem_seg.argmax(0) == 1).all()

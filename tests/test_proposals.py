@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ovseg.inference.spec import SAM_EVAL_OPTIONS
 from ovseg.modeling.proposals import Proposals
 from ovseg.proposals import build_generator
 from ovseg.proposals.overlaps import add_uncovered_mask, owner_map, resolve_overlaps, smallest_wins
@@ -30,14 +31,17 @@ def _photo(kind: str, short: int = 320) -> torch.Tensor:
     return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
 
 
-def _assert_valid(proposals: Proposals, image: torch.Tensor, max_masks: int | None = None):
+def _assert_valid(
+    proposals: Proposals, image: torch.Tensor, max_masks: int | None = None, covers: bool = True
+):
     masks = proposals.masks
     assert proposals.embeddings is None
     assert masks.dtype == torch.float32 and masks.shape[1:] == image.shape[1:]
     assert len(masks) >= 1
     assert torch.all((masks == 0) | (masks == 1)), "masks must be binary"
     assert masks.flatten(1).sum(1).min() > 0, "no empty masks"
-    assert masks.sum(0).min() >= 1, "every pixel is covered by some mask"
+    if covers:
+        assert masks.sum(0).min() >= 1, "every pixel is covered by some mask"
     if max_masks is not None:
         assert len(masks) <= max_masks + 1  # + the mask of uncovered pixels
 
@@ -169,9 +173,27 @@ def _tiny_sam_generator(**options):
 @pytest.mark.parametrize("kind", ["coco", "camvid"])
 def test_sam_tiny_on_real_photos(kind):
     image = _photo(kind)
-    proposals = _tiny_sam_generator()(image)
+    proposals = _tiny_sam_generator(overlap="smallest_wins", fill_uncovered=True)(image)
     _assert_valid(proposals, image)
     assert torch.equal(proposals.masks.sum(0), torch.ones(image.shape[1:]))  # smallest_wins
+
+
+def test_sam_defaults_keep_every_mask_as_sam_gives_it():
+    """The space's defaults: SAM's masks, in SAM's order, overlapping, no uncovered mask."""
+    pytest.importorskip("segment_anything")
+    image = _photo("camvid")
+    generator = _tiny_sam_generator()
+    assert (generator.overlap, generator.fill_uncovered, generator.long_side) == (
+        "sum",
+        False,
+        1280,
+    )
+    proposals = generator(image)
+    _assert_valid(proposals, image, covers=False)
+    records = generator.amg.generate(image.permute(1, 2, 0).numpy())
+    expected = torch.stack([torch.from_numpy(r["segmentation"]) for r in records if r["area"]])
+    assert torch.equal(proposals.masks, expected.float())
+    assert proposals.masks.sum(0).max() > 1, "the tiny SAM's masks overlap on this photo"
 
 
 def test_sam_sum_rule_and_max_masks():
@@ -254,7 +276,14 @@ def test_cli_builds_each_generator(tiny_model):
 
     argv = ["--proposals", "sam", "--sam-model-type", "test_tiny", "--sam-points-per-side", "2"]
     gen = proposal_generator_from_args(_parse(argv), tiny_model)
-    assert isinstance(gen, SamProposalGenerator) and gen.overlap == "smallest_wins"
+    assert isinstance(gen, SamProposalGenerator) and gen.overlap == "sum"  # the space
+    assert not gen.fill_uncovered and gen.long_side == 1280
+    from ovseg.cli._spec import proposal_source
+
+    gen = proposal_source(_parse(argv)).build(tiny_model, "eval")
+    assert gen.overlap == "smallest_wins" and gen.fill_uncovered and gen.long_side is None
+    argv += ["--proposal-overlap", "sum"]
+    assert proposal_source(_parse(argv)).build(tiny_model, "eval").overlap == "sum"
 
 
 def test_cli_rejects_options_of_another_generator(tiny_model):
@@ -294,7 +323,7 @@ def test_sam_end_to_end_through_the_predictor(tiny_model):
 
     model = tiny_model
     image = _photo("camvid")
-    predictor = ovseg.Predictor(model, proposal_generator=_tiny_sam_generator())
+    predictor = ovseg.Predictor(model, proposal_generator=_tiny_sam_generator(**SAM_EVAL_OPTIONS))
     predictor.set_image(_hwc(image))
     seg = predictor.predict(NAMES)
     assert seg.sem_seg.shape == (len(NAMES), *image.shape[1:])

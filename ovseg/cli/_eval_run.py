@@ -166,7 +166,7 @@ def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
 
     spec = predictor_spec(args)
     model = spec.model.load()
-    generator = spec.proposals.build(model)
+    generator = spec.proposals.build(model, "eval")
     k = dataset.num_classes
     cfg = model.config
     options = {k: str(v) for k, v in sorted(spec.proposals.options.items())}

@@ -9,6 +9,16 @@ from ovseg.modeling.fusion import MODES, OFFICIAL_DEMO_SETTINGS
 from ovseg.modeling.prompts import TEMPLATE_SETS
 
 
+def _granularity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"granularity must be in [0, 1], got {value}")
+    return value
+
+
 def add_dtype_args(parser) -> None:
     """``--dtype`` and ``--text-dtype`` (segment, serve, eval)."""
     parser.add_argument(
@@ -94,6 +104,14 @@ def add_prediction_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="binarisation threshold of the masks; default: the config's, or "
         f"{OFFICIAL_DEMO_SETTINGS.mask_threshold} in demo mode",
+    )
+    group.add_argument(
+        "--granularity",
+        type=_granularity,
+        metavar="G",
+        help="demo mode's mask selection in [0, 1] (the authors' SAM space's slider): each "
+        "class keeps its best mask and every mask scoring above G times that best; lower "
+        "keeps more. Default 0.8 with --proposals sam (the space), else 1 (the official demo)",
     )
     add_classifier_args(group)
     add_speed_args(group)

@@ -55,6 +55,12 @@ def add_proposal_args(parser: argparse.ArgumentParser) -> None:
         "--sam-stability-thresh", type=float, metavar="T", help="SAM stability filter (0.95)"
     )
     group.add_argument(
+        "--sam-box-nms-thresh",
+        type=float,
+        metavar="T",
+        help="SAM drops a mask whose box overlaps a better one's above this IoU (0.7)",
+    )
+    group.add_argument(
         "--superpixel-scales",
         type=_scales,
         metavar="S1,S2,...",
@@ -80,6 +86,7 @@ _SAM_ONLY = {
     "sam_points_per_side": "points_per_side",
     "sam_pred_iou_thresh": "pred_iou_thresh",
     "sam_stability_thresh": "stability_score_thresh",
+    "sam_box_nms_thresh": "box_nms_thresh",
 }
 _SUPERPIXELS_ONLY = {"superpixel_scales": "scales"}
 _SHARED = {"max_proposals": "max_masks", "proposal_overlap": "overlap"}

@@ -68,7 +68,8 @@ def inference_options(args: argparse.Namespace) -> InferenceOptions:
 
 def predict_settings(args: argparse.Namespace) -> PredictSettings:
     """``--mode``, ``--ensemble-weight``, ``--mask-threshold``, ``--clip-only``,
-    ``--no-clip-ensemble`` and ``--templates`` (unset ones keep the library's defaults)."""
+    ``--no-clip-ensemble``, ``--templates``, ``--granularity`` and ``--save-proposals``
+    (unset ones keep the library's defaults)."""
     return PredictSettings(
         mode=getattr(args, "mode", None),
         ensemble_weight=getattr(args, "ensemble_weight", None),
@@ -76,6 +77,8 @@ def predict_settings(args: argparse.Namespace) -> PredictSettings:
         clip_only=True if getattr(args, "clip_only", False) else None,
         clip_ensemble=False if getattr(args, "no_clip_ensemble", False) else None,
         templates=getattr(args, "templates", None),
+        granularity=getattr(args, "granularity", None),
+        save_proposals=True if getattr(args, "save_proposals", False) else None,
     )
 
 

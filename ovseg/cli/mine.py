@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     model = model_source(args).load()
     generator = None
     if args.mode == "proposal-caption":
-        generator = proposal_source(args).build(model)
+        generator = proposal_source(args).build(model, "eval")  # masks as before the space mode
     run_info = {
         "model": args.model or args.config,
         "checkpoint": args.checkpoint or args.weights,

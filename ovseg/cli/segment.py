@@ -42,6 +42,12 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default="ovseg-out", help="output folder (default ./ovseg-out)")
     parser.add_argument("--force", action="store_true", help="redo images already done")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay colour weight (0..1)")
+    parser.add_argument(
+        "--save-proposals",
+        action="store_true",
+        help='add a "proposals" block to each JSON: the masks the fusion used (COCO RLE at '
+        "the working size), each one's class probabilities and whether it was kept",
+    )
     add_prediction_args(parser)
     add_tta_args(parser)
     parser.add_argument(

@@ -105,6 +105,9 @@ class InferenceOptions:
         text_cache: keep class text features on disk under ``ovseg_home()/text-features``
             (keyed by text-tower weights, templates, precision and names), so a vocabulary
             seen before skips the text tower, also in a new process; False: memory only.
+        granularity: demo mode's default mask selection when ``predict`` gets none, in
+            [0, 1]: lower keeps more masks per class. None: the authors' SAM space's 0.8
+            with SAM proposals, 1 (each class's best mask, the official demo) otherwise.
     """
 
     fast: bool = True
@@ -123,8 +126,11 @@ class InferenceOptions:
     sliding_overlap: float | None = None
     text_cache: bool = True
     tf32: bool = False
+    granularity: float | None = None
 
     def __post_init__(self) -> None:
+        if self.granularity is not None and not 0.0 <= self.granularity <= 1.0:
+            raise ValueError(f"granularity must be in [0, 1], got {self.granularity}")
         if self.tta_min_sizes is not None:
             self.tta_min_sizes = tuple(int(s) for s in self.tta_min_sizes)
         if self.text_dtype is None:

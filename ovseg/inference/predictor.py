@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from ovseg.data.image import to_rgb_array
-from ovseg.data.transforms import resize_shortest_edge
+from ovseg.data.transforms import resize_longest_side, resize_nearest, resize_shortest_edge
 from ovseg.inference.image_state import ImageState
 from ovseg.inference.options import InferenceOptions, compiled, prepare_model
-from ovseg.inference.segmentation import Segmentation
+from ovseg.inference.segmentation import ProposalRecord, Segmentation
 from ovseg.inference.tta import Augmentation, augmented_scores
-from ovseg.modeling.classify import ClipImageFeatures, classify, fuse, vocabulary
+from ovseg.modeling.classify import ClipImageFeatures, classify, fuse_masks, vocabulary
 from ovseg.modeling.fusion import demo_unlabelled, fusion_settings, proposal_class_probs
 from ovseg.modeling.ovseg import OVSeg
 from ovseg.modeling.precision import ieee_fp32
@@ -113,14 +113,30 @@ class Predictor:
         """
         rgb = to_rgb_array(image)
         self.reset_image()
-        cfg = self.model.config
-        resized = resize_shortest_edge(rgb, cfg.min_size_test, cfg.max_size_test)
+        resized = self.resize_input(rgb)
         augmentation = self.augmentation
         if augmentation is not None:  # views are run one at a time by predict (memory)
             self.views = augmentation.views(resized)
             self.original_size = rgb.shape[:2]
             return
         self.set_model_input(resized, rgb.shape[:2])
+
+    def resize_input(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 -> the model input: the authors' SAM space resize (longer side
+        ``generator.long_side``, other side truncated, cv2 bilinear) when the proposal
+        generator asks for it, else the model config's test resize (detectron2's shortest
+        edge)."""
+        long_side = getattr(self.proposal_generator, "long_side", None)
+        if long_side:
+            return resize_longest_side(rgb, int(long_side))
+        cfg = self.model.config
+        return resize_shortest_edge(rgb, cfg.min_size_test, cfg.max_size_test)
+
+    @property
+    def space_rule(self) -> bool:
+        """Demo mode follows the authors' SAM space (``space_fusion``) for this predictor's
+        proposals: the generator declares ``demo_rule = "space"`` (the SAM generator)."""
+        return getattr(self.proposal_generator, "demo_rule", None) == "space"
 
     @torch.inference_mode()
     def set_images(self, images: Sequence) -> None:
@@ -139,8 +155,7 @@ class Predictor:
         if not rgbs:
             raise ValueError("set_images needs at least one image")
         self.reset_image()
-        cfg = self.model.config
-        resized = [resize_shortest_edge(rgb, cfg.min_size_test, cfg.max_size_test) for rgb in rgbs]
+        resized = [self.resize_input(rgb) for rgb in rgbs]
         augmentation = self.augmentation
         if augmentation is not None:
             batch = [
@@ -249,6 +264,8 @@ class Predictor:
         mode: str | None = None,
         templates: str | tuple[str, ...] | None = None,
         clip_ensemble: bool | None = None,
+        granularity: float | None = None,
+        save_proposals: bool = False,
     ) -> Segmentation:
         """Segment the current image with the vocabulary ``class_names``.
 
@@ -269,6 +286,15 @@ class Predictor:
                 template strings; default the config's.
             clip_ensemble: False classifies with the proposal branch alone (official
                 ``CLIP_ENSEMBLE: False``); default the config's (True).
+            granularity: demo mode's mask selection in [0, 1] (``granularity_keep``): each
+                class keeps its best mask and every mask whose probability exceeds
+                ``granularity`` times that best. Default ``options.granularity``, else 0.8
+                with SAM proposals (the authors' space) and 1 otherwise (the official demo).
+                With SAM proposals demo mode is the space's rule (``space_fusion``): kept
+                masks add up, pixels no kept mask covers are unlabelled, and the label map
+                is resized back with cv2's nearest-neighbour rule.
+            save_proposals: attach the fused masks, their probabilities and kept flags
+                (``Segmentation.proposals``, written to the JSON as ``"proposals"``).
         Returns:
             ``Segmentation`` with ``sem_seg`` (K, H, W) at the original image size.
         """
@@ -286,6 +312,8 @@ class Predictor:
                 mode=mode,
                 templates=templates,
                 clip_ensemble=clip_ensemble,
+                granularity=granularity,
+                save_proposals=save_proposals,
             )
 
     def _predict(
@@ -297,14 +325,30 @@ class Predictor:
         mode: str | None,
         templates: str | tuple[str, ...] | None,
         clip_ensemble: bool | None,
+        granularity: float | None = None,
+        save_proposals: bool = False,
     ) -> Segmentation:
         self._require_image()
         model = self.model
+        if granularity is None and (model.config.mode if mode is None else mode) == "demo":
+            granularity = self.options.granularity
         settings = fusion_settings(
-            model.config, mode, ensemble_weight, mask_threshold, clip_only, clip_ensemble
+            model.config,
+            mode,
+            ensemble_weight,
+            mask_threshold,
+            clip_only,
+            clip_ensemble,
+            granularity=granularity,
+            space=self.space_rule,
         )
         names = vocabulary(class_names, settings)
         if self.views is not None:  # test-time augmentation / sliding window: ovseg.inference.tta
+            if save_proposals:
+                raise ValueError(
+                    "save_proposals needs one set of masks, but test-time augmentation and "
+                    "the sliding window fuse several views; turn them off to save proposals"
+                )
             scores = augmented_scores(
                 self,
                 validate_class_names(class_names),
@@ -314,6 +358,7 @@ class Predictor:
                 mode=mode,
                 templates=templates,
                 clip_ensemble=clip_ensemble,
+                granularity=granularity,
             )
             unlabelled = demo_unlabelled(scores) if settings.mode == "demo" else None
             return Segmentation.from_scores(names, scores, unlabelled, mode=settings.mode)
@@ -326,12 +371,24 @@ class Predictor:
         if settings.clip_ensemble or proposals.embeddings is None:
             clip = self.clip_features(settings.mask_threshold, queries)
         probs, masks = classify(model.clip_adapter, proposals, clip, text, settings)
-        sem_seg = fuse(probs, masks, settings, names)
-        sem_seg = F.interpolate(
-            sem_seg[None], size=self.original_size, mode="bilinear", align_corners=False
-        )[0].float()
-        unlabelled = demo_unlabelled(sem_seg) if settings.mode == "demo" else None
-        return Segmentation.from_scores(names, sem_seg.cpu(), unlabelled, mode=settings.mode)
+        fused = fuse_masks(probs, masks, settings, names)
+        if fused.covered is not None:  # the space: labels resized back by nearest neighbour
+            sem_seg = resize_nearest(fused.sem_seg, self.original_size).float()
+            unlabelled = ~resize_nearest(fused.covered, self.original_size)
+        else:
+            sem_seg = F.interpolate(
+                fused.sem_seg[None], size=self.original_size, mode="bilinear", align_corners=False
+            )[0].float()
+            unlabelled = demo_unlabelled(sem_seg) if settings.mode == "demo" else None
+        seg = Segmentation.from_scores(names, sem_seg.cpu(), unlabelled, mode=settings.mode)
+        if save_proposals:
+            seg.proposals = ProposalRecord(
+                working_size=tuple(masks.shape[1:]),
+                masks=(masks > settings.mask_threshold).cpu(),
+                probs=probs.float().cpu(),
+                kept=fused.kept.cpu(),
+            )
+        return seg
 
     @torch.inference_mode()
     def predict_batch(
@@ -343,6 +400,8 @@ class Predictor:
         mode: str | None = None,
         templates: str | tuple[str, ...] | None = None,
         clip_ensemble: bool | None = None,
+        granularity: float | None = None,
+        save_proposals: bool = False,
     ) -> list[Segmentation]:
         """``predict`` for every image of ``set_images`` (or the one of ``set_image``), in
         order. The masked crops of all the images that need CLIP features go through the
@@ -355,6 +414,8 @@ class Predictor:
             mode=mode,
             templates=templates,
             clip_ensemble=clip_ensemble,
+            granularity=granularity,
+            save_proposals=save_proposals,
         )
         batch = self.image_batch
         if batch is None:

@@ -49,6 +49,47 @@ def pixel_confidence(sem_seg: torch.Tensor, label_map: np.ndarray) -> np.ndarray
 
 
 @dataclass
+class ProposalRecord:
+    """The masks one prediction fused and what it did with them ("why this label").
+
+    Attributes:
+        working_size: (H, W), the size at which the masks were fused (the model input: 1280
+            on the longer side in the SAM space mode).
+        masks: (N, H, W) bool masks at ``working_size`` (soft masks binarised at the
+            prediction's mask threshold).
+        probs: (N, K) float32, the class-probability row of each mask that the fusion used
+            (``others`` included when the vocabulary has it).
+        kept: (N,) bool, whether the fusion kept the mask (eval mode keeps all).
+    """
+
+    working_size: tuple[int, int]
+    masks: torch.Tensor
+    probs: torch.Tensor
+    kept: torch.Tensor
+
+    def to_json(self) -> dict:
+        """``{"working_size": [H, W], "items": [{"rle", "probs", "kept"}]}``: ``rle`` a COCO
+        compressed RLE at ``working_size`` (``{"size": [H, W], "counts": str}``), ``probs``
+        the float32 values written in full (each reads back to the same float32)."""
+        from pycocotools import mask as mask_utils
+
+        masks = self.masks.detach().cpu().numpy().astype(np.uint8)
+        probs = self.probs.detach().float().cpu().tolist()  # exact float32 values as floats
+        kept = self.kept.detach().cpu().tolist()
+        rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0))) if len(masks) else []
+        h, w = self.working_size
+        items = [
+            {
+                "rle": {"size": [int(h), int(w)], "counts": rle["counts"].decode()},
+                "probs": row,
+                "kept": bool(keep),
+            }
+            for rle, row, keep in zip(rles, probs, kept)
+        ]
+        return {"working_size": [int(h), int(w)], "items": items}
+
+
+@dataclass
 class Segmentation:
     """Per-pixel labelling of one image.
 
@@ -60,12 +101,15 @@ class Segmentation:
         label_map: (H, W) int64 index into ``class_names`` (argmax of ``sem_seg``), or
             ``UNLABELLED`` (-1) where no class applies (demo mode only).
         mode: "eval" or "demo", the fusion that made ``sem_seg``.
+        proposals: the fused masks, their probabilities and whether each was kept
+            (``predict(..., save_proposals=True)``), else None.
     """
 
     class_names: list[str]
     sem_seg: torch.Tensor
     label_map: np.ndarray
     mode: str = "eval"
+    proposals: ProposalRecord | None = None
 
     @classmethod
     def from_scores(
@@ -125,6 +169,7 @@ class Segmentation:
         ``{"size": [H, W], "counts": str}`` that ``pycocotools.mask.decode`` turns back into
         exactly ``label_map == id`` (after encoding ``counts`` to bytes). Unlabelled pixels
         have no segment; ``unlabelled`` gives their value in the label PNG and their count.
+        With ``proposals`` set, a ``"proposals"`` block (``ProposalRecord.to_json``) is added.
         """
         from pycocotools import mask as mask_utils
 
@@ -143,7 +188,7 @@ class Segmentation:
                     "rle": {"size": [int(height), int(width)], "counts": rle["counts"].decode()},
                 }
             )
-        return {
+        out = {
             "height": int(height),
             "width": int(width),
             "class_names": list(self.class_names),
@@ -155,6 +200,9 @@ class Segmentation:
             },
             "segments": segments,
         }
+        if self.proposals is not None:
+            out["proposals"] = self.proposals.to_json()
+        return out
 
     def overlay(self, image=None, alpha: float = 0.5, legend: bool = True) -> Image.Image:
         """Coloured overlay with a legend naming each class present (largest first).

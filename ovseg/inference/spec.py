@@ -100,6 +100,12 @@ class ModelSource:
         return model.to(self.device).eval()
 
 
+# SAM's options for eval mode (soft fusion, every pixel labelled) unless given: ovseg's own
+# rule, since the authors used SAM only in their demo space: disjoint masks (the smallest
+# covering mask wins) plus one mask of the uncovered pixels, at the model's test resize.
+SAM_EVAL_OPTIONS = {"overlap": "smallest_wins", "fill_uncovered": True, "long_side": None}
+
+
 @dataclass(frozen=True)
 class ProposalSource:
     """The mask source: ``"maskformer"`` (the model's own head), ``"sam"`` or
@@ -117,8 +123,12 @@ class ProposalSource:
             options["checkpoint"] = {"sha256": identity.weights_file_sha256(options["checkpoint"])}
         return {"name": self.name, "options": _plain(options)}
 
-    def build(self, model: OVSeg) -> ProposalGenerator | None:
-        """The generator for ``model``; None means the model's own MaskFormer head."""
+    def build(self, model: OVSeg, mode: str | None = None) -> ProposalGenerator | None:
+        """The generator for ``model``; None means the model's own MaskFormer head.
+
+        ``mode``: the fusion the masks are for. SAM defaults to the authors' space (every
+        mask, 1280 on the longer side) except in ``"eval"`` mode, where options not given
+        come from ``SAM_EVAL_OPTIONS``."""
         if self.name == "maskformer":
             if not model.has_proposal_head:
                 raise ValueError(
@@ -130,6 +140,8 @@ class ProposalSource:
             return None
         options = dict(self.options)
         if self.name == "sam":
+            if mode == "eval":
+                options = {**SAM_EVAL_OPTIONS, **options}
             options.setdefault("device", str(model.device))
             if options.get("checkpoint"):  # a download name (sam-vit-h, sam-vit-l) or a path
                 options["checkpoint"] = resolve_file(options["checkpoint"], "--sam-checkpoint")
@@ -147,6 +159,8 @@ class PredictSettings:
     clip_only: bool | None = None
     clip_ensemble: bool | None = None
     templates: str | tuple[str, ...] | None = None
+    granularity: float | None = None
+    save_proposals: bool | None = None
 
     def kwargs(self) -> dict[str, Any]:
         """The keyword arguments that are set."""
@@ -174,7 +188,8 @@ class PredictorSpec:
             if getattr(self.options, name) == "int8" and model.device.type != "cpu":
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{flag} int8 runs on CPU only, not {model.device}; use bf16")
-        generator = self.proposals.build(model)
+        mode = self.predict.mode or model.config.mode
+        generator = self.proposals.build(model, mode)
         return Predictor(model, proposal_generator=generator, options=self.options)
 
     def predict_kwargs(self) -> dict[str, Any]:

@@ -8,12 +8,14 @@ These are the official ``OVSeg.semantic_inference`` (mode "eval") and
    ``others`` to a single name);
 2. ``classify(clip, proposals, clip_features, text, settings)``: per-proposal class
    probabilities (proposal branch, CLIP branch, or their geometric ensemble);
-3. ``fuse(probs, masks, settings, class_names)``: per-pixel scores.
+3. ``fuse(probs, masks, settings, class_names)``: per-pixel scores (``fuse_masks`` also says
+   which masks were kept).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -27,6 +29,7 @@ from ovseg.modeling.fusion import (
     ensemble_probs,
     proposal_class_probs,
     semantic_fusion,
+    space_fusion,
 )
 from ovseg.modeling.proposals import Proposals
 from ovseg.vocabulary import validate_class_names
@@ -99,11 +102,38 @@ def vocabulary(class_names: list[str], settings: FusionSettings) -> list[str]:
     return demo_vocabulary(names)
 
 
+class Fused(NamedTuple):
+    """The outcome of ``fuse_masks``, at the size of the masks.
+
+    Attributes:
+        sem_seg: (K, H, W) per-pixel scores.
+        kept: (N',) bool, the masks whose rows entered ``sem_seg`` (all of them in eval mode).
+        covered: (H, W) bool, pixels that a kept mask covers (space rule only, else None).
+    """
+
+    sem_seg: torch.Tensor
+    kept: torch.Tensor
+    covered: torch.Tensor | None = None
+
+
+def fuse_masks(
+    probs: torch.Tensor, masks: torch.Tensor, settings: FusionSettings, class_names: list[str]
+) -> Fused:
+    """(N', K) probabilities and (N', H, W) masks -> ``Fused`` for ``settings``:
+    ``semantic_fusion`` (eval), ``demo_fusion`` (demo, at ``settings.mask_threshold`` and
+    ``settings.granularity``) or ``space_fusion`` (demo with ``settings.space``)."""
+    if settings.mode == "demo" and settings.space:
+        out = space_fusion(probs, masks, settings.granularity, class_names, settings.mask_threshold)
+        return Fused(out.sem_seg, out.kept, out.covered)
+    if settings.mode == "demo":
+        out = demo_fusion(probs, masks, settings.mask_threshold, class_names, settings.granularity)
+        return Fused(out.sem_seg, out.kept)
+    kept = torch.ones(probs.shape[0], dtype=torch.bool, device=probs.device)
+    return Fused(semantic_fusion(probs, masks), kept)
+
+
 def fuse(
     probs: torch.Tensor, masks: torch.Tensor, settings: FusionSettings, class_names: list[str]
 ) -> torch.Tensor:
-    """(N', K) probabilities and (N', H, W) masks -> (K, H, W) scores for ``settings.mode``:
-    ``semantic_fusion`` (eval) or ``demo_fusion`` (demo, at ``settings.mask_threshold``)."""
-    if settings.mode == "demo":
-        return demo_fusion(probs, masks, settings.mask_threshold, class_names).sem_seg
-    return semantic_fusion(probs, masks)
+    """(N', K) probabilities and (N', H, W) masks -> (K, H, W) scores (``fuse_masks``)."""
+    return fuse_masks(probs, masks, settings, class_names).sem_seg

@@ -114,7 +114,9 @@ def sam_demo_clip_config(clip: ClipArch, prompt_depth: int = 0) -> OVSegConfig:
     """A CLIP-branch-only model with the authors' SAM demo settings (facebook/ov-seg space).
 
     No backbone or MaskFormer head: proposals come from a generator (SAM) and CLIP alone
-    classifies them. As the space does: the image's longer side is resized to 1280, crops are
+    classifies them, in demo mode by default (with SAM masks: the space's fusion). As the space
+    does: the image's longer side is resized to 1280 (by the SAM generator's ``long_side``, with
+    the space's truncation; other generators get ``min = max = 1280``, rounded), crops are
     the official masked crops (CLIP-mean fill, tight box, 224 px bicubic), the CLIP image
     tower runs without mask prompts (``mask_prompt_fwd=False``; prompts in the file are kept
     in the model), and each class is encoded with the one template "a photo of {}".
@@ -127,6 +129,7 @@ def sam_demo_clip_config(clip: ClipArch, prompt_depth: int = 0) -> OVSegConfig:
         text_templates="photo",
         mask_threshold=0.5,  # SAM masks are binary
         ensemble_weight=0.0,  # CLIP alone
-        min_size_test=1280,  # with max 1280: the longer side becomes 1280
-        max_size_test=1280,
+        min_size_test=1280,  # with max 1280: the longer side becomes 1280 (rounded; the SAM
+        max_size_test=1280,  # generator resizes by the space's own rule, truncated)
+        mode="demo",  # predict() follows the space's demo by default
     )

@@ -2,8 +2,13 @@
 
 SAM's automatic mask generator prompts the model with a grid of points and keeps the good,
 distinct masks. SAM has no vocabulary, so the proposals carry no embeddings and the ensemble
-uses the CLIP branch alone. Overlaps are resolved by ``ovseg.proposals.overlaps`` (default:
-the smallest covering mask wins).
+uses the CLIP branch alone. By default the generator does what the authors' Hugging Face space
+(facebook/ov-seg, ``SAMVisualizationDemo``) does: the image's longer side is resized to 1280
+(``long_side``), and every mask is kept as SAM gives it, in SAM's order; in demo mode the
+``Predictor`` then fuses them by the space's rule (``demo_rule = "space"``,
+``ovseg.modeling.fusion.space_fusion``). Other overlap rules (``ovseg.proposals.overlaps``:
+the smallest covering mask wins, plus a mask of the uncovered pixels) are options; the
+command line uses them for eval mode, where every pixel gets a label.
 
 Weights are the user's: ``load_sam("sam_vit_b_01ec64.pth")`` (the variant is read from the
 tensor shapes, or given as ``model_type``). ``build_sam_test_tiny`` makes a small randomly
@@ -176,6 +181,9 @@ def _restore_pixel_stats(sam: nn.Module) -> None:
 class SamProposalGenerator:
     """Proposals from SAM's automatic mask generator (binary masks, no embeddings).
 
+    The defaults are the authors' space: SAM's own filters, every mask kept in SAM's order,
+    the model input resized to 1280 on its longer side.
+
     Args:
         sam: a ``segment_anything.modeling.Sam`` (see ``load_sam``, ``build_sam_test_tiny``).
         points_per_side: the prompt grid is points_per_side x points_per_side.
@@ -184,15 +192,28 @@ class SamProposalGenerator:
         stability_score_thresh: keep masks at least this stable under threshold changes.
         box_nms_thresh: box IoU above which duplicate masks are suppressed.
         crop_n_layers: extra layers of image crops (0: whole image only).
-        min_area: drop masks of fewer pixels (at the model-input size).
-        max_masks: keep at most this many masks, best predicted IoU first (None: all).
-        overlap: ``"smallest_wins"`` or ``"sum"`` (see ``ovseg.proposals.overlaps``).
-        fill_uncovered: add one mask for the pixels that no SAM mask covers.
+        min_mask_region_area: SAM's own clean-up (``SamAutomaticMaskGenerator``): remove
+            holes and islands smaller than this many pixels from every mask (needs
+            opencv); 0 (default) skips it.
+        min_area: drop masks of fewer pixels (at the model-input size); empty masks are
+            always dropped.
+        max_masks: keep at most this many masks, those of best predicted IoU (in SAM's
+            order; None: all).
+        overlap: ``"sum"`` (default: every mask as SAM gives it, overlapping) or
+            ``"smallest_wins"`` (disjoint; see ``ovseg.proposals.overlaps``).
+        fill_uncovered: add one mask for the pixels that no SAM mask covers (default False,
+            as the space: those pixels stay unlabelled in demo mode).
+        long_side: the ``Predictor`` resizes the image so its longer side is this before
+            SAM (the space's 1280, ``ovseg.data.transforms.resize_longest_side``); None uses
+            the model config's test resize.
         device: where SAM runs; None keeps the model where it is.
 
     Calling it on a (3, H, W) uint8 RGB image returns ``Proposals`` with masks (M, H, W)
     float32 in {0, 1} on the image's device and ``embeddings=None``.
     """
+
+    # In demo mode the Predictor fuses these masks by the authors' space's rule.
+    demo_rule = "space"
 
     def __init__(
         self,
@@ -203,10 +224,12 @@ class SamProposalGenerator:
         stability_score_thresh: float = 0.95,
         box_nms_thresh: float = 0.7,
         crop_n_layers: int = 0,
+        min_mask_region_area: int = 0,
         min_area: int = 0,
         max_masks: int | None = None,
-        overlap: str = "smallest_wins",
-        fill_uncovered: bool = True,
+        overlap: str = "sum",
+        fill_uncovered: bool = False,
+        long_side: int | None = 1280,
         device: str | torch.device | None = None,
     ) -> None:
         if overlap not in OVERLAP_RULES:
@@ -215,6 +238,18 @@ class SamProposalGenerator:
             raise ValueError(f"points_per_side must be >= 1, got {points_per_side}")
         if max_masks is not None and max_masks < 1:
             raise ValueError(f"max_masks must be >= 1 or None, got {max_masks}")
+        if long_side is not None and long_side < 1:
+            raise ValueError(
+                f"long_side must be a positive number of pixels or None, got {long_side}"
+            )
+        if min_mask_region_area > 0:
+            try:
+                import cv2  # noqa: F401  (segment-anything's clean-up imports it lazily)
+            except ImportError as error:
+                raise ImportError(
+                    "SAM's min_mask_region_area clean-up needs OpenCV: "
+                    "pip install opencv-python-headless (or 'ovseg[sam]')"
+                ) from error
         if device is not None:
             sam = sam.to(device)
         self.sam = sam.eval()
@@ -226,12 +261,14 @@ class SamProposalGenerator:
             stability_score_thresh=stability_score_thresh,
             box_nms_thresh=box_nms_thresh,
             crop_n_layers=crop_n_layers,
+            min_mask_region_area=min_mask_region_area,
             output_mode="binary_mask",
         )
         self.min_area = min_area
         self.max_masks = max_masks
         self.overlap = overlap
         self.fill_uncovered = fill_uncovered
+        self.long_side = long_side
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor) -> Proposals:
@@ -243,9 +280,9 @@ class SamProposalGenerator:
         height, width = image.shape[1:]
         records = self.amg.generate(image.permute(1, 2, 0).cpu().numpy())
         records = [r for r in records if r["area"] >= max(self.min_area, 1)]
-        records.sort(key=lambda r: -r["predicted_iou"])
-        if self.max_masks is not None:
-            records = records[: self.max_masks]
+        if self.max_masks is not None and len(records) > self.max_masks:
+            best = sorted(range(len(records)), key=lambda i: -records[i]["predicted_iou"])
+            records = [records[i] for i in sorted(best[: self.max_masks])]
         if records:
             masks = torch.stack([torch.from_numpy(r["segmentation"]) for r in records]).float()
         else:
