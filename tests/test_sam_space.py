@@ -143,8 +143,8 @@ def test_segment_saved_proposals_give_the_label_png(tmp_path, clip_file, names, 
         space.picked_masks(torch.tensor(probs, dtype=torch.float32), record["class_names"], g)
     )
     assert [i["kept"] for i in items] == [n in kept for n in range(len(items))]
-    assert record["options"]["save_proposals"] is True
-    assert record["options"].get("granularity") == granularity
+    assert record["options"]["predict"]["save_proposals"] is True
+    assert record["options"]["predict"].get("granularity") == granularity
 
 
 def _check_block(record: dict, mode: str) -> list[dict]:
