@@ -163,4 +163,5 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     monkeypatch.setattr(Segmentation, "to_json", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         seg.save(tmp_path, "x")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png", "x_overlay.png"]
+    # the three files are encoded before any is written: nothing, and no temp file, is left
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

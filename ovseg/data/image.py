@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -80,11 +81,21 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
+    return _decode(path, path)
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """``read_image`` for a file's contents (``name`` is the file, for messages): the same
+    (H, W, 3) uint8 RGB array and the same errors."""
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source, name) -> np.ndarray:
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()
             return pil_to_rgb(img)
     except Image.DecompressionBombError as error:
-        raise ValueError(f"{path}: image too large (decompression bomb guard): {error}") from error
+        raise ValueError(f"{name}: image too large (decompression bomb guard): {error}") from error
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"{path}: not a readable image ({error})") from error
+        raise ValueError(f"{name}: not a readable image ({error})") from error

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ovseg.fileio import atomic_path, write_atomic
+from ovseg.fileio import write_atomic
 
 UNLABELLED = -1  # label_map value of unlabelled pixels
 MAX_PALETTE_CLASSES = 255  # a P-mode PNG holds classes 0..254 and 255 for unlabelled
@@ -241,6 +242,23 @@ class Segmentation:
         out.putpalette(colours.ravel().tolist())
         return out
 
+    def files(
+        self, stem: str = "segmentation", image=None, alpha: float = 0.5, extra: dict | None = None
+    ) -> dict[str, bytes]:
+        """The contents of the three output files, by file name, in the order ``save`` writes
+        them (the JSON last): ``<stem>.png`` (``label_image``), ``<stem>_overlay.png``
+        (``overlay(image, alpha)``) and ``<stem>.json`` (``to_json`` plus the keys of
+        ``extra``)."""
+        label, overlay = io.BytesIO(), io.BytesIO()
+        self.label_image().save(label, format="PNG")
+        self.overlay(image, alpha=alpha).save(overlay, format="PNG")
+        record = {**self.to_json(), **(extra or {})}
+        return {
+            f"{stem}.png": label.getvalue(),
+            f"{stem}_overlay.png": overlay.getvalue(),
+            f"{stem}.json": json.dumps(record, separators=(",", ":")).encode(),
+        }
+
     def save(
         self,
         directory: str | os.PathLike,
@@ -259,15 +277,8 @@ class Segmentation:
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        paths = {
-            "label_map": directory / f"{stem}.png",
-            "overlay": directory / f"{stem}_overlay.png",
-            "json": directory / f"{stem}.json",
-        }
-        with atomic_path(paths["label_map"]) as tmp:
-            self.label_image().save(tmp, format="PNG")
-        with atomic_path(paths["overlay"]) as tmp:
-            self.overlay(image, alpha=alpha).save(tmp, format="PNG")
-        record = {**self.to_json(), **(extra or {})}
-        write_atomic(paths["json"], json.dumps(record, separators=(",", ":")).encode())
-        return paths
+        contents = self.files(stem, image=image, alpha=alpha, extra=extra)
+        for name, data in contents.items():
+            write_atomic(directory / name, data)
+        label, overlay, record = (directory / name for name in contents)
+        return {"label_map": label, "overlay": overlay, "json": record}
