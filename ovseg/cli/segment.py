@@ -20,10 +20,22 @@ from collections import Counter
 from pathlib import Path
 
 from ovseg.cli._common import add_model_args, add_tta_args
+from ovseg.cli._engine import add_engine_args, ray_resources, set_local_threads
 from ovseg.cli._inference import add_prediction_args
 from ovseg.cli._proposals import add_proposal_args
 from ovseg.cli._spec import predictor_spec
-from ovseg.inference.jobs import collect_images, redo_reasons
+from ovseg.inference.jobs import (
+    FailureLog,
+    collect_images,
+    failure_record,
+    output_extra,
+    read_job,
+    redo_reasons,
+    remove_partial_writes,
+    segment_image,
+    write_outputs,
+)
+from ovseg.inference.storage import as_path
 from ovseg.timing import collect, process_age_s
 
 
@@ -58,6 +70,7 @@ def register(subparsers) -> None:
     )
     add_model_args(parser)
     add_proposal_args(parser)
+    add_engine_args(parser)
     parser.set_defaults(func=run)
 
 
@@ -69,27 +82,14 @@ def read_vocabulary(args) -> list[str]:
     return parse_class_names(args.classes)
 
 
-def _read(path: Path):
-    """(image, None) or (None, error) for one input file; runs in the read-ahead thread."""
-    from ovseg.data.image import read_image
-
-    try:
-        return read_image(path), None
-    except (ValueError, OSError) as error:
-        return None, error
-
-
 def run(args) -> int:
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
     from tqdm import tqdm
 
     class_names = read_vocabulary(args)
-    out = Path(args.out)
+    resources = ray_resources(args)
+    out = as_path(args.out)
     jobs = collect_images(args.inputs, out)
     spec = predictor_spec(args)
-    options = spec.predict_kwargs()
     record = spec.record()
     todo, changed = [], Counter()
     for job in jobs:
@@ -104,6 +104,53 @@ def run(args) -> int:
     if changed and not args.force:
         what = ", ".join(f"{key} ({n})" for key, n in sorted(changed.items()))
         print(f"ovseg segment: redoing images made with other settings: {what}", file=sys.stderr)
+    remove_partial_writes(todo)  # left by a run that was killed while writing
+    failures = FailureLog(out)
+
+    def failed(record: dict) -> None:
+        failures.add(record)
+        tqdm.write(
+            f"ovseg segment: skipping {record['source']}: {record['error']}", file=sys.stderr
+        )
+
+    if resources is None:
+        timings = _run_local(args, todo, spec, class_names, failed)
+    else:
+        timings = _run_ray(args, todo, spec, class_names, failed, resources)
+    failures.close()
+    if args.timings:
+        from ovseg.fileio import write_atomic
+
+        write_atomic(Path(args.timings), json.dumps(timings, indent=1).encode())
+    done = len(todo) - len(failures.records)
+    where = f"; failures in {failures.path}" if failures.records else ""
+    print(
+        f"{done} segmented, {skipped} already done, {len(failures.records)} failed -> {out}{where}"
+    )
+    return 1 if failures.records else 0
+
+
+def _print_text_stats(text: dict, first: bool) -> None:
+    from tqdm import tqdm
+
+    if text and (first or text.get("source") != "memory"):
+        tqdm.write(
+            f"ovseg segment: text features for {text['classes']} classes x "
+            f"{text['templates']} templates ({text['precision']}): {text['source']} "
+            f"in {text['seconds']:.3f} s",
+            file=sys.stderr,
+        )
+
+
+def _run_local(args, todo, spec, class_names, failed) -> dict:
+    """This process: read-ahead and write-behind threads around the model."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    set_local_threads(args)
+    predict_kwargs = spec.predict_kwargs()
     # process start -> here: Python, imports (torch, open_clip, ...) and argument parsing
     timings = {"import_s": process_age_s(), "start_to_model_s": None, "images": []}
     start = time.perf_counter()
@@ -117,60 +164,74 @@ def run(args) -> int:
     timings["model_build_s"] = (
         timings["start_to_model_s"] - timings["weights_read_s"] - timings["prepare_s"]
     )
-    failed: list[str] = []
     # Decoding the next images and writing finished ones overlap with the model; both queues
     # are short, so memory stays bounded however many images there are.
     with (
         ThreadPoolExecutor(1, "ovseg-read") as reader,
         ThreadPoolExecutor(1, "ovseg-write") as writer,
     ):
-        reads = deque(reader.submit(_read, job[0]) for job in todo[:2])
+        reads = deque(reader.submit(read_job, job[0]) for job in todo[:2])
         writes: deque = deque()
         bar = tqdm(todo, unit="img", disable=len(todo) < 2, file=sys.stderr)
         for i, (image_path, folder, stem) in enumerate(bar):
             bar.set_postfix_str(image_path.name, refresh=False)
-            image, error = reads.popleft().result()
+            image, failure = reads.popleft().result()
             if i + 2 < len(todo):
-                reads.append(reader.submit(_read, todo[i + 2][0]))
-            if error is not None:
-                failed.append(f"{image_path}: {error}")
-                tqdm.write(f"ovseg segment: skipping {image_path}: {error}", file=sys.stderr)
+                reads.append(reader.submit(read_job, todo[i + 2][0]))
+            if failure is not None:
+                failed(failure)
                 continue
-            t0 = time.perf_counter()
-            predictor.set_image(image)
-            t1 = time.perf_counter()
-            seg = predictor.predict(class_names, **options)
+            try:
+                seg, stats = segment_image(predictor, image, class_names, predict_kwargs)
+            except Exception as error:  # one image fails, never the run
+                failed(failure_record(image_path, "segment", error))
+                continue
             if "process_to_first_result_s" not in timings:
                 timings["process_to_first_result_s"] = process_age_s()
-            adapter = getattr(getattr(predictor, "model", None), "clip_adapter", None)
-            text = dict(getattr(adapter, "last_text_stats", None) or {})
-            if text and (i == 0 or text.get("source") != "memory"):
-                tqdm.write(
-                    f"ovseg segment: text features for {text['classes']} classes x "
-                    f"{text['templates']} templates ({text['precision']}): {text['source']} "
-                    f"in {text['seconds']:.3f} s",
-                    file=sys.stderr,
-                )
-            timings["images"].append(
-                {
-                    "image": str(image_path),
-                    "set_image_s": t1 - t0,
-                    "predict_s": time.perf_counter() - t1,
-                    "text": text,
-                }
-            )
-            extra = {"source": str(image_path), "vocabulary": class_names, "options": record}
-            writes.append(
-                writer.submit(seg.save, folder, stem, image=image, alpha=args.alpha, extra=extra)
-            )
+            _print_text_stats(stats["text"], first=i == 0)
+            timings["images"].append({"image": str(image_path), **stats})
+            extra = output_extra(image_path, class_names, record)
+            writes.append(writer.submit(write_outputs, seg, folder, stem, image, args.alpha, extra))
             while len(writes) > 2:
                 writes.popleft().result()
         for write in writes:
             write.result()
-    if args.timings:
-        from ovseg.fileio import write_atomic
+    return timings
 
-        write_atomic(Path(args.timings), json.dumps(timings, indent=1).encode())
-    done = len(todo) - len(failed)
-    print(f"{done} segmented, {skipped} already done, {len(failed)} failed -> {out}")
-    return 1 if failed else 0
+
+def _run_ray(args, todo, spec, class_names, failed, resources) -> dict:
+    """A pool of Ray actors (``ovseg.inference.ray_segment``); a progress bar counts the
+    images as they finish."""
+    from tqdm import tqdm
+
+    from ovseg.inference.ray_engine import ray_session
+    from ovseg.inference.ray_segment import segment_on_ray
+
+    timings: dict = {"import_s": process_age_s(), "engine": resources.settings(), "images": []}
+    workers: dict = {}
+    with ray_session(resources) as session:
+        print(
+            f"ovseg segment: Ray {'started here' if session['started'] else 'at'} "
+            f"{session['address']} ({session['cpus']:g} CPUs, {session['gpus']:g} GPUs): "
+            f"{resources.workers} worker(s) x {resources.threads()} thread(s)",
+            file=sys.stderr,
+        )
+        results = segment_on_ray(todo, spec, class_names, args.alpha, args.force, resources)
+        with tqdm(total=len(todo), unit="img", file=sys.stderr) as bar:
+            for result in results:
+                bar.update(1)
+                workers.setdefault(result["pid"], {"host": result["host"], "setup_s": []})
+                if result["setup_s"] not in workers[result["pid"]]["setup_s"]:
+                    workers[result["pid"]]["setup_s"].append(result["setup_s"])
+                if result["status"] != "done":
+                    failed(json.loads(result["failure"]))
+                    continue
+                detail = json.loads(result["detail"]) or {}
+                if "text" in detail:
+                    _print_text_stats(detail["text"], first=not timings["images"])
+                    timings["images"].append(
+                        {"image": result["key"], "pid": result["pid"], **detail}
+                    )
+    remove_partial_writes(todo)  # a killed worker's temporary files
+    timings["workers"] = {str(pid): info for pid, info in workers.items()}
+    return timings

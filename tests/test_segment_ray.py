@@ -1,0 +1,191 @@
+"""``ovseg segment --engine ray`` on a real local Ray: the same files as the local engine, a
+worker killed by its pid, a corrupt image, a killed driver and its rerun.
+
+One Ray instance serves the module (started once: it costs seconds); the runs join it. The
+photos are real (coco-mini), the model is ovseg-test-tiny, torch threads are the same in both
+engines (the default), so the label PNGs must be the same bytes and the JSON files equal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ovseg.cli import main
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'ovseg[ray]')")
+
+COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-mini" / "train2017"
+CLASSES = "person, dog, sky, grass"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _photos(n: int) -> list[Path]:
+    if not COCO.is_dir():
+        pytest.skip(f"real photos not found at {COCO} (the shared data folder is absent)")
+    return sorted(COCO.glob("*.jpg"))[:n]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray for the module: CPUs for 2 workers with this process's torch threads (the
+    default of --threads-per-worker), a small object store."""
+    ray.init(
+        num_cpus=2 * torch.get_num_threads(),
+        object_store_memory=150 * 1024**2,
+        include_dashboard=False,
+        logging_level="WARNING",
+    )
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """8 photos in a folder with a subfolder, and a corrupt file among them."""
+    folder = tmp_path_factory.mktemp("ray") / "photos"
+    (folder / "sub").mkdir(parents=True)
+    images = _photos(8)
+    for image in images[:5]:
+        os.symlink(image, folder / image.name)
+    for image in images[5:]:
+        os.symlink(image, folder / "sub" / image.name)
+    (folder / "sub" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return folder
+
+
+def _segment(photos: Path, out: Path, *extra: str) -> int:
+    argv = ["segment", str(photos), "--classes", CLASSES, "--model", "ovseg-test-tiny"]
+    return main(argv + ["--out", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def local_out(photos) -> Path:
+    """The single-process run: what every Ray run must equal."""
+    out = photos.parent / "local"
+    assert _segment(photos, out) == 1  # 1: the corrupt image failed
+    return out
+
+
+def _files(out: Path) -> dict[str, Path]:
+    return {str(p.relative_to(out)): p for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def _assert_same_outputs(out: Path, reference: Path) -> None:
+    """Same file names; label and overlay PNGs byte-identical; JSON equal."""
+    files, expected = _files(out), _files(reference)
+    assert sorted(files) == sorted(expected)
+    assert not [name for name in files if name.endswith(".tmp")]
+    for name, path in expected.items():
+        if name.endswith(".png"):
+            assert files[name].read_bytes() == path.read_bytes(), name
+        elif name.endswith(".json"):
+            assert json.loads(files[name].read_text()) == json.loads(path.read_text()), name
+    lines = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    reference_lines = (reference / "failures.jsonl").read_text().splitlines()
+    assert lines == [json.loads(line) for line in reference_lines]
+
+
+def _worker_pids() -> list[int]:
+    """The processes of the Ray actors that segment (their title names the class)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"SegmentWorker" in cmdline and b"ray::" in cmdline:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def _count_done(out: Path) -> int:
+    return sum(1 for _ in out.rglob("*.json"))
+
+
+def test_two_workers_write_what_the_local_engine_writes(ray_cluster, photos, local_out, capsys):
+    out = photos.parent / "two-workers"
+    assert _segment(photos, out, "--engine", "ray", "--workers", "2") == 1
+    captured = capsys.readouterr()
+    assert "8 segmented, 0 already done, 1 failed" in captured.out
+    assert "corrupt.jpg" in captured.err and "img/s" in captured.err  # the progress bar
+    _assert_same_outputs(out, local_out)
+    # the corrupt image is in failures.jsonl with its error; the other 8 are done
+    (failure,) = [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines()]
+    assert failure["source"] == str(photos / "sub" / "corrupt.jpg")
+    assert failure["stage"] == "read" and "not a readable image" in failure["error"]
+    assert _count_done(out) == 8
+
+
+def test_a_worker_killed_by_its_pid_loses_nothing(ray_cluster, photos, local_out, tmp_path):
+    out = tmp_path / "killed"
+    killed: dict = {}
+
+    def kill_a_worker_while_it_works():
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            pids = _worker_pids()
+            done = _count_done(out) if out.exists() else 0
+            if pids and 1 <= done < 8:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.update(pid=pids[0], done=done)
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_a_worker_while_it_works, daemon=True)
+    killer.start()
+    timings = tmp_path / "timings.json"
+    rc = _segment(photos, out, "--engine", "ray", "--workers", "2", "--timings", str(timings))
+    killer.join(5)
+    assert rc == 1
+    assert killed and killed["done"] < 8, "the worker was not killed part-way"
+    _assert_same_outputs(out, local_out)
+    record = json.loads(timings.read_text())
+    assert sorted(Path(r["image"]).name for r in record["images"]) == sorted(
+        p.name for p in photos.rglob("*.jpg") if p.name != "corrupt.jpg"
+    )  # each image reported once
+    assert killed["pid"] not in _worker_pids()
+
+
+def test_a_killed_driver_is_resumed_by_a_rerun(ray_cluster, photos, local_out, tmp_path, capsys):
+    out = tmp_path / "resumed"
+    argv = [sys.executable, "-m", "ovseg", "segment", str(photos), "--classes", CLASSES]
+    argv += ["--model", "ovseg-test-tiny", "--out", str(out), "--engine", "ray"]
+    argv += ["--ray-address", ray_cluster, "--threads-per-worker", str(torch.get_num_threads())]
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
+    driver = subprocess.Popen(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while _count_done(out) < 2 if out.exists() else True:
+            assert driver.poll() is None, "the driver ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        driver.kill()  # SIGKILL: no clean-up of any kind
+        driver.wait()
+    deadline = time.monotonic() + 60  # Ray ends the dead driver's workers
+    while _worker_pids() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _worker_pids()
+    finished = {p: p.stat().st_mtime_ns for p in out.rglob("*.json")}
+    assert 2 <= len(finished) < 8
+
+    assert _segment(photos, out, "--engine", "ray", "--workers", "2") == 1
+    summary = f"{8 - len(finished)} segmented, {len(finished)} already done, 1 failed"
+    assert summary in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # not redone
+    _assert_same_outputs(out, local_out)
