@@ -55,6 +55,13 @@ def add_proposal_args(parser: argparse.ArgumentParser) -> None:
         "--sam-stability-thresh", type=float, metavar="T", help="SAM stability filter (0.95)"
     )
     group.add_argument(
+        "--sam-min-region",
+        type=int,
+        metavar="PIXELS",
+        help="SAM's clean-up of holes and islands smaller than this many pixels (needs "
+        "opencv; default 0, or 100 for --refine sam)",
+    )
+    group.add_argument(
         "--sam-box-nms-thresh",
         type=float,
         metavar="T",
@@ -81,6 +88,7 @@ def add_proposal_args(parser: argparse.ArgumentParser) -> None:
 
 
 _SAM_ONLY = {
+    "sam_min_region": "min_mask_region_area",
     "sam_checkpoint": "checkpoint",
     "sam_model_type": "model_type",
     "sam_points_per_side": "points_per_side",
@@ -101,13 +109,42 @@ def proposal_options_from_args(args: argparse.Namespace) -> dict:
     own = {"sam": _SAM_ONLY, "superpixels": _SUPERPIXELS_ONLY}.get(name, {})
     if name != "maskformer":
         own = {**own, **_SHARED}
+    refine = getattr(args, "refine", None) == "sam"
     options = {}
     for attr, option in {**_SAM_ONLY, **_SUPERPIXELS_ONLY, **_SHARED}.items():
         value = getattr(args, attr, None)
         if value is None:
             continue
         if attr not in own:
+            if refine and attr in _SAM_ONLY:
+                continue  # the refinement's SAM takes it (refine_options_from_args)
             flag = "--" + attr.replace("_", "-")
             raise ValueError(f"{flag} does not apply to --proposals {name}")
         options[option] = value
+    return options
+
+
+def add_refine_args(parser: argparse.ArgumentParser) -> None:
+    """``--refine sam`` (segment); its SAM takes the ``--sam-*`` flags of
+    ``add_proposal_args``."""
+    group = parser.add_argument_group("refinement")
+    group.add_argument(
+        "--refine",
+        choices=["sam"],
+        help="sam: refine the prediction with SAM's masks on the photo, SegmentAnyRGBD's rule "
+        "(each mask takes the majority label inside it). The --sam-* flags set its SAM "
+        "(--sam-checkpoint: ViT-H as SegmentAnyRGBD, e.g. sam-vit-h); unset ones default to "
+        "SegmentAnyRGBD's: 64 points per side, pred IoU 0.8, stability 0.8, min region 100",
+    )
+
+
+def refine_options_from_args(args: argparse.Namespace) -> dict | None:
+    """SAM options for ``--refine sam`` (the ``--sam-*`` flags given), or None without it."""
+    if getattr(args, "refine", None) != "sam":
+        return None
+    options = {}
+    for attr, option in _SAM_ONLY.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            options[option] = value
     return options

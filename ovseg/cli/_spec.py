@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from ovseg.cli._proposals import proposal_options_from_args
+from ovseg.cli._proposals import proposal_options_from_args, refine_options_from_args
 from ovseg.inference.options import InferenceOptions
 from ovseg.inference.spec import ModelSource, PredictorSpec, PredictSettings, ProposalSource
 
@@ -34,6 +34,12 @@ def proposal_source(args: argparse.Namespace) -> ProposalSource:
     """``--proposals`` and the options of its generator (others are an error)."""
     name = getattr(args, "proposals", "maskformer")
     return ProposalSource(name, proposal_options_from_args(args))
+
+
+def refine_source(args: argparse.Namespace) -> ProposalSource | None:
+    """``--refine sam`` and the ``--sam-*`` flags given, or None without ``--refine``."""
+    options = refine_options_from_args(args)
+    return None if options is None else ProposalSource("sam", options)
 
 
 def tta_options(args: argparse.Namespace) -> dict:
@@ -89,4 +95,5 @@ def predictor_spec(args: argparse.Namespace) -> PredictorSpec:
         proposals=proposal_source(args),
         options=inference_options(args),
         predict=predict_settings(args),
+        refine=refine_source(args),
     )

@@ -22,7 +22,7 @@ from pathlib import Path
 from ovseg.cli._common import add_model_args, add_tta_args
 from ovseg.cli._engine import add_engine_args, ray_resources, set_local_threads
 from ovseg.cli._inference import add_prediction_args
-from ovseg.cli._proposals import add_proposal_args
+from ovseg.cli._proposals import add_proposal_args, add_refine_args
 from ovseg.cli._spec import predictor_spec
 from ovseg.inference.jobs import (
     FailureLog,
@@ -71,6 +71,7 @@ def register(subparsers) -> None:
     add_model_args(parser)
     add_proposal_args(parser)
     add_engine_args(parser)
+    add_refine_args(parser)
     parser.set_defaults(func=run)
 
 

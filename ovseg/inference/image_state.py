@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +21,8 @@ class ImageState:
         proposals: its proposals, None with views.
         clip_cache: CLIP image features per (mask threshold, queries).
         views: test-time augmentation / sliding-window views, or None.
+        refine_masks: the photo's SAM masks for ``--refine sam`` (``ovseg.inference.refine``),
+            or None.
     """
 
     original_size: tuple[int, int] | None = None
@@ -27,3 +30,4 @@ class ImageState:
     proposals: Proposals | None = None
     clip_cache: dict | None = None
     views: list[tuple[np.ndarray, bool]] | None = None
+    refine_masks: Any = None

@@ -25,6 +25,7 @@ from ovseg.data.image import to_rgb_array
 from ovseg.data.transforms import resize_longest_side, resize_nearest, resize_shortest_edge
 from ovseg.inference.image_state import ImageState
 from ovseg.inference.options import InferenceOptions, compiled, prepare_model
+from ovseg.inference.refine import SamRefiner, majority_refine
 from ovseg.inference.segmentation import ProposalRecord, Segmentation
 from ovseg.inference.tta import Augmentation, augmented_scores
 from ovseg.modeling.classify import ClipImageFeatures, classify, fuse_masks, vocabulary
@@ -47,6 +48,9 @@ class Predictor:
             reference path.
         clip_encoder: ``(crops, region_masks) -> (B, C)`` replacing the CLIP image tower
             (e.g. ``ovseg.inference.onnx.OnnxClipEncoder``); default the model's own.
+        refiner: ``SamRefiner`` (``--refine sam``): ``set_image`` also runs SAM on the photo
+            and every prediction's label map is refined by SegmentAnyRGBD's majority rule
+            (``ovseg.inference.refine``); None: no refinement.
     """
 
     def __init__(
@@ -55,7 +59,9 @@ class Predictor:
         proposal_generator: ProposalGenerator | None = None,
         options: InferenceOptions | None = None,
         clip_encoder: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
+        refiner: SamRefiner | None = None,
     ):
+        self.refiner = refiner
         options = InferenceOptions() if options is None else options
         # what runs here: the machine's capabilities and the path "auto" picks among them
         self.choice = options.choice(model.device)
@@ -75,10 +81,16 @@ class Predictor:
         self._clip_cache: dict[tuple, ClipImageFeatures] = {}
         self.views: list[tuple[np.ndarray, bool]] | None = None  # TTA / sliding window only
         self.image_batch: list[ImageState] | None = None  # set_images only
+        self.refine_masks = None  # the photo's SAM masks with a refiner
 
     def _state(self) -> ImageState:
         return ImageState(
-            self.original_size, self.input_image, self.proposals, self._clip_cache, self.views
+            self.original_size,
+            self.input_image,
+            self.proposals,
+            self._clip_cache,
+            self.views,
+            self.refine_masks,
         )
 
     def _use(self, state: ImageState) -> None:
@@ -86,6 +98,7 @@ class Predictor:
         self.original_size, self.input_image = state.original_size, state.input_image
         self.proposals, self.views = state.proposals, state.views
         self._clip_cache = state.clip_cache
+        self.refine_masks = state.refine_masks
 
     @property
     def is_image_set(self) -> bool:
@@ -100,6 +113,7 @@ class Predictor:
         """A predictor sharing this one's model and encoders, without augmentation."""
         view = copy.copy(self)
         view.options = self.options.without_augmentation()
+        view.refiner = None  # the whole photo is refined once, after the views are merged
         view.reset_image()
         return view
 
@@ -118,8 +132,15 @@ class Predictor:
         if augmentation is not None:  # views are run one at a time by predict (memory)
             self.views = augmentation.views(resized)
             self.original_size = rgb.shape[:2]
-            return
-        self.set_model_input(resized, rgb.shape[:2])
+        else:
+            self.set_model_input(resized, rgb.shape[:2])
+        self.refine_masks = self._refine_masks(rgb)
+
+    def _refine_masks(self, rgb: np.ndarray):
+        if self.refiner is None:
+            return None
+        with self.float_math():
+            return self.refiner.masks(rgb)
 
     def resize_input(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> the model input: the authors' SAM space resize (longer side
@@ -176,6 +197,8 @@ class Predictor:
             batch = [
                 ImageState(rgb.shape[:2], x, p, {}) for rgb, x, p in zip(rgbs, inputs, proposals)
             ]
+        for state, rgb in zip(batch, rgbs):
+            state.refine_masks = self._refine_masks(rgb)
         self.image_batch = batch
 
     @torch.inference_mode()
@@ -361,7 +384,9 @@ class Predictor:
                 granularity=granularity,
             )
             unlabelled = demo_unlabelled(scores) if settings.mode == "demo" else None
-            return Segmentation.from_scores(names, scores, unlabelled, mode=settings.mode)
+            return self._refined(
+                Segmentation.from_scores(names, scores, unlabelled, mode=settings.mode)
+            )
         text = model.encode_text(names, templates)
         proposals = self.proposals
         queries = self.top_k_queries(text)
@@ -388,6 +413,12 @@ class Predictor:
                 probs=probs.float().cpu(),
                 kept=fused.kept.cpu(),
             )
+        return self._refined(seg)
+
+    def _refined(self, seg: Segmentation) -> Segmentation:
+        """``seg`` with its label map refined by the photo's SAM masks (with a refiner)."""
+        if self.refine_masks is not None:
+            seg.label_map = majority_refine(seg.label_map, self.refine_masks)
         return seg
 
     @torch.inference_mode()

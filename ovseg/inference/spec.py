@@ -17,6 +17,7 @@ from typing import Any
 
 from ovseg.inference.options import InferenceOptions
 from ovseg.inference.predictor import Predictor
+from ovseg.inference.refine import SEGMENT_ANY_RGBD_SAM, SamRefiner
 from ovseg.modeling.ovseg import OVSeg
 from ovseg.modeling.proposals import ProposalGenerator
 from ovseg.proposals import build_generator
@@ -123,6 +124,20 @@ class ProposalSource:
             options["checkpoint"] = {"sha256": identity.weights_file_sha256(options["checkpoint"])}
         return {"name": self.name, "options": _plain(options)}
 
+    def refiner(self, model: OVSeg) -> SamRefiner:
+        """The ``--refine sam`` refiner for ``model``: SAM on the photo at its own size, every
+        mask in SAM's order, with SegmentAnyRGBD's settings (``SEGMENT_ANY_RGBD_SAM``) where
+        ``options`` give none (a ``test_tiny`` SAM without weights keeps its filters off)."""
+        if self.name != "sam":
+            raise ValueError(f"refinement is by SAM only ('sam'), got {self.name!r}")
+        defaults = dict(SEGMENT_ANY_RGBD_SAM)
+        if self.options.get("model_type") == "test_tiny" and not self.options.get("checkpoint"):
+            for random_filter in ("pred_iou_thresh", "stability_score_thresh"):
+                defaults.pop(random_filter)
+        options = {**defaults, "overlap": "sum", "fill_uncovered": False, "long_side": None}
+        generator = dataclasses.replace(self, options={**options, **self.options}).build(model)
+        return SamRefiner(generator)
+
     def build(self, model: OVSeg, mode: str | None = None) -> ProposalGenerator | None:
         """The generator for ``model``; None means the model's own MaskFormer head.
 
@@ -180,6 +195,7 @@ class PredictorSpec:
     proposals: ProposalSource = field(default_factory=ProposalSource)
     options: InferenceOptions = field(default_factory=InferenceOptions)
     predict: PredictSettings = field(default_factory=PredictSettings)
+    refine: ProposalSource | None = None
 
     def build(self) -> Predictor:
         """Load the model, build the generator and return the ``Predictor``."""
@@ -190,7 +206,8 @@ class PredictorSpec:
                 raise ValueError(f"{flag} int8 runs on CPU only, not {model.device}; use bf16")
         mode = self.predict.mode or model.config.mode
         generator = self.proposals.build(model, mode)
-        return Predictor(model, proposal_generator=generator, options=self.options)
+        refiner = None if self.refine is None else self.refine.refiner(model)
+        return Predictor(model, proposal_generator=generator, options=self.options, refiner=refiner)
 
     def predict_kwargs(self) -> dict[str, Any]:
         return self.predict.kwargs()
@@ -198,7 +215,8 @@ class PredictorSpec:
     def record(self) -> dict[str, Any]:
         """Everything that shapes the outputs, JSON-ready: ``{"model": {name, weights_sha256,
         ...}, "proposals": {name, options}, "inference": {dtype, text_dtype, top_k, TTA and
-        sliding-window options}, "predict": {the predict keyword arguments that are set}}``.
+        sliding-window options}, "predict": {the predict keyword arguments that are set}}``,
+        and ``"refine": {name, options}`` with a refinement.
 
         ``ovseg segment`` writes it into each output JSON (``"options"``) and redoes an image
         whose record differs (``ovseg.inference.jobs.redo_reasons``). Settings that change
@@ -210,6 +228,7 @@ class PredictorSpec:
             "proposals": self.proposals.record(),
             "inference": self.options.record(),
             "predict": _plain(self.predict.kwargs()),
+            **({} if self.refine is None else {"refine": self.refine.record()}),
         }
 
 

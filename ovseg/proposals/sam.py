@@ -271,18 +271,24 @@ class SamProposalGenerator:
         self.long_side = long_side
 
     @torch.no_grad()
-    def __call__(self, image: torch.Tensor) -> Proposals:
+    def mask_records(self, image: torch.Tensor) -> list[dict]:
+        """SAM's records (``segmentation`` (H, W) bool, ``area``, ``predicted_iou``, ...) for
+        a (3, H, W) uint8 RGB image, in SAM's order, after ``min_area`` and ``max_masks``."""
         if image.dim() != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
             raise ValueError(
                 "the SAM generator takes a (3, H, W) uint8 RGB image, got "
                 f"{tuple(image.shape)} {image.dtype}"
             )
-        height, width = image.shape[1:]
         records = self.amg.generate(image.permute(1, 2, 0).cpu().numpy())
         records = [r for r in records if r["area"] >= max(self.min_area, 1)]
         if self.max_masks is not None and len(records) > self.max_masks:
             best = sorted(range(len(records)), key=lambda i: -records[i]["predicted_iou"])
             records = [records[i] for i in sorted(best[: self.max_masks])]
+        return records
+
+    def __call__(self, image: torch.Tensor) -> Proposals:
+        records = self.mask_records(image)
+        height, width = image.shape[1:]
         if records:
             masks = torch.stack([torch.from_numpy(r["segmentation"]) for r in records]).float()
         else:
