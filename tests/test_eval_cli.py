@@ -267,3 +267,52 @@ def test_oracle_fusion_matches_the_full_class_argmax():
     sem = torch.nn.functional.interpolate(sem[None], size=(9, 11), mode="bilinear")[0]
     expected = sem.argmax(dim=0).numpy()
     np.testing.assert_array_equal(oracle_fusion(masks, assigned, 40, (9, 11)), expected)
+
+
+def test_batches_predict_only_uncached_images_and_score_as_one_at_a_time(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = [rng.integers(0, 11, (4, 5)) for _ in range(6)]
+    labels[3][:] = 255  # all ignore: never predicted
+    dataset = build_dataset("camvid", tiny_camvid(tmp_path, labels))
+    preds = [rng.integers(0, 11, (4, 5)) for _ in range(6)]
+    batches = []
+
+    def predict(index, gt):
+        return {"default": preds[index]}
+
+    def predict_batch(indices, gts):
+        batches.append(list(indices))
+        assert all(np.array_equal(gt, dataset.read_label(i)) for i, gt in zip(indices, gts))
+        return [{"default": preds[i]} for i in indices]
+
+    cache = ConfusionCache(tmp_path / "cache", {"run": 1})
+    evaluate_dataset(dataset, predict, cache=cache, progress=False)
+    for stem in ("0", "1", "5"):
+        (tmp_path / "cache" / f"{stem}.npz").unlink()
+    resumed = evaluate_dataset(
+        dataset, predict, cache=cache, progress=False, predict_batch=predict_batch, batch_size=2
+    )["default"]
+    # runs of two: (0, 1) both to redo, (2, 3) cached / all ignore, (4, 5) only 5
+    assert batches == [[0, 1], [5]]
+    full = SemSegEvaluator(dataset.class_names)
+    for i, pred in enumerate(preds):
+        if i != 3:  # the all-ignore image adds nothing
+            full.update(pred, dataset.read_label(i))
+    np.testing.assert_array_equal(resumed.confusion, full.confusion)
+
+
+def test_model_batches_give_the_same_scores(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("open_clip")
+    monkeypatch.setenv("OVSEG_HOME", str(tmp_path / "home"))
+    root = require(DATA / "camvid")
+    base = eval_argv("camvid", root, "--model", "ovseg-test-tiny", "--limit", 3, "--quiet")
+    base += ["--no-cache", "--sweep", "--lambdas", "0.6,0.7", "--thresholds", "0.4,0.5"]
+    results = []
+    for size in (1, 3):
+        out = tmp_path / f"b{size}.json"
+        assert main(base + ["--batch-size", str(size), "--json", str(out)]) == 0
+        results.append(json.loads(out.read_text()))
+    assert results[0]["sweep"] == results[1]["sweep"]
+    assert results[0]["per_class_iou"] == results[1]["per_class_iou"]
+    code, text = run_cli(capsys, base + ["--batch-size", "2", "--oracle", "gt-masks"])
+    assert code == 2 and "--batch-size" in text

@@ -426,3 +426,30 @@ def test_second_run_takes_text_features_from_the_disk_cache(tmp_path, monkeypatc
         assert t["process_to_first_result_s"] >= before_first + first["predict_s"] - 0.02
     assert sources == ["computed", "disk"]
     _check_outputs(tmp_path / "out", image, ["person", "dog", "sky"])
+
+
+def test_batch_size_writes_what_one_at_a_time_writes(photo_dir, tmp_path, capsys):
+    """``--batch-size 2`` over three photos (a batch of two, then one): the same label maps
+    and segments as one image at a time, scores equal up to float rounding."""
+    base = ["segment", str(photo_dir), "--classes", "person, dog; sky", "--model"]
+    base += ["ovseg-test-tiny", "--mode", "eval"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main([*base, "--out", str(one)]) == 0
+    timings = tmp_path / "t.json"
+    assert main([*base, "--out", str(two), "--batch-size", "2", "--timings", str(timings)]) == 0
+    assert [r["batch"] for r in json.loads(timings.read_text())["images"]] == [2, 2, 1]
+    images = sorted(photo_dir.rglob("*.jpg"))
+    for image in images:
+        rel = Path("photos") / image.parent.relative_to(photo_dir)
+        _check_outputs(two / rel, image, ["person", "dog", "sky"])
+        a = np.asarray(Image.open(one / rel / f"{image.stem}.png"))
+        b = np.asarray(Image.open(two / rel / f"{image.stem}.png"))
+        assert np.array_equal(a, b)
+        ja = json.loads((one / rel / f"{image.stem}.json").read_text())
+        jb = json.loads((two / rel / f"{image.stem}.json").read_text())
+        assert [s["label"] for s in ja["segments"]] == [s["label"] for s in jb["segments"]]
+        for sa, sb in zip(ja["segments"], jb["segments"]):
+            assert sb["score"] == pytest.approx(sa["score"], abs=1e-5)
+    with pytest.raises(SystemExit):
+        main([*base, "--out", str(two), "--batch-size", "0"])
+    assert "positive integer" in capsys.readouterr().err

@@ -49,6 +49,28 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_batch_size_arg(parser: argparse.ArgumentParser) -> None:
+    """``--batch-size`` (segment, eval): images per ``Predictor.set_images`` batch."""
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=1,
+        help="images per batch through the proposal model and the CLIP image tower "
+        "(outputs equal one image at a time up to float rounding; worth it on a GPU; "
+        "default 1)",
+    )
+
+
 def add_tta_args(parser: argparse.ArgumentParser) -> None:
     """Test-time augmentation and sliding window (official TEST.AUG / TEST.SLIDING_*)."""
     group = parser.add_argument_group(

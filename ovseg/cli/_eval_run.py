@@ -26,10 +26,11 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.limit is not None:
             dataset.items = dataset.items[: max(0, args.limit)]
         vocabulary = _vocabulary(args, dataset)
+        predict_batch = None
         if args.predictions:
             settings, predict, key = _predictions_mode(args, dataset)
         else:
-            settings, predict, key = _model_mode(args, dataset, vocabulary)
+            settings, predict, predict_batch, key = _model_mode(args, dataset, vocabulary)
         key.update(
             dataset=dataset.name,
             root=str(dataset.root.resolve()),
@@ -49,6 +50,8 @@ def run_eval(args: argparse.Namespace) -> int:
             rank=rank,
             world_size=world_size,
             progress=not args.quiet,
+            predict_batch=predict_batch if args.batch_size > 1 else None,
+            batch_size=args.batch_size,
         )
         results = {name: evaluators[name].compute() for name, _ in settings}
         if rank == 0:
@@ -62,6 +65,11 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    if args.batch_size > 1 and (args.predictions or args.oracle):
+        raise ValueError(
+            "--batch-size batches the model's predictions; --predictions and --oracle score "
+            "one image at a time (leave --batch-size at 1)"
+        )
     model_given = any(getattr(args, k, None) for k in ("model", "checkpoint", "config", "weights"))
     if args.predictions:
         if model_given or args.oracle or args.sweep:
@@ -200,14 +208,14 @@ def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
         def predict(index, gt):
             return {"default": oracles.gt_mask_oracle(image(index), gt, classify, k)}
 
-        return [("default", {})], predict, key
+        return [("default", {})], predict, None, key
     if args.oracle == "proposal-oracle":
         proposer = oracles.ModelProposer(model, generator)
 
         def predict(index, gt):
             return {"default": oracles.proposal_oracle(image(index), gt, proposer, k)}
 
-        return [("default", {})], predict, key
+        return [("default", {})], predict, None, key
 
     import ovseg
     from ovseg.cli._common import augmentation_settings
@@ -254,7 +262,17 @@ def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
             for name, opts in settings
         }
 
-    return settings, predict, key
+    def predict_batch(indices, gts):  # --batch-size: Predictor.set_images / predict_batch
+        predictor.set_images([image(index) for index in indices])
+        per_setting = {
+            name: predictor.predict_batch(vocabulary, **common, **opts) for name, opts in settings
+        }
+        return [
+            {name: segs[j].label_map for name, segs in per_setting.items()}
+            for j in range(len(indices))
+        ]
+
+    return settings, predict, predict_batch, key
 
 
 def eval_predict_kwargs(args) -> dict:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from ovseg.cli._common import add_model_args, add_tta_args
+from ovseg.cli._common import add_batch_size_arg, add_model_args, add_tta_args
 from ovseg.cli._inference import add_classifier_args, add_dtype_args
 from ovseg.cli._proposals import add_proposal_args
 from ovseg.data.datasets import list_datasets
@@ -80,6 +80,7 @@ def register(subparsers) -> None:
     )
     add_classifier_args(source)
     add_dtype_args(source)
+    add_batch_size_arg(source)
     source.add_argument("--sweep", action="store_true", help="grid-search lambda x mask threshold")
     source.add_argument(
         "--lambdas", type=_floats, default=list(SWEEP_LAMBDAS), help="sweep lambdas"

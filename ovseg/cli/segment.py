@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ovseg.cli._common import add_model_args, add_tta_args
+from ovseg.cli._common import add_batch_size_arg, add_model_args, add_tta_args
 from ovseg.cli._engine import add_engine_args, ray_resources, set_local_threads
 from ovseg.cli._inference import add_prediction_args
 from ovseg.cli._proposals import add_proposal_args, add_refine_args
@@ -33,6 +33,7 @@ from ovseg.inference.jobs import (
     redo_reasons,
     remove_partial_writes,
     segment_image,
+    segment_images,
     write_outputs,
 )
 from ovseg.inference.storage import as_path
@@ -54,6 +55,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default="ovseg-out", help="output folder (default ./ovseg-out)")
     parser.add_argument("--force", action="store_true", help="redo images already done")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay colour weight (0..1)")
+    add_batch_size_arg(parser)
     parser.add_argument(
         "--save-proposals",
         action="store_true",
@@ -171,33 +173,65 @@ def _run_local(args, todo, spec, class_names, failed) -> dict:
         ThreadPoolExecutor(1, "ovseg-read") as reader,
         ThreadPoolExecutor(1, "ovseg-write") as writer,
     ):
-        reads = deque(reader.submit(read_job, job[0]) for job in todo[:2])
+        size = args.batch_size
+        reads = deque(reader.submit(read_job, job[0]) for job in todo[: 2 * size])
+        submitted = len(reads)
         writes: deque = deque()
-        bar = tqdm(todo, unit="img", disable=len(todo) < 2, file=sys.stderr)
-        for i, (image_path, folder, stem) in enumerate(bar):
-            bar.set_postfix_str(image_path.name, refresh=False)
-            image, failure = reads.popleft().result()
-            if i + 2 < len(todo):
-                reads.append(reader.submit(read_job, todo[i + 2][0]))
-            if failure is not None:
-                failed(failure)
+        bar = tqdm(total=len(todo), unit="img", disable=len(todo) < 2, file=sys.stderr)
+        for first in range(0, len(todo), size):
+            batch = []  # (job, image) of the images that could be read
+            for job in todo[first : first + size]:
+                image, failure = reads.popleft().result()
+                if failure is not None:
+                    failed(failure)
+                    bar.update(1)
+                else:
+                    batch.append((job, image))
+            while submitted < len(todo) and len(reads) < 2 * size:  # read the next batches
+                reads.append(reader.submit(read_job, todo[submitted][0]))
+                submitted += 1
+            if not batch:
                 continue
-            try:
-                seg, stats = segment_image(predictor, image, class_names, predict_kwargs)
-            except Exception as error:  # one image fails, never the run
-                failed(failure_record(image_path, "segment", error))
-                continue
-            if "process_to_first_result_s" not in timings:
-                timings["process_to_first_result_s"] = process_age_s()
-            _print_text_stats(stats["text"], first=i == 0)
-            timings["images"].append({"image": str(image_path), **stats})
-            extra = output_extra(image_path, class_names, record)
-            writes.append(writer.submit(write_outputs, seg, folder, stem, image, args.alpha, extra))
-            while len(writes) > 2:
-                writes.popleft().result()
+            bar.set_postfix_str(batch[-1][0][0].name, refresh=False)
+            done = _segment_batch(predictor, batch, class_names, predict_kwargs, failed)
+            for (image_path, folder, stem), image, seg, stats in done:
+                if "process_to_first_result_s" not in timings:
+                    timings["process_to_first_result_s"] = process_age_s()
+                _print_text_stats(stats["text"], first=not timings["images"])
+                timings["images"].append({"image": str(image_path), **stats})
+                extra = output_extra(image_path, class_names, record)
+                writes.append(
+                    writer.submit(write_outputs, seg, folder, stem, image, args.alpha, extra)
+                )
+                while len(writes) > 2 * size:
+                    writes.popleft().result()
+            bar.update(len(batch))
+        bar.close()
         for write in writes:
             write.result()
     return timings
+
+
+def _segment_batch(predictor, batch, class_names, predict_kwargs, failed) -> list[tuple]:
+    """``(job, image, Segmentation, stats)`` of each image of ``batch`` (``(job, image)``
+    pairs) that could be segmented: all in one ``segment_images`` call, or, for one image or
+    when that call fails, one image at a time, so that only an image at fault fails."""
+    if len(batch) > 1:
+        images = [image for _, image in batch]
+        try:
+            segs, stats = segment_images(predictor, images, class_names, predict_kwargs)
+            return [(job, image, seg, st) for (job, image), seg, st in zip(batch, segs, stats)]
+        except Exception:  # noqa: BLE001 - tried again image by image below
+            pass
+    out = []
+    for job, image in batch:
+        try:
+            seg, stats = segment_image(predictor, image, class_names, predict_kwargs)
+        except Exception as error:  # one image fails, never the run
+            failed(failure_record(job[0], "segment", error))
+            continue
+        out.append((job, image, seg, {**stats, "batch": 1}))
+    return out
 
 
 def _run_ray(args, todo, spec, class_names, failed, resources) -> dict:

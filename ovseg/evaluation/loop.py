@@ -16,6 +16,8 @@ from ovseg.fileio import write_atomic
 
 # predict(index, gt) -> {setting name: (H, W) int prediction}
 PredictFn = Callable[[int, np.ndarray], Mapping[str, np.ndarray]]
+# predict_batch(indices, gts) -> one {setting name: prediction} per index
+BatchPredictFn = Callable[[list[int], list[np.ndarray]], list[Mapping[str, np.ndarray]]]
 
 
 class ConfusionCache:
@@ -95,11 +97,15 @@ def evaluate_dataset(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
+    predict_batch: BatchPredictFn | None = None,
+    batch_size: int = 1,
 ) -> dict[str, SemSegEvaluator]:
     """Run ``predict`` on this rank's shard of ``dataset`` and score every setting.
 
     Images whose ground truth is entirely ignore add nothing and are not predicted. Images
-    already in ``cache`` (for all ``settings``) are not predicted again.
+    already in ``cache`` (for all ``settings``) are not predicted again. With
+    ``predict_batch``, the images still to predict go to it ``batch_size`` at a time (of
+    each run of ``batch_size`` consecutive images, those not cached) instead of ``predict``.
 
     Returns:
         {setting: evaluator holding this rank's counts}; call ``compute()`` on every rank to
@@ -113,35 +119,50 @@ def evaluate_dataset(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(indices), desc=f"eval {dataset.name}", unit="img", dynamic_ncols=True)
-    for index in indices:
-        stem = dataset[index].stem
-        cached = cache.load(stem) if cache is not None else None
-        if cached is not None and all(s in cached for s in settings):
-            for s in settings:
-                evaluators[s].add_sparse(*cached[s])
-        else:
+    step = batch_size if predict_batch is not None else 1
+    for first in range(0, len(indices), step):
+        pending: list[tuple[int, np.ndarray]] = []  # (index, ground truth) to predict
+        for index in indices[first : first + step]:
+            stem = dataset[index].stem
+            cached = cache.load(stem) if cache is not None else None
+            if cached is not None and all(s in cached for s in settings):
+                for s in settings:
+                    evaluators[s].add_sparse(*cached[s])
+                if bar is not None:
+                    bar.update(1)
+                continue
             gt = dataset.read_label(index)
-            entries = {}
             if (gt == IGNORE_LABEL).all():
-                for s in settings:
-                    entries[s] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
-            else:
-                preds = predict(index, gt)
-                missing = [s for s in settings if s not in preds]
-                if missing:
-                    raise RuntimeError(f"the predictor returned no prediction for {missing}")
-                for s in settings:
-                    pred = np.asarray(preds[s])
-                    if pred.shape != gt.shape:
-                        raise ValueError(
-                            f"prediction for {dataset[index].image} is {pred.shape} but its "
-                            f"ground truth {dataset[index].label} is {gt.shape}"
-                        )
-                    entries[s] = to_sparse(evaluators[s].update(pred, gt))
+                empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+                if cache is not None:
+                    cache.save(stem, {s: empty for s in settings})
+                if bar is not None:
+                    bar.update(1)
+                continue
+            pending.append((index, gt))
+        if not pending:
+            continue
+        if predict_batch is not None:
+            predictions = list(predict_batch([i for i, _ in pending], [gt for _, gt in pending]))
+        else:
+            predictions = [predict(index, gt) for index, gt in pending]
+        for (index, gt), preds in zip(pending, predictions, strict=True):
+            missing = [s for s in settings if s not in preds]
+            if missing:
+                raise RuntimeError(f"the predictor returned no prediction for {missing}")
+            entries = {}
+            for s in settings:
+                pred = np.asarray(preds[s])
+                if pred.shape != gt.shape:
+                    raise ValueError(
+                        f"prediction for {dataset[index].image} is {pred.shape} but its "
+                        f"ground truth {dataset[index].label} is {gt.shape}"
+                    )
+                entries[s] = to_sparse(evaluators[s].update(pred, gt))
             if cache is not None:
-                cache.save(stem, entries)
-        if bar is not None:
-            bar.update(1)
+                cache.save(dataset[index].stem, entries)
+            if bar is not None:
+                bar.update(1)
     if bar is not None:
         bar.close()
     return evaluators

@@ -140,6 +140,22 @@ def segment_image(predictor, image, class_names: list[str], predict_kwargs: dict
     return seg, {"set_image_s": t1 - t0, "predict_s": time.perf_counter() - t1, "text": text}
 
 
+def segment_images(predictor, images: list, class_names: list[str], predict_kwargs: dict):
+    """``segment_image`` for several images in one batch (``predictor.set_images`` then
+    ``predict_batch``): ``(segmentations, stats)``, one each per image; the batch's seconds
+    are shared out evenly over its images, and ``stats["batch"]`` is its size."""
+    t0 = time.perf_counter()
+    predictor.set_images(images)
+    t1 = time.perf_counter()
+    segs = predictor.predict_batch(class_names, **predict_kwargs)
+    t2 = time.perf_counter()
+    adapter = getattr(getattr(predictor, "model", None), "clip_adapter", None)
+    text = dict(getattr(adapter, "last_text_stats", None) or {})
+    n = len(images)
+    stats = {"set_image_s": (t1 - t0) / n, "predict_s": (t2 - t1) / n, "batch": n, "text": text}
+    return segs, [dict(stats) for _ in range(n)]
+
+
 def output_extra(source, class_names: list[str], options: dict) -> dict:
     """The keys ``ovseg segment`` adds to each JSON: the image, the vocabulary and the options
     (what ``is_done`` compares)."""
