@@ -353,17 +353,8 @@ class Predictor:
     ) -> Segmentation:
         self._require_image()
         model = self.model
-        if granularity is None and (model.config.mode if mode is None else mode) == "demo":
-            granularity = self.options.granularity
-        settings = fusion_settings(
-            model.config,
-            mode,
-            ensemble_weight,
-            mask_threshold,
-            clip_only,
-            clip_ensemble,
-            granularity=granularity,
-            space=self.space_rule,
+        settings, granularity = self._settings(
+            mode, ensemble_weight, mask_threshold, clip_only, clip_ensemble, granularity
         )
         names = vocabulary(class_names, settings)
         if self.views is not None:  # test-time augmentation / sliding window: ovseg.inference.tta
@@ -421,6 +412,25 @@ class Predictor:
             seg.label_map = majority_refine(seg.label_map, self.refine_masks)
         return seg
 
+    def _settings(
+        self, mode, ensemble_weight, mask_threshold, clip_only, clip_ensemble, granularity
+    ):
+        """``(FusionSettings, granularity)`` of one ``predict`` call's arguments."""
+        model = self.model
+        if granularity is None and (model.config.mode if mode is None else mode) == "demo":
+            granularity = self.options.granularity
+        settings = fusion_settings(
+            model.config,
+            mode,
+            ensemble_weight,
+            mask_threshold,
+            clip_only,
+            clip_ensemble,
+            granularity=granularity,
+            space=self.space_rule,
+        )
+        return settings, granularity
+
     @torch.inference_mode()
     def predict_batch(
         self,
@@ -467,7 +477,7 @@ class Predictor:
         ``batch``, encoded in one pass (``_encode_clip``)."""
         model = self.model
         keys = ("mode", "ensemble_weight", "mask_threshold", "clip_only", "clip_ensemble")
-        settings = fusion_settings(model.config, *(kwargs[k] for k in keys))
+        settings, _ = self._settings(*(kwargs[k] for k in keys), kwargs["granularity"])
         text = None
         requests = []
         for state in batch:
