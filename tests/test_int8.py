@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ovseg import InferenceOptions
@@ -107,20 +108,19 @@ def test_quantize_int8_reaches_every_linear_layer(official_tiny):
     assert len(linears) == 4 * len(visual.transformer.resblocks)  # in, out, fc, proj
 
 
-# int8 quantisation steps are 1/127 of a tensor's (or channel's) range; measured on
-# official-tiny: CLIP features off by 0.07 (unit vectors), CLIP probabilities by 0.003 (fp32
-# text) / 0.04 (int8 text tower, whose class features move by 0.17).
-INT8_FEATURE_TOL = 0.1
+# int8 quantisation steps are 1/127 of a row's (or channel's) range. Measured on official-tiny,
+# CLIP features (unit vectors) / CLIP class probabilities off by 0.037 / 0.006 with 8-bit
+# activations (AVX512-VNNI), 0.084 / 0.032 with 7-bit ones (AVX2: ONEDNN_MAX_CPU_ISA=AVX2).
+INT8_FEATURE_TOL, INT8_PROB_TOL = 0.15, 0.05
 
 
-@pytest.mark.parametrize("text_dtype, prob_tol", [("fp32", 0.02), ("int8", 0.05)])
 @torch.no_grad()
-def test_int8_clip_branch_and_fusion_against_official(official_tiny, text_dtype, prob_tol):
+def test_int8_clip_branch_and_fusion_against_official(official_tiny):
     """Where int8 matters: the CLIP branch. The int8 tower on the official crops, then the
-    Predictor's own crops, CLIP probabilities and fused scores, against the fixture with the
-    bounds those probability errors imply (``fused_bounds``). Switching the CLIP branch off
-    (7x its bound) or using CLIP alone (23x), or a tower without mask prompts (probabilities
-    off by 1), fails; the old argmax-agreement bar let all of them pass."""
+    Predictor's own crops and fused scores, against the fixture with the bounds its
+    probability error implies (``fused_bounds``). Switching the CLIP branch off (4x its
+    bound) or using CLIP alone, or a tower without deep mask prompts (features off by 1.4),
+    fails; the old argmax-agreement bar let all of them pass."""
     import json
 
     from ovseg import Predictor
@@ -129,17 +129,35 @@ def test_int8_clip_branch_and_fusion_against_official(official_tiny, text_dtype,
 
     model, out, image, names = official_tiny
     meta = json.loads((OFFICIAL_TINY / "meta.json").read_text())
-    options = InferenceOptions(dtype="int8", text_dtype=text_dtype, text_cache=False)
+    options = InferenceOptions(dtype="int8", text_cache=False)  # text tower fp32
     predictor = Predictor(copy.deepcopy(model), options=options)
-    quantized = predictor.model
-    text = quantized.encode_text(names)
-    assert quantized.clip_adapter.last_text_stats["precision"] == text_dtype
-    check_clip_tower(quantized, out, INT8_FEATURE_TOL, prob_tol, text)
+    check_clip_tower(predictor.model, out, INT8_FEATURE_TOL, INT8_PROB_TOL)
     predictor.set_model_input(image.permute(1, 2, 0).numpy(), image.shape[1:])  # its own size
     clip = predictor.clip_features()
     assert torch.equal(clip.valid, out["clip.valid_flag"].bool())  # proposals stay fp32
-    ensemble, alone, clip_alone = fused_bounds(out, meta["clip_ensemble_weight"], prob_tol)
+    ensemble, alone, clip_alone = fused_bounds(out, meta["clip_ensemble_weight"], INT8_PROB_TOL)
     seg = predictor.predict(names)
     assert_within(seg.sem_seg, out["sem_seg"], ensemble, "int8 ensemble")
     only = predictor.predict(names, clip_only=True)
     assert_within(only.sem_seg, clip_alone, alone, "int8 CLIP alone")
+
+
+@torch.no_grad()
+def test_int8_text_tower_against_official(official_tiny):
+    """``text_dtype="int8"``: the official class features within the int8 bound of this
+    CPU's kernel (measured 0.095 with 8-bit activations, 0.31 with 7-bit ones), and every
+    valid mask's CLIP class the official one (probabilities within 0.05 / 0.35: measured
+    0.016 / 0.32, where 7-bit text features cost most)."""
+    from ovseg import Predictor
+    from ovseg.modeling.int8 import int8_full_range
+    from tests.official_compare import check_clip_tower
+
+    model, out, _, names = official_tiny
+    options = InferenceOptions(dtype="int8", text_dtype="int8", text_cache=False)
+    quantized = Predictor(copy.deepcopy(model), options=options).model
+    text = quantized.encode_text(names)
+    assert quantized.clip_adapter.last_text_stats["precision"] == "int8"
+    full = int8_full_range()
+    distance = (text - out["text.class_features"]).norm(dim=-1).max().item()
+    assert distance <= (0.15 if full else 0.4), distance
+    check_clip_tower(quantized, out, INT8_FEATURE_TOL, 0.05 if full else 0.35, text)
