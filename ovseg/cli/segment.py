@@ -255,9 +255,14 @@ def _run_ray(args, todo, spec, class_names, failed, resources) -> dict:
         with tqdm(total=len(todo), unit="img", file=sys.stderr) as bar:
             for result in results:
                 bar.update(1)
-                workers.setdefault(result["pid"], {"host": result["host"], "setup_s": []})
-                if result["setup_s"] not in workers[result["pid"]]["setup_s"]:
-                    workers[result["pid"]]["setup_s"].append(result["setup_s"])
+                workers.setdefault(
+                    result["pid"],
+                    {
+                        "host": result["host"],
+                        "setup_s": result["setup_s"],
+                        "ready_s": result["ready_s"],
+                    },
+                )
                 if result["status"] != "done":
                     failed(json.loads(result["failure"]))
                     continue
