@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ovseg.cli._engine import ray_resources, set_local_threads
 from ovseg.data.datasets import SemSegDataset, build_dataset
 from ovseg.data.datasets.base import read_index_map
 from ovseg.data.image import read_image
@@ -20,7 +22,16 @@ from ovseg.inference.segmentation import unlabelled_as_negative, unlabelled_png_
 
 def run_eval(args: argparse.Namespace) -> int:
     _check_args(args)
+    resources = ray_resources(args)
+    if resources is not None and args.predictions:
+        raise ValueError(
+            "--engine ray runs the model's predictions; --predictions scores saved PNGs here"
+        )
+    if resources is None:
+        set_local_threads(args)
     rank, world_size, own_group = _init_distributed(args)
+    if resources is not None and world_size > 1:
+        raise ValueError("--engine ray and torchrun are two ways to scale out; use one of them")
     try:
         dataset = build_dataset(args.dataset, args.root, args.split)
         if args.limit is not None:
@@ -40,19 +51,33 @@ def run_eval(args: argparse.Namespace) -> int:
         )
         run_settings = key.get("run_settings")  # part of the cache key
         cache = _cache(args, key)
-        evaluators = evaluate_dataset(
-            dataset,
-            predict,
-            [name for name, _ in settings],
-            class_names=dataset.class_names,
-            seen_classes=_seen_classes(args.seen_classes),
-            cache=cache,
-            rank=rank,
-            world_size=world_size,
-            progress=not args.quiet,
-            predict_batch=predict_batch if args.batch_size > 1 else None,
-            batch_size=args.batch_size,
-        )
+        if resources is None:
+            evaluators = evaluate_dataset(
+                dataset,
+                predict,
+                [name for name, _ in settings],
+                class_names=dataset.class_names,
+                seen_classes=_seen_classes(args.seen_classes),
+                cache=cache,
+                rank=rank,
+                world_size=world_size,
+                progress=not args.quiet,
+                predict_batch=predict_batch if args.batch_size > 1 else None,
+                batch_size=args.batch_size,
+            )
+        else:
+            from ovseg.evaluation.ray_eval import evaluate_on_ray
+
+            evaluators = evaluate_on_ray(
+                dataset,
+                functools.partial(worker_predict, args, dataset, vocabulary),
+                [name for name, _ in settings],
+                resources,
+                class_names=dataset.class_names,
+                seen_classes=_seen_classes(args.seen_classes),
+                cache=cache,
+                progress=not args.quiet,
+            )
         results = {name: evaluators[name].compute() for name, _ in settings}
         if rank == 0:
             _report(args, dataset, settings, results, run_settings)
@@ -273,6 +298,12 @@ def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
         ]
 
     return settings, predict, predict_batch, key
+
+
+def worker_predict(args, dataset: SemSegDataset, vocabulary: list[str]) -> PredictFn:
+    """The prediction function of the model mode, built in a Ray worker (``--engine ray``):
+    the same model, settings and predictions as this process's."""
+    return _model_mode(args, dataset, vocabulary)[1]
 
 
 def eval_predict_kwargs(args) -> dict:

@@ -7,6 +7,7 @@ Examples::
     ovseg eval --dataset ade20k-150 --root ADE --model ovseg-swinB-vitL14 --oracle gt-masks
     ovseg eval --dataset pascal-context-59 --root VOC2010 --model ... --sweep
     torchrun --nproc-per-node 2 -m ovseg eval ...      # each rank scores its shard
+    ovseg eval ... --engine ray --workers 4            # predictions on Ray actors
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 from ovseg.cli._common import add_batch_size_arg, add_model_args, add_tta_args
+from ovseg.cli._engine import add_engine_args
 from ovseg.cli._inference import add_classifier_args, add_dtype_args
 from ovseg.cli._proposals import add_proposal_args
 from ovseg.data.datasets import list_datasets
@@ -91,6 +93,7 @@ def register(subparsers) -> None:
     add_model_args(parser)
     add_proposal_args(parser)
     add_tta_args(parser)
+    add_engine_args(parser)
     out = parser.add_argument_group("output")
     out.add_argument("--json", help="write the metrics here (JSON)")
     out.add_argument("--chart", help="per-class IoU bar chart PNG (default: next to --json)")

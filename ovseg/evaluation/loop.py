@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ovseg.data.datasets.base import IGNORE_LABEL, SemSegDataset
-from ovseg.evaluation.sem_seg import SemSegEvaluator, to_sparse
+from ovseg.evaluation.sem_seg import SemSegEvaluator, image_confusion, to_sparse
 from ovseg.fileio import write_atomic
 
 # predict(index, gt) -> {setting name: (H, W) int prediction}
@@ -87,6 +87,46 @@ def shard_indices(num_items: int, rank: int, world_size: int) -> range:
     return range(rank, num_items, world_size)
 
 
+def prediction_entries(
+    dataset: SemSegDataset,
+    index: int,
+    gt: np.ndarray,
+    preds: Mapping[str, np.ndarray],
+    settings: Sequence[str],
+    num_classes: int,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """One image's confusion matrix per setting, sparse (``to_sparse``: flat indices,
+    counts), from its (H, W) ground truth and its predictions ``{setting: (H, W)}``."""
+    missing = [s for s in settings if s not in preds]
+    if missing:
+        raise RuntimeError(f"the predictor returned no prediction for {missing}")
+    entries = {}
+    for s in settings:
+        pred = np.asarray(preds[s])
+        if pred.shape != gt.shape:
+            raise ValueError(
+                f"prediction for {dataset[index].image} is {pred.shape} but its "
+                f"ground truth {dataset[index].label} is {gt.shape}"
+            )
+        entries[s] = to_sparse(image_confusion(pred, gt, num_classes, IGNORE_LABEL))
+    return entries
+
+
+def image_entries(
+    dataset: SemSegDataset,
+    index: int,
+    predict: PredictFn,
+    settings: Sequence[str],
+    num_classes: int,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``prediction_entries`` of image ``index``: its ground truth read, ``predict`` called
+    (not when the ground truth is entirely ignore: empty entries then)."""
+    gt = dataset.read_label(index)
+    if (gt == IGNORE_LABEL).all():
+        return {s: (np.zeros(0, np.int64), np.zeros(0, np.int64)) for s in settings}
+    return prediction_entries(dataset, index, gt, predict(index, gt), settings, num_classes)
+
+
 def evaluate_dataset(
     dataset: SemSegDataset,
     predict: PredictFn,
@@ -147,18 +187,9 @@ def evaluate_dataset(
         else:
             predictions = [predict(index, gt) for index, gt in pending]
         for (index, gt), preds in zip(pending, predictions, strict=True):
-            missing = [s for s in settings if s not in preds]
-            if missing:
-                raise RuntimeError(f"the predictor returned no prediction for {missing}")
-            entries = {}
+            entries = prediction_entries(dataset, index, gt, preds, settings, len(names))
             for s in settings:
-                pred = np.asarray(preds[s])
-                if pred.shape != gt.shape:
-                    raise ValueError(
-                        f"prediction for {dataset[index].image} is {pred.shape} but its "
-                        f"ground truth {dataset[index].label} is {gt.shape}"
-                    )
-                entries[s] = to_sparse(evaluators[s].update(pred, gt))
+                evaluators[s].add_sparse(*entries[s])
             if cache is not None:
                 cache.save(dataset[index].stem, entries)
             if bar is not None:

@@ -179,10 +179,12 @@ class PoolWorker:
 
     Rows are dicts of plain values with a unique ``"key"``; results carry the key, the status,
     the actor's pid and host, and its set-up seconds. ``stage`` names the work in failure
-    records.
+    records; ``durable`` says whether a finished item's effect survives its worker (files
+    written), so that a retry may skip it, or lives only in the result (redone).
     """
 
     stage = "process"
+    durable = True  # process() leaves its result on disk: a finished item is not redone
 
     def __init__(self, ledger, threads: int, setup_kwargs: dict) -> None:
         import torch
@@ -217,7 +219,7 @@ class PoolWorker:
         for i, key in enumerate(keys):
             row = {name: _plain(column[i]) for name, column in batch.items()}
             finished, attempt = ray.get(self.ledger.begin.remote(key))
-            if finished:  # written by an attempt whose worker died before reporting it
+            if finished and self.durable:  # done by an attempt whose worker then died
                 result = {"status": "done", "detail": {"note": "finished by an earlier attempt"}}
             elif attempt > MAX_ATTEMPTS:
                 error = RuntimeError(

@@ -1,5 +1,6 @@
-"""``ovseg segment --engine ray`` on a real local Ray: the same files as the local engine, a
-worker killed by its pid, a corrupt image, a killed driver and its rerun.
+"""``--engine ray`` on a real local Ray. ``ovseg segment``: the same files as the local engine,
+a worker killed by its pid, a corrupt image, a killed driver and its rerun. ``ovseg eval``: the
+same scores as the local loop, and the confusion cache.
 
 One Ray instance serves the module (started once: it costs seconds); the runs join it. The
 photos are real (coco-mini), the model is ovseg-test-tiny, torch threads are the same in both
@@ -189,3 +190,27 @@ def test_a_killed_driver_is_resumed_by_a_rerun(ray_cluster, photos, local_out, t
     assert summary in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in finished} == finished  # not redone
     _assert_same_outputs(out, local_out)
+
+
+def test_eval_on_ray_scores_what_the_local_loop_scores(ray_cluster, tmp_path, monkeypatch):
+    from tests.conftest import DATA, require
+
+    root = require(DATA / "camvid")
+    argv = ["eval", "--dataset", "camvid", "--root", str(root), "--model", "ovseg-test-tiny"]
+    argv += ["--limit", "4", "--quiet", "--sweep", "--lambdas", "0.6,0.7", "--thresholds", "0.4"]
+    assert main(argv + ["--no-cache", "--json", str(tmp_path / "local.json")]) == 0
+    cache = tmp_path / "cache"
+    ray_argv = argv + ["--engine", "ray", "--cache", str(cache)]
+    assert main(ray_argv + ["--json", str(tmp_path / "ray.json")]) == 0
+    local, on_ray = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("local", "ray"))
+    assert 0 < local["mIoU"] < 100 and len(local["sweep"]) == 2
+    assert on_ray == local
+    assert len(list(cache.glob("*.npz"))) == 4
+    from ovseg.evaluation import ray_eval
+
+    def no_workers(*args, **kwargs):
+        raise AssertionError("every image is cached: no worker should start")
+
+    monkeypatch.setattr(ray_eval, "map_on_ray", no_workers)
+    assert main(ray_argv + ["--json", str(tmp_path / "again.json")]) == 0  # from the cache
+    assert json.loads((tmp_path / "again.json").read_text()) == local
