@@ -56,6 +56,14 @@ def official_tiny():
     return model, outputs, torch.from_numpy(image).permute(2, 0, 1), names
 
 
+@pytest.fixture(scope="session")
+def official_tiny_meta() -> dict:
+    """official-tiny/meta.json: shapes, mask threshold, ensemble weight, class names..."""
+    import json
+
+    return json.loads((require(OFFICIAL_TINY) / "meta.json").read_text())
+
+
 # Tests never read or write the user's cache folder (text features, eval caches): a fresh
 # one per session unless OVSEG_HOME is set; tests that need their own monkeypatch it.
 if "OVSEG_HOME" not in os.environ:

@@ -8,8 +8,6 @@ float differences in the backbone into ~2e-3 on mask logits of magnitude ~375.
 
 from __future__ import annotations
 
-import json
-
 import open_clip
 import torch
 import torch.nn.functional as F
@@ -24,7 +22,6 @@ from ovseg.modeling.fusion import (
     proposal_class_probs,
     semantic_fusion,
 )
-from tests.conftest import OFFICIAL_TINY
 from tests.official_compare import assert_close, check_head_stages
 
 # The official-tiny run has no run-to-run record; the same pixel decoder, predictor and fusion
@@ -43,10 +40,11 @@ def assert_close_to_scale(a, b, rel=1e-4):
     assert max_abs(a, b) <= rel * scale, f"max abs diff {max_abs(a, b):.3g}, scale {scale:.3g}"
 
 
-def test_normalised_padded_input(official_tiny):
+def test_normalised_padded_input(official_tiny, official_tiny_meta):
     model, out, image, _ = official_tiny
-    x = normalize_and_pad(image, model.pixel_mean, model.pixel_std, 32)
-    assert x.shape == (1, 3, 256, 320)
+    meta = official_tiny_meta
+    x = normalize_and_pad(image, model.pixel_mean, model.pixel_std, meta["size_divisibility"])
+    assert list(x.shape[1:]) == meta["shapes"]["model_input_normalized_padded"]
     assert max_abs(x[0], out["model_input_normalized_padded"]) == 0.0
 
 
@@ -66,20 +64,20 @@ def test_pixel_decoder_and_predictor_stage(official_tiny):
 
 
 @torch.no_grad()
-def test_text_features(official_tiny):
+def test_text_features(official_tiny, official_tiny_meta):
     model, out, _, names = official_tiny
-    templates = json.loads((OFFICIAL_TINY / "meta.json").read_text())["vild_templates"]
+    templates = official_tiny_meta["vild_templates"]
     tokens = open_clip.tokenize([t.format(n) for t in templates for n in names])
-    assert torch.equal(tokens.view(14, 5, 77), out["text.tokens"])
+    assert torch.equal(tokens.view(len(templates), len(names), -1), out["text.tokens"])
     text = model.encode_text(names)
     assert max_abs(text, out["text.class_features"]) < 1e-5
     assert max_abs(model.clip_adapter.with_void(text), out["text.features_with_void"]) < 1e-5
 
 
 @torch.no_grad()
-def test_masked_crops_bit_exact(official_tiny):
+def test_masked_crops_bit_exact(official_tiny, official_tiny_meta):
     _, out, image, _ = official_tiny
-    crops = masked_crops(image, out["mask_pred_probs"] > 0.4)
+    crops = masked_crops(image, out["mask_pred_probs"] > official_tiny_meta["mask_thr"])
     assert torch.equal(crops.valid, out["clip.valid_flag"].bool())
     assert torch.equal(crops.boxes, out["clip.crop_ltrb"])
     assert torch.equal(crops.crops, out["clip.regions_normalized_224"])
@@ -95,10 +93,12 @@ def test_clip_branch_stage(official_tiny):
     assert max_abs(F.normalize(feats, dim=-1), out["clip.image_features_normalized"]) < 1e-5
 
 
-def test_ensemble_and_fusion_from_official_tensors(official_tiny):
+def test_ensemble_and_fusion_from_official_tensors(official_tiny, official_tiny_meta):
     _, out, _, _ = official_tiny
     valid = out["clip.valid_flag"].bool()
-    probs = ensemble_probs(out["mask_cls_probs"], out["clip.cls_probs"], valid, 0.7)
+    assert valid.tolist() == official_tiny_meta["valid_flag"]
+    weight = official_tiny_meta["clip_ensemble_weight"]
+    probs = ensemble_probs(out["mask_cls_probs"], out["clip.cls_probs"], valid, weight)
     assert max_abs(probs, out["ensembled_cls_probs"]) < 1e-6
     sem_seg = semantic_fusion(out["ensembled_cls_probs"], out["mask_pred_probs"])
     assert torch.allclose(sem_seg, out["sem_seg"], rtol=1e-5, atol=1e-6)
@@ -108,20 +108,24 @@ def test_ensemble_and_fusion_from_official_tensors(official_tiny):
 
 
 @torch.no_grad()
-def test_end_to_end_matches_official(official_tiny):
+def test_end_to_end_matches_official(official_tiny, official_tiny_meta):
     model, out, image, names = official_tiny
+    assert names == official_tiny_meta["class_names"]
+    h, w = official_tiny_meta["shapes"]["input_image_uint8_HWC"][:2]
     proposals = model.propose(image)
     text = model.encode_text(names)
     text_void = model.clip_adapter.with_void(text)
     pred_logits = model.clip_adapter.similarity_logits(proposals.embeddings, text_void)
     assert_close_to_scale(pred_logits, out["pred_logits"])
     assert max_abs(proposal_class_probs(pred_logits), out["mask_cls_probs"]) < 1e-4
-    x = normalize_and_pad(image, model.pixel_mean, model.pixel_std, 32)
+    x = normalize_and_pad(
+        image, model.pixel_mean, model.pixel_std, official_tiny_meta["size_divisibility"]
+    )
     _, mask_logits = model.proposal_outputs(x)
     assert_close_to_scale(mask_logits[0], out["head.pred_masks"])
     full = F.interpolate(mask_logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-    assert_close_to_scale(full[0, :, :240, :320], out["mask_pred_logits_fullres"])
-    assert torch.equal(proposals.masks, full[0, :, :240, :320].sigmoid())
+    assert_close_to_scale(full[0, :, :h, :w], out["mask_pred_logits_fullres"])
+    assert torch.equal(proposals.masks, full[0, :, :h, :w].sigmoid())
     assert max_abs(proposals.masks, out["mask_pred_probs"]) < 5e-4
 
     clip = model.clip_image_features(image, proposals.masks)
@@ -168,15 +172,17 @@ def test_batched_crop_method_end_to_end(official_tiny):
     CLIP tower, on the official masks with an injected duplicate of valid query 3."""
     model, out, image, _ = official_tiny
     probs = out["mask_pred_probs"]
+    thr = model.config.mask_threshold
     dup = int(out["clip.valid_indices"][2])
-    masks = torch.cat([probs[:4], probs[dup : dup + 1], probs[4:]])  # 11 masks, index 4 copied
-    crops, valid, inverse = model.clip_crops(image, masks, 0.4, fast=True, crop_method="fast")
+    masks = torch.cat([probs[:4], probs[dup : dup + 1], probs[4:]])  # Q + 1 masks, index 4 copied
+    crops, valid, inverse = model.clip_crops(image, masks, thr, fast=True, crop_method="fast")
     official_valid = out["clip.valid_flag"].bool()
     assert torch.equal(
         valid, torch.cat([official_valid[:4], torch.tensor([True]), official_valid[4:]])
     )
-    assert len(crops.crops) == 6 and len(inverse) == 7  # the duplicate is cropped once
-    pos = valid.nonzero()[:, 0].tolist()  # valid masks, in order, in the 11-mask list
+    n_valid = int(official_valid.sum())
+    assert len(crops.crops) == n_valid and len(inverse) == n_valid + 1  # duplicate cropped once
+    pos = valid.nonzero()[:, 0].tolist()  # valid masks, in order, in the Q + 1 masks
     official_rows = [i for i, p in enumerate(pos) if p != 4]
     dup_row = pos.index(4)
     dup_official_row = out["clip.valid_indices"].tolist().index(dup)
@@ -188,7 +194,7 @@ def test_batched_crop_method_end_to_end(official_tiny):
     )
     # bicubic by explicit taps vs PyTorch's kernel: float32 rounding only (values up to 2.6)
     assert_close(got, out["clip.regions_normalized_224"], rtol=0, atol=1e-5)
-    feats = model.clip_image_features(image, masks, 0.4, fast=True).features  # CPU: reference crops
+    feats = model.clip_image_features(image, masks, thr, fast=True).features  # CPU: reference crops
     batched = model.encode_crops(crops)[inverse]
     assert_close(
         F.normalize(batched[official_rows], dim=-1),
@@ -200,7 +206,7 @@ def test_batched_crop_method_end_to_end(official_tiny):
 
 
 @torch.no_grad()
-def test_top_k_against_an_independent_selection(official_tiny):
+def test_top_k_against_an_independent_selection(official_tiny, official_tiny_meta):
     """``InferenceOptions.top_k``: the k queries with the highest official proposal score
     (max class probability), then the official ensemble and fusion on that subset alone."""
     import numpy as np
@@ -210,11 +216,13 @@ def test_top_k_against_an_independent_selection(official_tiny):
     model, out, image, names = official_tiny
     scores = out["mask_cls_probs"].amax(1).numpy()
     order = np.argsort(-scores)
-    k = 8
-    assert scores[order[k - 1]] - scores[order[k]] > 1e-3  # no near-tie at the cut
+    queries = len(scores)
+    # k: the cut in the upper half of the queries with the widest gap (no near-tie)
+    k = max(range(queries // 2, queries), key=lambda k: scores[order[k - 1]] - scores[order[k]])
+    assert scores[order[k - 1]] - scores[order[k]] > 1e-3
     expected = sorted(order[:k].tolist())
     saved = model.config.min_size_test
-    model.config.min_size_test = 240  # the fixture PNG is the model input: no resize
+    model.config.min_size_test = min(image.shape[1:])  # the fixture PNG is the model input
     try:
         options = ovseg.InferenceOptions(top_k=k, fast=False, channels_last=False)
         predictor = ovseg.Predictor(model, options=options)
@@ -230,7 +238,8 @@ def test_top_k_against_an_independent_selection(official_tiny):
     for j, i in enumerate(expected):
         if valid[i]:
             p_clip[j] = out["clip.cls_probs"][clip_row[i]]
-    probs = out["mask_cls_probs"][q] ** 0.3 * p_clip**0.7
+    weight = official_tiny_meta["clip_ensemble_weight"]
+    probs = out["mask_cls_probs"][q] ** (1 - weight) * p_clip**weight
     by_hand = torch.einsum("qc,qhw->chw", probs, out["mask_pred_probs"][q])
     assert_close(seg.sem_seg, by_hand, rtol=3e-3, atol=1e-7)
     assert not torch.allclose(seg.sem_seg, out["sem_seg"], rtol=1e-2)  # the subset matters
