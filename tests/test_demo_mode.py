@@ -9,6 +9,8 @@ float rounding.
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,66 +20,106 @@ import torch.nn.functional as F
 import ovseg
 from ovseg.modeling.classify import classify, vocabulary
 from ovseg.modeling.fusion import demo_fusion, demo_unlabelled, fusion_settings
+from ovseg.weights.official_yaml import read_official_yaml
 from tests.conftest import FIXTURES, OFFICIAL_TINY, require
 
 DEMO = FIXTURES / "official-demo"
-VOCABULARIES = {"v1": ["person"], "v4": ["person", "grass", "helmet", "astronaut"]}
+
+
+def trimmed_copy(folder: Path, out: Path, keep: int) -> Path:
+    """Copy the fixture into ``out`` with only its first ``keep`` vocabularies: the others'
+    tensors and meta entries are dropped (each vocabulary's run is independent)."""
+    from safetensors.torch import load_file, save_file
+
+    meta = json.loads((folder / "meta.json").read_text())
+    gone = list(meta["vocabularies"])[keep:]
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.yaml", "input.png"):
+        shutil.copy(folder / name, out / name)
+    tensors = load_file(str(folder / "outputs.safetensors"))
+    kept = {k: v for k, v in tensors.items() if k.split(".")[0] not in gone}
+    save_file(kept, str(out / "outputs.safetensors"))
+    meta["vocabularies"] = {k: v for k, v in meta["vocabularies"].items() if k not in gone}
+    meta["tensors"] = {k: v for k, v in meta["tensors"].items() if k.split(".")[0] not in gone}
+    (out / "meta.json").write_text(json.dumps(meta))
+    return out
 
 
 @pytest.fixture(scope="module")
-def demo_fixture():
+def demo_model():
+    require(DEMO)
+    return ovseg.load_official(DEMO / "config.yaml", OFFICIAL_TINY / "model_state.safetensors")
+
+
+@pytest.fixture(scope="module", params=["as-run", "one-vocabulary"])
+def demo_fixture(request, demo_model, tmp_path_factory):
+    """(model, outputs, meta, folder) of the official demo run, or of a copy trimmed to its
+    first vocabulary (which tests that hard-code the run's vocabularies fail)."""
     from safetensors.torch import load_file
 
-    require(DEMO)
-    model = ovseg.load_official(DEMO / "config.yaml", OFFICIAL_TINY / "model_state.safetensors")
-    meta = json.loads((DEMO / "meta.json").read_text())
-    return model, load_file(str(DEMO / "outputs.safetensors")), meta
+    folder = DEMO
+    if request.param != "as-run":
+        folder = trimmed_copy(DEMO, tmp_path_factory.mktemp("demo"), keep=1)
+    meta = json.loads((folder / "meta.json").read_text())
+    return demo_model, load_file(str(folder / "outputs.safetensors")), meta, folder
 
 
 def test_demo_config_is_read(demo_fixture):
-    cfg = demo_fixture[0].config
-    assert (cfg.mode, cfg.ensemble_weight, cfg.mask_threshold) == ("demo", 0.0, 0.35)
-    assert (cfg.min_size_test, cfg.max_size_test) == (288, 400)
+    model, _, meta, folder = demo_fixture
+    cfg = model.config
+    assert (cfg.mode, cfg.ensemble_weight, cfg.mask_threshold) == (
+        "demo",
+        meta["clip_ensemble_weight"],
+        meta["mask_thr"],
+    )
+    official = read_official_yaml(folder / "config.yaml")
+    assert official["MODEL"]["META_ARCHITECTURE"] == "OVSegDEMO"
+    sizes = official["INPUT"]["MIN_SIZE_TEST"], official["INPUT"]["MAX_SIZE_TEST"]
+    assert (cfg.min_size_test, cfg.max_size_test) == sizes
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
 def test_demo_predictions_match_the_official_demo(demo_fixture, fast):
-    model, out, meta = demo_fixture
+    model, out, meta, folder = demo_fixture
     predictor = ovseg.Predictor(model, options=ovseg.InferenceOptions(fast=fast))
-    predictor.set_image(DEMO / "input.png")
+    predictor.set_image(folder / "input.png")
     assert torch.equal(predictor.input_image.float(), out["model_input_image_uint8"])
-    for key, names in VOCABULARIES.items():
+    for key, run in meta["vocabularies"].items():
+        assert list(predictor.input_image.shape[1:]) == run["model_input_hw"]
+        names = run["class_names_passed"]
         passed = list(names)
         seg = predictor.predict(passed)  # mode None: the config's, i.e. demo
         assert passed == names  # unlike the official code, the caller's list is not changed
         assert seg.mode == "demo"
-        assert seg.class_names == meta["vocabularies"][key]["class_names_used"]
+        assert seg.class_names == run["class_names_used"]
         expected = out[f"{key}.label_map"].numpy()
         ours = np.where(seg.label_map < 0, 255, seg.label_map)
         assert np.array_equal(ours, expected), f"{key}: {(ours != expected).sum()} pixels differ"
+        assert int((ours == 255).sum()) == run["sem_seg_channel0_zero_pixels"]
         ref = out[f"{key}.sem_seg"]
         assert seg.sem_seg.shape == ref.shape
         err = (seg.sem_seg - ref).abs().max().item()
         assert err <= 2e-6 * max(1.0, ref.abs().max().item()), f"{key}: sem_seg differs by {err}"
         histogram = {str(k): int(n) for k, n in zip(*np.unique(ours, return_counts=True))}
-        assert histogram == meta["vocabularies"][key]["label_histogram"]
+        assert histogram == run["label_histogram"]
         record = seg.to_json()
         assert record["unlabelled"] == {"value": 255, "area": histogram["255"]}
 
 
 @torch.no_grad()
 def test_clip_probabilities_and_selection_match(demo_fixture):
-    model, out, _ = demo_fixture
+    model, out, meta, folder = demo_fixture
+    thr = meta["mask_thr"]
     predictor = ovseg.Predictor(model)
-    predictor.set_image(DEMO / "input.png")
-    clip = predictor.clip_features(0.35)
+    predictor.set_image(folder / "input.png")
+    clip = predictor.clip_features(thr)
     assert torch.equal(clip.valid, out["valid_flag"].bool())
     valid_masks = predictor.proposals.masks[clip.valid]
     assert (valid_masks - out["mask_pred_probs_valid"]).abs().max() < 5e-4
-    assert torch.equal(valid_masks > 0.35, out["bin_masks"].bool())
-    for key, names in VOCABULARIES.items():
+    assert torch.equal(valid_masks > thr, out["bin_masks"].bool())
+    for key, run in meta["vocabularies"].items():
         settings = fusion_settings(model.config)
-        used = vocabulary(names, settings)
+        used = vocabulary(run["class_names_passed"], settings)
         text = model.clip_adapter.with_void(model.encode_text(used))
         assert (text - out[f"{key}.text.features_with_void"]).abs().max() < 1e-5
         probs, _ = classify(
@@ -85,15 +127,28 @@ def test_clip_probabilities_and_selection_match(demo_fixture):
         )
         assert (probs - out[f"{key}.mask_cls_probs"]).abs().max() < 5e-5
         # the fusion alone, fed the official tensors
-        fused = demo_fusion(out[f"{key}.mask_cls_probs"], out["mask_pred_probs_valid"], 0.35, used)
-        assert fused.select.tolist() == out[f"{key}.select_mask"].tolist()
+        fused = demo_fusion(out[f"{key}.mask_cls_probs"], out["mask_pred_probs_valid"], thr, used)
+        assert fused.select.tolist() == out[f"{key}.select_mask"].tolist() == run["select_mask"]
         official = torch.einsum("qc,qhw->chw", out[f"{key}.select_cls"], out["bin_masks"].float())
         assert torch.equal(fused.sem_seg, official)
-        resized = F.interpolate(fused.sem_seg[None], size=(240, 320), mode="bilinear")[0]
+        resized = F.interpolate(fused.sem_seg[None], size=meta["orig_hw"], mode="bilinear")[0]
         assert (resized - out[f"{key}.sem_seg"]).abs().max() < 1e-6
         label = resized.argmax(0)
         label[demo_unlabelled(resized)] = 255
         assert torch.equal(label, out[f"{key}.label_map"])
+
+
+def test_trimmed_copy_has_fewer_vocabularies(tmp_path):
+    from safetensors.torch import load_file
+
+    full = json.loads((require(DEMO) / "meta.json").read_text())
+    trimmed = trimmed_copy(DEMO, tmp_path / "t", keep=1)
+    meta = json.loads((trimmed / "meta.json").read_text())
+    assert (
+        list(meta["vocabularies"]) == list(full["vocabularies"])[:1] != list(full["vocabularies"])
+    )
+    keys = set(load_file(str(trimmed / "outputs.safetensors")))
+    assert all(f"{key}.label_map" not in keys for key in list(full["vocabularies"])[1:])
 
 
 def channel0_planted_predictor(tiny_model, options=None):

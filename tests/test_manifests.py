@@ -76,7 +76,9 @@ def test_demo_config_means_clip_only_at_the_demo_threshold():
     sd = manifest_state_dict(require(FIXTURES / "manifest_swinB_vitL14.json"))
     cfg = read_official_yaml(FIXTURES / "configs" / "ovseg_swinB_vitL_demo.resolved.yaml")
     demo = config_from_official(cfg, ClipArch.from_state_dict(sd, CLIP_PREFIX))
-    assert demo.mask_threshold == 0.35 and demo.ensemble_weight == 0.0
+    clip_adapter = cfg["MODEL"]["CLIP_ADAPTER"]
+    assert demo.mask_threshold == clip_adapter["MASK_THR"] == 0.35  # the published demo file's
+    assert demo.ensemble_weight == clip_adapter["CLIP_ENSEMBLE_WEIGHT"] == 0.0
     assert demo.clip_only_default  # the official code uses CLIP alone when lambda is 0
 
 

@@ -64,11 +64,23 @@ def test_published_values_and_official_defaults():
     swin = config_from_official(
         read_official_yaml(require(CONFIGS / "raw" / "ovseg_swinB_vitL_bs32_120k.yaml")), ClipArch()
     )
-    assert swin.mask_prompt_fwd is True and swin.mask_threshold == 0.4
-    assert (swin.min_size_test, swin.max_size_test) == (640, 2560)
-    assert swin.test_aug is False and swin.test_aug_min_sizes == (256, 384, 512, 640, 768, 896)
-    assert (swin.test_aug_max_size, swin.test_aug_flip) == (3584, True)
-    assert swin.sliding_window is False and swin.sliding_tile_size == 224
+    # each value as the official code resolved it (the dump), read from the raw file
+    dump = read_official_yaml(CONFIGS / "ovseg_swinB_vitL_bs32_120k.resolved.yaml")
+    clip, test_input, test = dump["MODEL"]["CLIP_ADAPTER"], dump["INPUT"], dump["TEST"]
+    assert swin.mask_prompt_fwd is clip["MASK_PROMPT_FWD"] is True
+    assert swin.mask_threshold == clip["MASK_THR"]
+    assert (swin.min_size_test, swin.max_size_test) == (
+        test_input["MIN_SIZE_TEST"],
+        test_input["MAX_SIZE_TEST"],
+    )
+    assert swin.test_aug is test["AUG"]["ENABLED"] is False
+    assert swin.test_aug_min_sizes == tuple(test["AUG"]["MIN_SIZES"])
+    assert (swin.test_aug_max_size, swin.test_aug_flip) == (
+        test["AUG"]["MAX_SIZE"],
+        test["AUG"]["FLIP"],
+    )
+    assert swin.sliding_window is test["SLIDING_WINDOW"] is False
+    assert swin.sliding_tile_size == test["SLIDING_TILE_SIZE"]
     # a minimal file: every omitted key takes the official default, not ours
     minimal = {
         "MODEL": {

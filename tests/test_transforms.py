@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -53,16 +55,22 @@ def test_resize_values_against_pil_and_interpolate():
 
 
 def test_resize_equals_the_official_demo_model_input():
-    """official-demo: the official predictor's ResizeShortestEdge([288, 288], 400), 240x320 in."""
+    """official-demo: the official predictor's ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)
+    of its config (288, 400 for 240x320 in)."""
     from safetensors.torch import load_file
 
+    from ovseg.weights.official_yaml import read_official_yaml
     from tests.conftest import FIXTURES, require
 
     folder = require(FIXTURES / "official-demo")
     out = load_file(str(folder / "outputs.safetensors"))
+    meta = json.loads((folder / "meta.json").read_text())
+    test_input = read_official_yaml(folder / "config.yaml")["INPUT"]
     image = out["input_image_uint8_HWC_RGB"].numpy()
-    resized = resize_shortest_edge(image, 288, 400)
-    assert resized.shape == (288, 384, 3)
+    assert list(image.shape[:2]) == meta["orig_hw"]
+    resized = resize_shortest_edge(image, test_input["MIN_SIZE_TEST"], test_input["MAX_SIZE_TEST"])
+    for run in meta["vocabularies"].values():
+        assert list(resized.shape[:2]) == run["model_input_hw"]
     assert np.array_equal(resized.transpose(2, 0, 1), out["model_input_image_uint8"].numpy())
 
 
