@@ -291,3 +291,56 @@ def test_compiled_clip_tower_equals_eager():
         eager = model.clip_adapter.encode_masked(crops, regions)
         compiled = torch.compile(model.clip_adapter.encode_masked, dynamic=True)(crops, regions)
     assert max_abs(compiled, eager) < 1e-4
+
+
+def test_crops_of_several_images_equal_each_image_alone():
+    """``masked_crops_many(method="fast")`` makes the crops of images of different sizes in
+    shared chunks; each crop is bit-identical to the crop of its image alone, and to the
+    reference loop up to float rounding."""
+    from ovseg.data.fast_crops import multi_image_masked_crops
+    from ovseg.data.masked_crops import masked_crops_many
+
+    g = torch.Generator().manual_seed(5)
+    sizes = [(61, 97), (40, 50), (64, 64)]
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g) for h, w in sizes]
+    masks = [random_masks(9, h, w, seed=i) for i, (h, w) in enumerate(sizes)]
+    joint, counts = masked_crops_many(images, masks, 224, method="fast")
+    reference, ref_counts = masked_crops_many(images, masks, 224, method="reference")
+    assert counts == ref_counts == [int(m.flatten(1).any(1).sum()) for m in masks]
+    assert torch.equal(joint.region_masks, reference.region_masks)
+    assert max_abs(joint.crops, reference.crops) < 2e-5
+    start = 0
+    for image, m, n in zip(images, masks, counts):
+        alone = masked_crops(image, m, 224, method="fast")
+        assert torch.equal(joint.crops[start : start + n], alone.crops)
+        assert torch.equal(joint.boxes[start : start + n], alone.boxes)
+        start += n
+    # one crop per chunk: the same crops
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1) * 255
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1) * 255
+    fill = torch.tensor(MEAN_FILL).view(3, 1, 1)
+    valid = [m[m.flatten(1).any(1)] for m in masks]
+    small, regions = multi_image_masked_crops(
+        [im.float() for im in images], valid, joint.boxes, 224, mean, std, fill, 1
+    )
+    assert torch.equal(small, joint.crops) and torch.equal(regions, joint.region_masks)
+
+
+def test_clip_features_of_several_images_equal_one_at_a_time():
+    model = fresh_tiny()
+    g = torch.Generator().manual_seed(6)
+    sizes = [(64, 80), (48, 48)]
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g) for h, w in sizes]
+    soft = [random_masks(10, h, w, seed=7 + i).float() * 0.9 for i, (h, w) in enumerate(sizes)]
+    with torch.inference_mode():
+        for fast in (False, True):
+            joint = model.clip_image_features_batch(images, soft, fast=fast)
+            for image, masks, got in zip(images, soft, joint):
+                alone = model.clip_image_features(image, masks, fast=fast)
+                assert torch.equal(got.valid, alone.valid)
+                assert max_abs(got.features, alone.features) < 1e-4
+        crops, counts, valids, inverses = model.clip_crops_many(
+            images, soft, fast=True, crop_method="fast"
+        )
+        assert crops.crops.shape[0] == sum(counts)
+        assert [len(i) for i in inverses] == [int(v.sum()) for v in valids]

@@ -19,6 +19,8 @@ Nearest resizing of the region masks uses PyTorch's index rule, so region masks 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 CUBIC_A = -0.75  # PyTorch's (and OpenCV's) bicubic convolution constant
@@ -77,13 +79,9 @@ def batched_masked_crops(
     mean: torch.Tensor,
     std: torch.Tensor,
     fill: torch.Tensor,
-    chunk_elements: int = 1 << 23,
+    chunk_elements: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """All masked crops at once.
-
-    Crops are grouped by size; each group gathers its boxes into one padded (n, 3, h, w)
-    window batch and resizes it in two gather-and-weight passes over PyTorch's bicubic taps
-    (clamped to each box, so the padding is never read), x first, then y.
+    """All masked crops of one image at once (``multi_image_masked_crops`` of one image).
 
     Args:
         image: (3, H, W) float, 0-255 scale.
@@ -91,61 +89,115 @@ def batched_masked_crops(
         boxes: (V, 4) int64 (left, top, right, bottom), right/bottom exclusive, non-empty.
         size: output size S.
         mean, std, fill: (3, 1, 1) float on the 0-255 scale.
-        chunk_elements: bound on the elements of one group's window batch.
+        chunk_elements: bound on one chunk's gathered elements (see
+            ``multi_image_masked_crops``).
     Returns:
         ``(crops (V, 3, S, S) CLIP-normalised, region_masks (V, 1, S, S) float {0, 1})``.
     """
-    v = masks.shape[0]
+    return multi_image_masked_crops([image], [masks], boxes, size, mean, std, fill, chunk_elements)
+
+
+def multi_image_masked_crops(
+    images: Sequence[torch.Tensor],
+    masks: Sequence[torch.Tensor],
+    boxes: torch.Tensor,
+    size: int,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    fill: torch.Tensor,
+    chunk_elements: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All masked crops of several images at once, in a few chunks of crops.
+
+    Each crop's 4 bicubic taps per output column are gathered straight from its image's
+    masked source rows (``m * (img - fill) / std``; rows clamped to the image, columns
+    within the box), weighted and summed (x pass), then its 4 taps per output row (y pass),
+    as PyTorch's kernel does, x first. Crops are sorted by box height; a chunk pads its crops
+    to its tallest (the padding rows are never read by the y pass) while the padded rows stay
+    within 1.5x the real ones and its x-pass gather within ``chunk_elements``.
+
+    Args:
+        images: (3, H_i, W_i) float, 0-255 scale, one per image.
+        masks: (V_i, H_i, W_i) bool, all non-empty, one per image.
+        boxes: (sum V_i, 4) int64 (left, top, right, bottom), right/bottom exclusive,
+            non-empty; the crops of image 0 first, then image 1's, ...
+        size: output size S.
+        mean, std, fill: (3, 1, 1) float on the 0-255 scale.
+        chunk_elements: bound on the elements of one chunk's x-pass gather (crops x 3 x
+            rows x S x 4); None: 2**27 on CUDA devices, 2**23 elsewhere.
+    Returns:
+        ``(crops (V, 3, S, S) CLIP-normalised, region_masks (V, 1, S, S) float {0, 1})``.
+    """
+    image0 = images[0]
+    device, dtype = image0.device, image0.dtype
+    counts = [m.shape[0] for m in masks]
+    v = sum(counts)
     if v == 0:
-        return image.new_zeros(0, 3, size, size), image.new_zeros(0, 1, size, size)
-    height, width = image.shape[-2:]
+        return image0.new_zeros(0, 3, size, size), image0.new_zeros(0, 1, size, size)
+    if chunk_elements is None:
+        chunk_elements = 1 << 27 if device.type == "cuda" else 1 << 23
+    # one flat source and one flat mask buffer; each crop knows where its image starts
+    source = torch.cat([((im - fill) / std).reshape(3, -1) for im in images], dim=1)
+    flat_masks = torch.cat([m.reshape(-1) for m in masks])
+    per_crop = []  # (image offset, mask offset, image height, image width)
+    image_offset = mask_offset = 0
+    for image, n in zip(images, counts):
+        h, w = image.shape[-2:]
+        per_crop += [(image_offset, mask_offset + k * h * w, h, w) for k in range(n)]
+        image_offset, mask_offset = image_offset + h * w, mask_offset + n * h * w
+    image_base, mask_base, image_h, image_w = torch.tensor(per_crop, device=device).unbind(1)
+    fill_n = (fill - mean) / std  # (3, 1, 1); ~0 for the CLIP-mean fill
     left, top = boxes[:, 0], boxes[:, 1]
     widths, heights = boxes[:, 2] - left, boxes[:, 3] - top
-    source = ((image - fill) / std).reshape(3, -1)  # the masked source is masks * source
-    fill_n = (fill - mean) / std  # (3, 1, 1); ~0 for the CLIP-mean fill
-    flat_masks = masks.reshape(v, -1)
-    crops = image.new_empty(v, 3, size, size)
+    crops = image0.new_empty(v, 3, size, size)
+    regions = image0.new_empty(v, 1, size, size, dtype=dtype)
     iy, wy = bicubic_taps(heights, size)  # (V, S, 4), indices within each box
     ix, wx = bicubic_taps(widths, size)
-    for group in _size_groups(heights, widths, chunk_elements // 3):
-        n, hm, wm = len(group), int(heights[group].max()), int(widths[group].max())
-        ar_h, ar_w = torch.arange(hm, device=image.device), torch.arange(wm, device=image.device)
-        rows = (top[group, None] + ar_h).clamp(max=height - 1)
-        cols = (left[group, None] + ar_w).clamp(max=width - 1)
-        lin = (rows[:, :, None] * width + cols[:, None, :]).reshape(n, -1)
-        window = source.index_select(1, lin.flatten()).view(3, n, hm, wm).transpose(0, 1)
-        window = window * flat_masks[group].gather(1, lin).view(n, 1, hm, wm)
-        # x pass: 4 taps per output column, on every window row
-        taps = ix[group].view(n, 1, 1, size * 4).expand(n, 3, hm, size * 4)
-        x = window.gather(3, taps).view(n, 3, hm, size, 4)
-        x = (x * wx[group].view(n, 1, 1, size, 4)).sum(-1)  # (n, 3, hm, S)
+    ny, nx = (
+        nearest_index(heights, size) + top[:, None],
+        nearest_index(widths, size) + left[:, None],
+    )
+    for group, rows_max in _height_chunks(heights.tolist(), chunk_elements // (3 * size * 4)):
+        idx = torch.tensor(group, device=device)
+        n = len(group)
+        rows = torch.minimum(
+            top[idx, None] + torch.arange(rows_max, device=device), image_h[idx, None] - 1
+        )  # (n, rows)
+        cols = left[idx, None, None] + ix[idx].view(n, 1, size * 4)  # taps lie in the box
+        lin = rows[:, :, None] * image_w[idx, None, None] + cols  # (n, rows, S * 4)
+        window = source.index_select(1, (lin + image_base[idx, None, None]).flatten())
+        window = window.view(3, n, rows_max, size * 4).transpose(0, 1)
+        window = window * flat_masks[lin + mask_base[idx, None, None]].view(n, 1, rows_max, -1)
+        # x pass: the 4 taps of every output column, on every row
+        x = (window.view(n, 3, rows_max, size, 4) * wx[idx].view(n, 1, 1, size, 4)).sum(-1)
         # y pass: 4 taps per output row
-        taps = iy[group].view(n, 1, size * 4, 1).expand(n, 3, size * 4, size)
+        taps = iy[idx].view(n, 1, size * 4, 1).expand(n, 3, size * 4, size)
         y = x.gather(2, taps).view(n, 3, size, 4, size)
-        crops[group] = (y * wy[group].view(n, 1, size, 4, 1)).sum(3) + fill_n
-    ny = nearest_index(heights, size) + top[:, None]
-    nx = nearest_index(widths, size) + left[:, None]
-    n = torch.arange(v, device=image.device)[:, None, None]
-    regions = masks[n, ny[:, :, None], nx[:, None, :]].to(image.dtype)[:, None]
+        crops[idx] = (y * wy[idx].view(n, 1, size, 4, 1)).sum(3) + fill_n
+        at = ny[idx, :, None] * image_w[idx, None, None] + nx[idx, None, :]
+        regions[idx] = flat_masks[at + mask_base[idx, None, None]].to(dtype)[:, None]
     return crops, regions
 
 
-def _size_groups(heights: torch.Tensor, widths: torch.Tensor, budget: int) -> list[torch.Tensor]:
-    """Boxes grouped by size, tallest first; a group's padded window area stays within
-    ``budget`` elements and within 1.5x the sum of its boxes' areas."""
-    order = sorted(range(len(heights)), key=lambda i: (-int(heights[i]), -int(widths[i])))
-    hs, ws = heights.tolist(), widths.tolist()
-    groups, current, hm, wm, area = [], [], 0, 0, 0
+def _height_chunks(heights: list[int], budget_rows: int) -> list[tuple[list[int], int]]:
+    """Crops sorted by height (tallest first) in chunks ``(indices, padded rows)``: a chunk's
+    padded rows (count x tallest) stay within ``budget_rows`` and within 1.5x its real rows."""
+    order = sorted(range(len(heights)), key=lambda i: -heights[i])
+    chunks: list[tuple[list[int], int]] = []
+    current: list[int] = []
+    tallest = rows = 0
     for i in order:
-        nh, nw, na = max(hm, hs[i]), max(wm, ws[i]), area + hs[i] * ws[i]
-        padded = (len(current) + 1) * nh * nw
-        if current and (padded > budget or padded > 1.5 * na):
-            groups.append(current)
-            current, nh, nw, na = [], hs[i], ws[i], hs[i] * ws[i]
+        h = heights[i]
+        padded = (len(current) + 1) * tallest
+        if current and (padded > budget_rows or padded > 1.5 * (rows + h)):
+            chunks.append((current, tallest))
+            current, rows = [], 0
+        if not current:
+            tallest = h
         current.append(i)
-        hm, wm, area = nh, nw, na
-    groups.append(current)
-    return [torch.tensor(g, device=heights.device) for g in groups]
+        rows += h
+    chunks.append((current, tallest))
+    return chunks
 
 
 def unique_masks(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

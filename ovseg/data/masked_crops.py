@@ -8,6 +8,7 @@ crop, nearest for the mask), not keeping the aspect ratio.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -81,8 +82,58 @@ def masked_crops(
     Returns:
         ``MaskedCrops`` for the V valid masks, in query order.
     """
+    return masked_crops_many([image], [masks], size, fill, expand_ratio, method)[0]
+
+
+def masked_crops_many(
+    images: Sequence[torch.Tensor],
+    masks: Sequence[torch.Tensor],
+    size: int = 224,
+    fill: tuple[float, float, float] = MEAN_FILL,
+    expand_ratio: float = 1.0,
+    method: str = "reference",
+) -> tuple[MaskedCrops, list[int]]:
+    """``masked_crops`` of several images (``images[i]`` with ``masks[i]``), as one
+    ``MaskedCrops`` (image 0's valid crops first, then image 1's, ...; ``valid`` and
+    ``boxes`` concatenated likewise) and the number of crops of each image. With
+    ``method="fast"`` the crops of all the images are made together
+    (``ovseg.data.fast_crops.multi_image_masked_crops``)."""
     if method not in CROP_METHODS:
         raise ValueError(f"masked_crops method must be one of {CROP_METHODS}, got {method!r}")
+    prepared = [_nonempty_boxes(image, m, expand_ratio) for image, m in zip(images, masks)]
+    image0 = prepared[0][0]
+    mean = image0.new_tensor(CLIP_MEAN).view(3, 1, 1) * 255.0
+    std = image0.new_tensor(CLIP_STD).view(3, 1, 1) * 255.0
+    fill_t = image0.new_tensor(fill).view(3, 1, 1)
+    valid = torch.cat([p[1] for p in prepared])
+    boxes = torch.cat([p[3] for p in prepared])
+    counts = [len(p[3]) for p in prepared]
+    if method == "fast":
+        from ovseg.data.fast_crops import multi_image_masked_crops
+
+        crops, regions = multi_image_masked_crops(
+            [p[0] for p in prepared], [p[2] for p in prepared], boxes, size, mean, std, fill_t
+        )
+        return MaskedCrops(crops, regions, valid, boxes), counts
+    crops, regions = [], []
+    for image, _, nonempty, image_boxes in prepared:
+        for mask, (l, t, r, b) in zip(nonempty, image_boxes.tolist()):
+            m = mask[t:b, l:r].to(image.dtype)
+            region = image[:, t:b, l:r] * m + (1 - m) * fill_t
+            region = (region - mean) / std
+            crops.append(
+                F.interpolate(region[None], (size, size), mode="bicubic", align_corners=False)
+            )
+            regions.append(F.interpolate(m[None, None], (size, size), mode="nearest"))
+    if crops:
+        return MaskedCrops(torch.cat(crops), torch.cat(regions), valid, boxes), counts
+    empty = image0.new_zeros(0, 3, size, size)
+    return MaskedCrops(empty, image0.new_zeros(0, 1, size, size), valid, boxes), counts
+
+
+def _nonempty_boxes(image: torch.Tensor, masks: torch.Tensor, expand_ratio: float):
+    """``(image as float, valid (N,), the valid masks (V, H, W) bool, their boxes (V, 4))``
+    of one image, with the shapes checked."""
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be (3, H, W), got {tuple(image.shape)}")
     if masks.dim() != 3 or masks.shape[-2:] != image.shape[-2:]:
@@ -95,23 +146,4 @@ def masked_crops(
     h, w = image.shape[-2:]
     nonempty = masks if bool(valid.all()) else masks[valid]  # no copy when all are valid
     boxes = expand_boxes(mask_boxes(nonempty), expand_ratio, h, w)
-    image = image.float()
-    mean = image.new_tensor(CLIP_MEAN).view(3, 1, 1) * 255.0
-    std = image.new_tensor(CLIP_STD).view(3, 1, 1) * 255.0
-    fill_t = image.new_tensor(fill).view(3, 1, 1)
-    if method == "fast":
-        from ovseg.data.fast_crops import batched_masked_crops
-
-        crops, regions = batched_masked_crops(image, nonempty, boxes, size, mean, std, fill_t)
-        return MaskedCrops(crops, regions, valid, boxes)
-    crops, regions = [], []
-    for mask, (l, t, r, b) in zip(nonempty, boxes.tolist()):
-        m = mask[t:b, l:r].to(image.dtype)
-        region = image[:, t:b, l:r] * m + (1 - m) * fill_t
-        region = (region - mean) / std
-        crops.append(F.interpolate(region[None], (size, size), mode="bicubic", align_corners=False))
-        regions.append(F.interpolate(m[None, None], (size, size), mode="nearest"))
-    if crops:
-        return MaskedCrops(torch.cat(crops), torch.cat(regions), valid, boxes)
-    empty = image.new_zeros(0, 3, size, size)
-    return MaskedCrops(empty, image.new_zeros(0, 1, size, size), valid, boxes)
+    return image.float(), valid, nonempty, boxes

@@ -11,11 +11,10 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from ovseg.data.fast_crops import unique_masks
-from ovseg.data.masked_crops import MEAN_FILL, MaskedCrops, masked_crops
 from ovseg.data.transforms import normalize_and_pad
-from ovseg.modeling.classify import ClipImageFeatures, classify, fuse, vocabulary
+from ovseg.modeling.classify import classify, fuse, vocabulary
 from ovseg.modeling.clip_branch import MaskAdaptedCLIP
+from ovseg.modeling.clip_image_side import ClipImageSide
 from ovseg.modeling.config import OVSegConfig
 from ovseg.modeling.fusion import fusion_settings
 from ovseg.modeling.pixel_decoder import PixelDecoder
@@ -57,6 +56,7 @@ class SemSegHead(nn.Module):
 
 
 class OVSeg(
+    ClipImageSide,
     nn.Module,
     PyTorchModelHubMixin,
     library_name="ovseg",
@@ -196,130 +196,6 @@ class OVSeg(
                 )[0, :, :h, :w]
                 out[i] = Proposals(masks=logits.sigmoid(), embeddings=embeddings[j])
         return out
-
-    # ---- stage 2: CLIP branch (vocabulary-free image side) ----------------------------
-    def clip_image_features(
-        self,
-        image: torch.Tensor,
-        masks: torch.Tensor,
-        mask_threshold: float | None = None,
-        fast: bool = False,
-        encoder: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
-        batch_size: int = 0,
-    ) -> ClipImageFeatures:
-        """Encode the masked crops of ``masks > mask_threshold``.
-
-        Args:
-            image: (3, H, W) 0-255 model input. masks: (N, H, W) in [0, 1].
-            fast: empty and duplicate binary masks skipped (identical masks encoded once),
-                batched crops on CUDA (the outputs equal the reference path up to float
-                rounding); False: the reference path.
-            encoder: ``(crops (B, 3, S, S), region_masks (B, 1, S, S) or None) -> (B, C)``;
-                default ``clip_adapter.encode_masked`` (e.g. an onnxruntime session instead).
-            batch_size: crops per encoder call; 0 means all in one call.
-        """
-        return self.clip_image_features_batch(
-            [image], [masks], mask_threshold, fast, encoder, batch_size
-        )[0]
-
-    def clip_image_features_batch(
-        self,
-        images: Sequence[torch.Tensor],
-        masks: Sequence[torch.Tensor],
-        mask_threshold: float | None = None,
-        fast: bool = False,
-        encoder: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
-        batch_size: int = 0,
-    ) -> list[ClipImageFeatures]:
-        """``clip_image_features`` of several images: each image's crops are made on their
-        own, then the crops of all images go through the encoder together (in calls of
-        ``batch_size``; 0: one call). Per image, the features equal those of
-        ``clip_image_features`` up to float rounding.
-
-        Args:
-            images: (3, H_i, W_i) 0-255 model inputs. masks: (N_i, H_i, W_i) per image.
-        """
-        made = [self.clip_crops(image, m, mask_threshold, fast) for image, m in zip(images, masks)]
-        if len(made) == 1:
-            joint = made[0][0]
-        else:
-            joint = MaskedCrops(
-                torch.cat([crops.crops for crops, _, _ in made]),
-                torch.cat([crops.region_masks for crops, _, _ in made]),
-                torch.cat([valid for _, valid, _ in made]),
-                torch.cat([crops.boxes for crops, _, _ in made]),
-            )
-        features = self.encode_crops(joint, encoder, batch_size)
-        out, start = [], 0
-        for crops, valid, inverse in made:
-            own = features[start : start + crops.crops.shape[0]]
-            start += crops.crops.shape[0]
-            out.append(ClipImageFeatures(own if inverse is None else own[inverse], valid))
-        return out
-
-    def encode_crops(
-        self,
-        crops: MaskedCrops,
-        encoder: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
-        batch_size: int = 0,
-    ) -> torch.Tensor:
-        """(V, C) float CLIP-branch features (not normalised) of ``crops``; mask prompts are
-        used when the config says so (``mask_prompt_fwd``). Arguments as in
-        ``clip_image_features``."""
-        n = crops.crops.shape[0]
-        if n == 0:
-            return crops.crops.new_zeros(0, self.config.clip.embed_dim)
-        encoder = self.clip_adapter.encode_masked if encoder is None else encoder
-        region = crops.region_masks if self.config.mask_prompt_fwd else None
-        step = batch_size if batch_size > 0 else n
-        return torch.cat(
-            [
-                encoder(crops.crops[i : i + step], None if region is None else region[i : i + step])
-                for i in range(0, n, step)
-            ]
-        ).float()
-
-    def binary_crops(
-        self, image: torch.Tensor, binary: torch.Tensor, method: str = "reference"
-    ) -> MaskedCrops:
-        """``masked_crops`` of (N, H, W) bool masks with this model's CLIP-branch settings
-        (input size, fill, box expansion): the one place those settings are read."""
-        cfg = self.config
-        fill = MEAN_FILL if cfg.mask_fill == "mean" else (0.0, 0.0, 0.0)
-        return masked_crops(
-            image.to(self.device), binary, cfg.clip.image_size, fill, cfg.mask_expand_ratio, method
-        )
-
-    def clip_crops(
-        self,
-        image: torch.Tensor,
-        masks: torch.Tensor,
-        mask_threshold: float | None = None,
-        fast: bool = False,
-        crop_method: str | None = None,
-    ) -> tuple[MaskedCrops, torch.Tensor, torch.Tensor | None]:
-        """The masked crops of ``masks > mask_threshold`` (see ``clip_image_features``).
-
-        ``crop_method`` (fast path only): ``masked_crops`` method; None picks "fast" (batched
-        tensor ops) on CUDA and "reference" (the per-mask loop, faster there) on CPU.
-
-        Returns:
-            ``(crops, valid (N,) bool, inverse)``. Reference path: ``crops`` of the V valid
-            masks, ``inverse`` None. Fast path: ``crops`` of the U distinct valid masks and
-            ``inverse`` (V,) mapping each valid mask to its crop.
-        """
-        thr = self.config.mask_threshold if mask_threshold is None else mask_threshold
-        binary = masks.to(self.device) > thr
-        image = image.to(self.device)
-        if not fast:
-            crops = self.binary_crops(image, binary)
-            return crops, crops.valid, None
-        valid = binary.view(torch.uint8).flatten(1).amax(1).bool()
-        valid_idx = valid.nonzero()[:, 0]
-        first, inverse = unique_masks(binary[valid_idx])
-        method = crop_method or ("fast" if image.is_cuda else "reference")
-        crops = self.binary_crops(image, binary[valid_idx[first]], method)
-        return crops, valid, inverse
 
     # ---- vocabulary ------------------------------------------------------------------------
     def prompt_templates(self, templates: str | tuple[str, ...] | None = None) -> tuple[str, ...]:
