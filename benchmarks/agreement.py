@@ -25,12 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from latency import ade150_names, load_photo, random_box_masks, run_pipeline  # noqa: E402
-
 import ovseg  # noqa: E402
+from benchmarks.latency_measure import (  # noqa: E402
+    ade150_names,
+    load_photo,
+    random_box_masks,
+    run_pipeline,
+)
 from ovseg.data.transforms import resize_shortest_edge  # noqa: E402
 from ovseg.inference.options import InferenceOptions, prepare_model  # noqa: E402
 
@@ -39,7 +42,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, choices=list(ovseg.modeling.variants.MODELS))
     parser.add_argument("--photos", type=int, default=3)
-    parser.add_argument("--dtype", default="bf16", choices=["bf16", "int8"])
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "int8", "auto"])
     parser.add_argument("--top-k", type=int, default=30)
     parser.add_argument("--masks", default="boxes", choices=["boxes", "model"])
     parser.add_argument("--json", required=True)
@@ -76,13 +79,16 @@ def main(argv=None) -> int:
         size = photo.shape[:2]
         with torch.inference_mode():
             opts = InferenceOptions()
-            full32, _ = run_pipeline(fp32, image, names, text, opts, masks, size)
-            full16, _ = run_pipeline(low, image, names, text_low, opts, masks, size)
+            full32 = run_pipeline(fp32, image, names, text, opts, masks, size)
+            full16 = run_pipeline(low, image, names, text_low, opts, masks, size)
             # the same low-precision image side with fp32 text features: which side costs it
-            mixed, _ = run_pipeline(low, image, names, text, opts, masks, size)
+            mixed = run_pipeline(low, image, names, text, opts, masks, size)
             if args.top_k:
-                top16, _ = run_pipeline(low, image, names, text_low, opts, masks, size, args.top_k)
-                top32, _ = run_pipeline(fp32, image, names, text, opts, masks, size, args.top_k)
+                top16 = run_pipeline(low, image, names, text_low, opts, masks, size, args.top_k)
+                top32 = run_pipeline(fp32, image, names, text, opts, masks, size, args.top_k)
+        full32, full16, mixed = full32.label, full16.label, mixed.label
+        if args.top_k:
+            top16, top32 = top16.label, top32.label
         row = {
             "photo": index,
             "size": list(size),

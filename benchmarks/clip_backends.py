@@ -36,7 +36,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ovseg  # noqa: E402
-from benchmarks.latency import cpu_name  # noqa: E402
+from benchmarks.latency_measure import cpu_name  # noqa: E402
 from ovseg.inference.onnx import ClipGraph, _export  # noqa: E402
 from ovseg.modeling.clip_branch import MaskAdaptedCLIP  # noqa: E402
 from ovseg.modeling.int8 import quantize_int8  # noqa: E402

@@ -51,7 +51,7 @@ checkpoints.load_official_state_dict(model, sd, assign=True)
 t3 = time.perf_counter()
 out = {"import_s": t1 - t0, "read_s": t2 - t1, "build_s": t3 - t2}
 if first_image == "1":
-    from benchmarks.latency import load_photo
+    from benchmarks.latency_measure import load_photo
     predictor = ovseg.Predictor(model, options=ovseg.InferenceOptions(dtype=dtype))
     predictor.set_image(load_photo(0))
     predictor.predict(["wall", "floor", "person"])

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ovseg  # noqa: E402
-from benchmarks.latency import ade150_names, cpu_name  # noqa: E402
+from benchmarks.latency_measure import ade150_names, cpu_name  # noqa: E402
 from ovseg.modeling.clip_branch import MaskAdaptedCLIP  # noqa: E402
 
 
