@@ -46,8 +46,8 @@ def _emulated_int8_linear(layer: nn.Linear, x: torch.Tensor, bits: int) -> torch
 
 @pytest.mark.parametrize("full_range", [False, True])
 @torch.no_grad()
-def test_int8_linear_equals_hand_computation(full_range):
-    """quantize_int8 (torchao) computes the int8 product exactly, the kernel included
+def test_torchao_int8_linear_equals_hand_computation(full_range):
+    """quantize_int8 on torchao computes the int8 product exactly, the kernel included
     (oneDNN's u8 x s8 with VNNI here): per-row 8-bit (or 7-bit) activations times per-channel
     int8 weights, checked against an exact integer computation, and the weights are the
     float ones within half a step."""
@@ -59,7 +59,7 @@ def test_int8_linear_equals_hand_computation(full_range):
     float_model = nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 32, bias=False))
     with torch.no_grad():
         float_model[0].weight[3] = 0.0  # an all-zero row (the scale's eps floor)
-    ours = quantize_int8(copy.deepcopy(float_model), full_range=full_range)
+    ours = quantize_int8(copy.deepcopy(float_model), full_range=full_range, backend="torchao")
     bits = 8 if full_range else 7
     x = torch.randn(5, 7, 64) * 3
     hidden = x
@@ -79,33 +79,69 @@ def test_int8_linear_equals_hand_computation(full_range):
         assert (ours[0](x).double() - other).abs().max() > 1e-3 * other.abs().max()
 
 
+@pytest.mark.parametrize("full_range", [False, True])
 @torch.no_grad()
-def test_int8_activation_range_never_saturates():
+def test_fbgemm_int8_linear_equals_torch_quantize_dynamic(full_range):
+    """The fbgemm backend builds each layer itself (no throwaway packing): the result is what
+    PyTorch's own ``quantize_dynamic`` with the per-channel qconfig gives, bit for bit; with
+    full-range activations, what PyTorch's kernel gives on those weights without
+    ``reduce_range``."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    from ovseg.modeling import int8_fbgemm
+
+    torch.manual_seed(0)
+    float_model = nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 32, bias=False))
+    with torch.no_grad():
+        float_model[0].weight[3] = 0.0  # an all-zero row (the scale's eps floor)
+    ours = quantize_int8(copy.deepcopy(float_model), full_range=full_range, backend="fbgemm")
+    theirs = quantize_dynamic(copy.deepcopy(float_model), {nn.Linear: per_channel_dynamic_qconfig})
+    kind = int8_fbgemm.FullRangeDynamicLinear if full_range else type(theirs[0])
+    for i in (0, 2):
+        assert type(ours[i]) is kind and isinstance(ours[i], type(theirs[i]))
+        (w, b), (w_ref, b_ref) = ours[i]._weight_bias(), theirs[i]._weight_bias()
+        assert torch.equal(w.int_repr(), w_ref.int_repr())
+        assert torch.equal(w.q_per_channel_scales(), w_ref.q_per_channel_scales())
+        assert (b is None) == (b_ref is None) and (b is None or torch.equal(b, b_ref))
+    x = torch.randn(5, 7, 64) * 3
+    if not full_range:
+        assert torch.equal(ours(x), theirs(x))
+    else:
+        packed = theirs[0]._packed_params._packed_params
+        hidden = torch.ops.quantized.linear_dynamic(x, packed, reduce_range=False)
+        assert torch.equal(ours[0](x), hidden)
+
+
+@pytest.mark.parametrize("backend", ["torchao", "fbgemm"])
+@torch.no_grad()
+def test_int8_activation_range_never_saturates(backend):
     """Whatever this CPU's kernel, the range quantize_int8 picks multiplies the worst case
     (every u8 x s8 pair at the top of both ranges) right; where it picks 7 bits, 8 bits
-    really do saturate there (why torchao reduces the range)."""
-    from ovseg.modeling.int8 import int8_full_range
+    really do saturate there (why PyTorch and torchao reduce the range)."""
+    from ovseg.modeling.int8 import int8_activation_bits
 
     def worst_case(full_range):
         layer = nn.Linear(64, 8, bias=False)
         layer.weight.fill_(1.0)
-        return quantize_int8(nn.Sequential(layer), full_range=full_range)(torch.ones(4, 64))
+        quantized = quantize_int8(nn.Sequential(layer), full_range=full_range, backend=backend)
+        return quantized(torch.ones(4, 64))
 
     assert (worst_case(None) - 64).abs().max() < 1.5  # 7 bits: 63 / 63.5 of each factor
-    if not int8_full_range():
+    if int8_activation_bits(backend) == 7:
         assert (worst_case(True) - 64).abs().min() > 16
 
 
+@pytest.mark.parametrize("backend", ["torchao", "fbgemm"])
 @torch.no_grad()
-def test_quantize_int8_reaches_every_linear_layer(official_tiny):
+def test_quantize_int8_reaches_every_linear_layer(official_tiny, backend):
     from ovseg.modeling.int8 import is_int8_linear
 
     model = copy.deepcopy(official_tiny[0])
-    visual = quantize_int8(model.clip_adapter.clip_model.visual)
+    visual = quantize_int8(model.clip_adapter.clip_model.visual, backend=backend)
     assert not any(isinstance(m, nn.MultiheadAttention) for m in visual.modules())
-    linears = [m for m in visual.modules() if isinstance(m, nn.Linear)]
-    assert all(is_int8_linear(m) for m in linears)
-    assert len(linears) == 4 * len(visual.transformer.resblocks)  # in, out, fc, proj
+    assert not any(type(m) is nn.Linear and not is_int8_linear(m) for m in visual.modules())
+    int8 = [m for m in visual.modules() if is_int8_linear(m)]
+    assert len(int8) == 4 * len(visual.transformer.resblocks)  # in, out, fc, proj
 
 
 # int8 quantisation steps are 1/127 of a row's (or channel's) range. Measured on official-tiny,
@@ -114,8 +150,9 @@ def test_quantize_int8_reaches_every_linear_layer(official_tiny):
 INT8_FEATURE_TOL, INT8_PROB_TOL = 0.15, 0.05
 
 
+@pytest.mark.parametrize("backend", ["fbgemm", "torchao"])
 @torch.no_grad()
-def test_int8_clip_branch_and_fusion_against_official(official_tiny):
+def test_int8_clip_branch_and_fusion_against_official(official_tiny, backend):
     """Where int8 matters: the CLIP branch. The int8 tower on the official crops, then the
     Predictor's own crops and fused scores, against the fixture with the bounds its
     probability error implies (``fused_bounds``). Switching the CLIP branch off (4x its
@@ -129,7 +166,8 @@ def test_int8_clip_branch_and_fusion_against_official(official_tiny):
 
     model, out, image, names = official_tiny
     meta = json.loads((OFFICIAL_TINY / "meta.json").read_text())
-    options = InferenceOptions(dtype="int8", text_cache=False)  # text tower fp32
+    # text tower fp32
+    options = InferenceOptions(dtype="int8", int8_backend=backend, text_cache=False)
     predictor = Predictor(copy.deepcopy(model), options=options)
     check_clip_tower(predictor.model, out, INT8_FEATURE_TOL, INT8_PROB_TOL)
     predictor.set_model_input(image.permute(1, 2, 0).numpy(), image.shape[1:])  # its own size
@@ -149,7 +187,7 @@ def test_int8_text_tower_against_official(official_tiny):
     valid mask's CLIP class the official one (probabilities within 0.05 / 0.35: measured
     0.016 / 0.32, where 7-bit text features cost most)."""
     from ovseg import Predictor
-    from ovseg.modeling.int8 import int8_full_range
+    from ovseg.modeling.int8 import int8_activation_bits
     from tests.official_compare import check_clip_tower
 
     model, out, _, names = official_tiny
@@ -157,7 +195,7 @@ def test_int8_text_tower_against_official(official_tiny):
     quantized = Predictor(copy.deepcopy(model), options=options).model
     text = quantized.encode_text(names)
     assert quantized.clip_adapter.last_text_stats["precision"] == "int8"
-    full = int8_full_range()
+    full = int8_activation_bits() == 8  # the backend the text copy uses
     distance = (text - out["text.class_features"]).norm(dim=-1).max().item()
     assert distance <= (0.15 if full else 0.4), distance
     check_clip_tower(quantized, out, INT8_FEATURE_TOL, 0.05 if full else 0.35, text)

@@ -1,21 +1,24 @@
-"""int8 inference of the CLIP towers on CPU, with torchao (PyTorch's maintained quantisation).
+"""int8 inference of the CLIP towers on CPU: two backends, one entry point.
 
-``quantize_int8``: torchao's ``quantize_`` with ``Int8DynamicActivationInt8WeightConfig``:
-every ``nn.Linear`` gets int8 weights (symmetric, one scale per output channel) and its input
-is quantised per call, one scale per row (per token: a token's scale no longer depends on the
-other crops of the batch, as PyTorch's former per-tensor dynamic quantisation did). The
-product runs as an int8 x int8 -> int32 matmul (``torch._int_mm``, oneDNN: VNNI instructions
-where the CPU has them), then both scales. This replaces ``torch.ao``'s quantised tensors
-(``quantize_per_channel``, ``quantized.dynamic.Linear``), which PyTorch deprecates.
+``quantize_int8(module, backend)`` replaces each ``nn.MultiheadAttention`` by
+``SelfAttention`` (the same computation with both projections as ``nn.Linear``; open_clip's
+attention keeps its input projection as a raw parameter that quantisation would skip), then
+gives every ``nn.Linear`` int8 weights (one scale per output channel) and int8 activations
+quantised per call. That covers ~97% of the CLIP tower's FLOPs (the patch-embedding
+convolution, the attention products and the final projection stay float).
 
-Activations use the full 8-bit range unless this CPU's kernel saturates on it (measured once
-per process, ``int8_full_range``: x86 kernels without VNNI add pairs of u8 x s8 products in
-int16), where torchao's ``reduce_range`` (7 bits) is used.
+- ``"torchao"``: torchao's ``quantize_`` with ``Int8DynamicActivationInt8WeightConfig``
+  (PyTorch's maintained quantisation): activations quantised per row (per token), an int8 x
+  int8 -> int32 ``torch._int_mm`` (oneDNN, VNNI where present), then both scales.
+- ``"fbgemm"``: PyTorch's dynamically quantised ``nn.Linear`` (``ovseg.modeling.int8_fbgemm``;
+  quantised-tensor weights, an API PyTorch deprecates): activations per tensor, quantised
+  while packing, fp32 written by the kernel. Measured faster on the CLIP tower on both CPUs
+  of round five (benchmarks/README.md), with the same error (1.0% relative, 8 bits on VNNI).
+- ``"auto"`` (``int8_backend``): fbgemm while this PyTorch has it, else torchao.
 
-open_clip's attention is an ``nn.MultiheadAttention`` whose input projection is a raw
-parameter, so each one is first replaced by ``SelfAttention``, the same computation with both
-projections as ``nn.Linear``. That covers ~97% of the CLIP tower's FLOPs (the
-patch-embedding convolution, the attention products and the final projection stay float).
+Activations use the full 8-bit range unless the backend's kernel saturates on it here
+(measured once per process: x86 kernels without VNNI add pairs of u8 x s8 products in
+int16), where 7 bits are used (PyTorch's ``reduce_range``, torchao's ``reduce_range``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import skip_init
+
+INT8_BACKENDS = ("auto", "fbgemm", "torchao")
 
 
 class SelfAttention(nn.Module):
@@ -80,17 +85,36 @@ def use_self_attention(module: nn.Module) -> nn.Module:
     return module
 
 
-def quantize_int8(module: nn.Module, full_range: bool | None = None) -> nn.Module:
+def int8_backend(backend: str = "auto") -> str:
+    """The backend ``backend`` means here: "auto" is fbgemm where this PyTorch still has it,
+    else torchao."""
+    from ovseg.modeling import int8_fbgemm
+
+    if backend not in INT8_BACKENDS:
+        raise ValueError(f"int8 backend must be one of {INT8_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "fbgemm" if int8_fbgemm.available() else "torchao"
+    return backend
+
+
+def quantize_int8(
+    module: nn.Module, full_range: bool | None = None, backend: str = "auto"
+) -> nn.Module:
     """int8 dynamic quantisation of ``module``'s linear layers, in place (CPU inference).
 
     Replaces each ``nn.MultiheadAttention`` by ``SelfAttention``, makes the module fp32, then
-    gives every ``nn.Linear`` (exact type) torchao's int8 weights with per-row int8
-    activations. ``full_range``: 8-bit activations (True), 7 bits (False), or as this CPU's
-    kernel allows (None, ``int8_full_range``).
+    gives every ``nn.Linear`` (exact type) int8 weights and per-call int8 activations on
+    ``backend`` ("torchao", "fbgemm" or "auto", see the module docstring). ``full_range``:
+    8-bit activations (True), 7 bits (False), or as this CPU's kernel allows (None).
     """
-    quantize_, config = _torchao()
+    backend = int8_backend(backend)
     use_self_attention(module)
     module.float()
+    if backend == "fbgemm":
+        from ovseg.modeling.int8_fbgemm import quantize_linears
+
+        return quantize_linears(module, full_range)
+    quantize_, config = _torchao()
     if full_range is None:
         full_range = int8_full_range()
     quantize_(
@@ -102,14 +126,25 @@ def quantize_int8(module: nn.Module, full_range: bool | None = None) -> nn.Modul
 
 
 def is_int8_linear(module: nn.Module) -> bool:
-    """Whether ``module`` is a linear layer with torchao int8 weights."""
+    """Whether ``module`` is a linear layer with int8 weights (either backend)."""
+    if isinstance(getattr(module, "_packed_params", None), nn.Module):  # fbgemm's
+        return True
     weight = getattr(module, "weight", None)
     return isinstance(module, nn.Linear) and type(weight).__name__ == "Int8Tensor"
 
 
+def int8_activation_bits(backend: str = "auto") -> int:
+    """8 where ``backend``'s kernel takes full-range activations here, else 7."""
+    if int8_backend(backend) == "fbgemm":
+        from ovseg.modeling.int8_fbgemm import full_range_ok
+
+        return 8 if full_range_ok() else 7
+    return 8 if int8_full_range() else 7
+
+
 @functools.cache
 def int8_full_range() -> bool:
-    """Whether this CPU's int8 kernel takes 8-bit activations without saturating.
+    """Whether torchao's int8 kernel here takes 8-bit activations without saturating.
 
     Measured, not guessed from CPU flags: a product whose every pair is at the top of both
     ranges (all-ones input and weight quantise to 127, 255 once shifted to u8 as oneDNN's u8 x
@@ -119,7 +154,7 @@ def int8_full_range() -> bool:
     layer = skip_init(nn.Linear, 64, 8, bias=False)
     with torch.no_grad():
         layer.weight.fill_(1.0)
-        quantized = quantize_int8(nn.Sequential(layer), full_range=True)
+        quantized = quantize_int8(nn.Sequential(layer), full_range=True, backend="torchao")
         y = quantized(torch.ones(4, 64))
     return bool(((y - 64.0).abs() < 6.4).all())
 
