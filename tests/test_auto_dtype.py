@@ -37,14 +37,14 @@ def test_capabilities_of_this_machine_are_known_flags():
 @pytest.mark.parametrize(
     ("device", "caps", "chosen", "text"),
     [
-        ("cpu", AVX2, "int8/torchao", "fp32"),  # the issue: AVX2-only picks int8
-        ("cpu", AVX512_BF16_VNNI, "int8/torchao", "bf16"),  # measured in round five
+        ("cpu", AVX2, "int8/fbgemm", "fp32"),  # the issue: AVX2-only picks int8
+        ("cpu", AVX512_BF16_VNNI, "int8/fbgemm", "bf16"),  # measured in round five
         ("cpu", ["avx2", "avx512_bf16"], "bf16/torch", "bf16"),
-        ("cpu", ["avx2", "avx512_vnni"], "int8/torchao", "fp32"),
+        ("cpu", ["avx2", "avx512_vnni"], "int8/fbgemm", "fp32"),
         (
             "cpu",
             ["avx2", "amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni"],
-            "int8/torchao",
+            "int8/fbgemm",
             "bf16",
         ),
         ("cpu", [], "fp32/torch", "fp32"),
@@ -55,6 +55,14 @@ def test_rule_table_on_faked_capabilities(device, caps, chosen, text):
     rule = auto.choose(device, caps)
     assert (rule.chosen, rule.text_dtype) == (chosen, text)
     assert rule.evidence
+
+
+def test_rules_fall_back_to_torchao_without_the_deprecated_api(monkeypatch):
+    from ovseg.modeling import int8_fbgemm
+
+    monkeypatch.setattr(int8_fbgemm, "available", lambda: False)
+    assert auto.choose("cpu", AVX2).chosen == "int8/torchao"
+    assert auto.chosen("int8") == "int8/torchao"
 
 
 def test_rule_table_is_first_match_and_covers_every_cpu():
@@ -78,7 +86,7 @@ def test_auto_options_resolve_to_an_explicit_path(monkeypatch):
     assert options.choice("cpu") == {
         "requested": "auto",
         "cpu_capabilities": AVX2,
-        "chosen": "int8/torchao",
+        "chosen": "int8/fbgemm",
         "text_dtype": "fp32",
     }
     explicit = InferenceOptions(dtype="bf16")
@@ -97,7 +105,8 @@ def test_auto_runs_the_path_it_names(monkeypatch, official_tiny):
     model, _, image, names = official_tiny
     by_auto = prepare_model(copy.deepcopy(model), InferenceOptions(dtype="auto", text_cache=False))
     explicit = prepare_model(
-        copy.deepcopy(model), InferenceOptions(dtype="int8", text_dtype="fp32", text_cache=False)
+        copy.deepcopy(model),
+        InferenceOptions(dtype="int8", text_dtype="fp32", int8_backend="fbgemm", text_cache=False),
     )
     assert by_auto.clip_adapter.text_precision == "fp32"
     assert torch.equal(by_auto(image, names), explicit(image, names))

@@ -420,7 +420,7 @@ def test_second_run_takes_text_features_from_the_disk_cache(tmp_path, monkeypatc
         assert t["prepare_s"] > 0 and t["model_build_s"] >= 0  # int8: the quantisation
         assert t["start_to_model_s"] >= t["prepare_s"]
         # what ran and why: the CPU flags dtype auto reads, and the path
-        assert t["chosen"] == "int8/torchao" and t["requested"] == "int8"
+        assert t["chosen"] == "int8/fbgemm" and t["requested"] == "int8"
         assert set(t["cpu_capabilities"]) <= set(auto.KNOWN)
         before_first = t["import_s"] + t["start_to_model_s"] + first["set_image_s"]
         assert t["process_to_first_result_s"] >= before_first + first["predict_s"] - 0.02

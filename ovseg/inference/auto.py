@@ -12,6 +12,7 @@ The default stays ``dtype="fp32"``, the official computation; ``auto`` is opt-in
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -46,7 +47,7 @@ class Rule:
         return f"{self.dtype}/{self.backend}"
 
 
-def _rule(device, needs, dtype, backend, text_dtype, evidence) -> Rule:
+def _rule(device, needs, dtype, backend, text_dtype, evidence) -> Rule:  # one table row
     return Rule(device, frozenset(needs), dtype, backend, text_dtype, evidence)
 
 
@@ -57,12 +58,12 @@ AUTO_RULES: tuple[Rule, ...] = (
         "H200: bf16 3.5-6x fp32, 98.2-99.9% agreement (issue 21's GPU run)",
     ),
     _rule(
-        "cpu", ("avx512_vnni", "avx512_bf16"), "int8", "torchao", "bf16",
-        "AVX512-BF16 + VNNI: int8 (torchao) is the fastest image side; bf16 text "
-        "features within cosine 0.9999 of fp32 (round five)",
+        "cpu", ("avx512_vnni", "avx512_bf16"), "int8", "fbgemm", "bf16",
+        "AVX512-BF16 + VNNI: int8 on fbgemm is the fastest image side (torchao 0.5-0.85x "
+        "its speed, bf16 0.5x); bf16 text features within cosine 0.99997 of fp32 (round five)",
     ),
     _rule(
-        "cpu", ("amx_int8", "amx_bf16"), "int8", "torchao", "bf16",
+        "cpu", ("amx_int8", "amx_bf16"), "int8", "fbgemm", "bf16",
         "AMX: not measured; int8 and bf16 AMX tiles as on VNNI + BF16",
     ),
     _rule(
@@ -70,12 +71,13 @@ AUTO_RULES: tuple[Rule, ...] = (
         "native bf16 without VNNI: bf16 matmuls at 2x fp32 (round one)",
     ),
     _rule(
-        "cpu", ("avx512_vnni",), "int8", "torchao", "fp32",
+        "cpu", ("avx512_vnni",), "int8", "fbgemm", "fp32",
         "VNNI without native bf16: int8 as on VNNI + BF16; emulated bf16 text is slow",
     ),
     _rule(
-        "cpu", ("avx2",), "int8", "torchao", "fp32",
-        "AVX2: int8 kernels ~1.8x fp32, bf16 emulated ~100x slower than fp32 (rounds 2-4)",
+        "cpu", ("avx2",), "int8", "fbgemm", "fp32",
+        "AVX2: int8 (fbgemm) 1.86-2.1x end to end, bf16 emulated ~100x slower than fp32 "
+        "(rounds 2-4); int8 text features miss cosine 0.9999",
     ),
     _rule("cpu", (), "fp32", "torch", "fp32", "no vector extension that helps: fp32"),
 )  # fmt: skip
@@ -111,13 +113,27 @@ def choose(device: torch.device | str, caps: list[str] | set[str] | None = None)
     caps = set(capabilities(device) if caps is None else caps)
     for rule in AUTO_RULES:
         if rule.matches(kind, caps):
-            return rule
+            return _available(rule)
     raise ValueError(f"dtype='auto' has no rule for device {kind!r}; use an explicit dtype")
 
 
-def chosen(dtype: str) -> str:
-    """``"dtype/backend"`` for an explicit ``dtype`` (int8 runs on torchao)."""
-    return f"{dtype}/{'torchao' if dtype == 'int8' else 'torch'}"
+def chosen(dtype: str, int8_backend: str = "auto") -> str:
+    """``"dtype/backend"`` for an explicit ``dtype`` (int8: the backend ``int8_backend``
+    resolves to here)."""
+    if dtype != "int8":
+        return f"{dtype}/torch"
+    from ovseg.modeling.int8 import int8_backend as resolve
+
+    return f"int8/{resolve(int8_backend)}"
+
+
+def _available(rule: Rule) -> Rule:
+    """``rule``, on torchao where it names fbgemm and this PyTorch no longer has it."""
+    if rule.backend != "fbgemm":
+        return rule
+    from ovseg.modeling.int8_fbgemm import available
+
+    return rule if available() else dataclasses.replace(rule, backend="torchao")
 
 
 def _proc_cpu_flags() -> set[str]:

@@ -155,6 +155,10 @@ class MaskAdaptedCLIP(nn.Module):
         self._fingerprint: tuple | None = None
         self._int8_text: tuple | None = None
         self.text_precision = "fp32"  # "fp32", "bf16", "fp16" or "int8" (prepare_model)
+        # the image tower's mixed precision (set by prepare_model): None runs every op in
+        # its weights' dtype; a dtype (bf16) runs encode_masked under autocast with the
+        # residual stream, LayerNorms and embeddings in fp32 and the products in that dtype
+        self.image_autocast: torch.dtype | None = None
         self.text_cache_dir: Path | None = None  # on-disk text cache (None: memory only)
         self.last_text_stats: dict = {}
 
@@ -171,20 +175,24 @@ class MaskAdaptedCLIP(nn.Module):
             (B, C) image features (not normalised).
         """
         visual = self.clip_model.visual
-        x = visual.conv1(images.to(visual.conv1.weight.dtype)).flatten(2).transpose(1, 2)
-        prompts = getattr(visual, "mask_embedding", None) if region_masks is not None else None
-        if prompts is not None:
-            keep = patch_keep_flags(region_masks, self.arch.patch_size).to(x.dtype)
-            x = x * keep + prompts[0].to(x.dtype) * (1 - keep)
-        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
-        x = visual.ln_pre(visual.patch_dropout(x))
-        for depth, block in enumerate(visual.transformer.resblocks, start=1):
-            x = block(x)
-            if prompts is not None and depth < prompts.shape[0]:
-                patches = x[:, 1:] * keep + prompts[depth].to(x.dtype) * (1 - keep)
-                x = torch.cat([x[:, :1], patches], dim=1)
-        return visual.ln_post(x[:, 0]) @ visual.proj
+        mixed = self.image_autocast is not None
+        with torch.autocast(images.device.type, self.image_autocast, enabled=mixed):
+            x = visual.conv1(images.to(visual.conv1.weight.dtype)).flatten(2).transpose(1, 2)
+            if mixed:  # the residual stream stays fp32
+                x = x.float()
+            prompts = getattr(visual, "mask_embedding", None) if region_masks is not None else None
+            if prompts is not None:
+                keep = patch_keep_flags(region_masks, self.arch.patch_size).to(x.dtype)
+                x = x * keep + prompts[0].to(x.dtype) * (1 - keep)
+            cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+            x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+            x = visual.ln_pre(visual.patch_dropout(x))
+            for depth, block in enumerate(visual.transformer.resblocks, start=1):
+                x = block(x)
+                if prompts is not None and depth < prompts.shape[0]:
+                    patches = x[:, 1:] * keep + prompts[depth].to(x.dtype) * (1 - keep)
+                    x = torch.cat([x[:, :1], patches], dim=1)
+            return visual.ln_post(x[:, 0]) @ visual.proj
 
     # ---- text side --------------------------------------------------------------------
     def _text_params(self) -> dict[str, torch.Tensor]:
