@@ -309,7 +309,10 @@ class MaskAdaptedCLIP(nn.Module):
         if self._int8_text is None or self._int8_text[0] != fingerprint:
             from ovseg.modeling.int8 import quantize_int8
 
-            quantized = quantize_int8(copy.deepcopy(self.clip_model.transformer).cpu())
+            # per-row activation scales (torchao): one scale per tensor over every prompt
+            # prefix (fbgemm) moved official-tiny's class features 0.17 instead of 0.10
+            tower = copy.deepcopy(self.clip_model.transformer).cpu()
+            quantized = quantize_int8(tower, backend="torchao")
             self._int8_text = (fingerprint, quantized)
         return self._int8_text[1]
 
