@@ -71,3 +71,62 @@ def test_drop_path_linear_rates_and_eval_unchanged():
     assert not torch.equal(swin(x)["res5"], before)
     with pytest.raises(ValueError, match="drop_path_rate"):
         swin.set_drop_path_rate(1.0)
+
+
+def test_fp16_autocast_gradients_fit_fp16_at_initialisation():
+    """fp16 mixed precision (CUDA training's default; autocast on the CPU here). At
+    initialisation the predictor's first decoder layer takes the LayerNorm of an all-zero
+    vector (zero queries, zero attention biases), whose backward multiplies by 1/sqrt(eps),
+    and the class head's temperature of 100 comes on top: ~8e3 per unit loss. The predictor
+    and the class logits run in fp32 under autocast, so those gradients never meet an fp16
+    tensor: with a loss scale of 1024 every gradient is finite. (With the predictor in fp16
+    they overflowed above a scale of 8, so the grad scaler skipped 15 steps and settled at
+    2; measured on CUDA before: 14 steps, scale 4.)"""
+    from ovseg.train.criterion import SetCriterion
+    from ovseg.train.matcher import HungarianMatcher
+    from ovseg.train.proposal_training import ProposalTrainModule, freeze_for_proposals
+
+    torch.manual_seed(0)
+    model = build_tiny_for_training()
+    freeze_for_proposals(model)
+    model.train()
+    classes = 5
+    text = torch.nn.functional.normalize(torch.randn(classes, model.config.clip.embed_dim), dim=-1)
+    weights = {"loss_ce": 2.0, "loss_mask": 20.0, "loss_dice": 1.0}
+    criterion = SetCriterion(classes, HungarianMatcher(2.0, 20.0, 1.0), weights=weights)
+    module = ProposalTrainModule(model, text, criterion)
+    g = torch.Generator().manual_seed(1)
+    targets = []
+    for _ in range(2):
+        label = torch.randint(0, classes, (4, 4), generator=g).repeat_interleave(16, 0)
+        label = label.repeat_interleave(16, 1)
+        names = label.unique()
+        targets.append({"labels": names, "masks": (label[None] == names[:, None, None]).float()})
+    batch = {
+        "image": torch.randint(0, 256, (2, 3, 64, 64), generator=g).float(),
+        "targets": targets,
+    }
+    dtypes = []
+    handle = model.sem_seg_head.predictor.class_embed.register_forward_hook(
+        lambda m, i, o: dtypes.append(o.dtype)
+    )
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss, _ = module(batch)
+    handle.remove()
+    assert set(dtypes) == {torch.float32}
+    (loss * 1024).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    # and fp16 ran: the backbone's activations were half precision
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert model.backbone(batch["image"][:1] / 255)["res2"].dtype == torch.float16
+
+
+def build_tiny_for_training():
+    import warnings
+
+    import ovseg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ovseg.build_model("ovseg-test-tiny")

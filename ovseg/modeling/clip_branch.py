@@ -323,5 +323,9 @@ class MaskAdaptedCLIP(nn.Module):
 
     @staticmethod
     def similarity_logits(features: torch.Tensor, text_with_void: torch.Tensor) -> torch.Tensor:
-        """100 * normalize(features) @ text.T: (N, C), (K+1, C) -> (N, K+1)."""
-        return LOGIT_TEMPERATURE * F.normalize(features.float(), dim=-1) @ text_with_void.T
+        """100 * normalize(features) @ text.T: (N, C), (K+1, C) -> (N, K+1), in fp32 also
+        under autocast (fp16 would round logits of magnitude 32-100 to steps of 1/32-1/16)."""
+        with torch.autocast(features.device.type, enabled=False):
+            return (
+                LOGIT_TEMPERATURE * F.normalize(features.float(), dim=-1) @ text_with_void.T.float()
+            )

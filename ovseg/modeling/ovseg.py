@@ -152,13 +152,18 @@ class OVSeg(
         names = sorted(features)
         decoder = self.sem_seg_head.pixel_decoder
         mask_features = decoder([_as_input_of(decoder, features[n]) for n in names])
-        # the transformer predictor always runs at its own (fp32) precision
+        # The transformer predictor always runs at its own (fp32) precision, under autocast
+        # too (mixed-precision training): at initialisation its first layer takes the
+        # LayerNorm of an all-zero vector (zero queries, zero attention biases), whose
+        # backward multiplies by 1/sqrt(eps) ~ 316, and the class head's temperature of 100
+        # comes on top; in fp16 those gradients overflowed at any loss scale above 8.
         predictor = self.sem_seg_head.predictor
-        return predictor(
-            _as_input_of(predictor, features[names[-1]]),
-            _as_input_of(predictor, mask_features),
-            all_layers,
-        )
+        with torch.autocast(image.device.type, enabled=False):
+            return predictor(
+                _as_input_of(predictor, features[names[-1]]).float(),
+                _as_input_of(predictor, mask_features).float(),
+                all_layers,
+            )
 
     def propose(self, image: torch.Tensor) -> Proposals:
         """Proposals for one (3, H, W) 0-255 model-input image.
