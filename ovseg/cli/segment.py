@@ -9,10 +9,15 @@ recursively and mirrored under ``--out``. An image whose JSON already exists for
 vocabulary and record is skipped unless ``--force``, so an interrupted run resumes where it
 stopped; one made with another model, weights, proposals, TTA, dtype, ... is redone, and the
 keys that differ are named.
+
+A video (``.mp4``, ``.mov``, ``.webm``, ``.avi``, ``.mkv``, ``.m4v``) gives ``<stem>_overlay.mp4``,
+``<stem>/000000.png ...`` (one label map per frame) and ``<stem>.jsonl`` (one line per frame);
+see ``ovseg.inference.video``. A killed run resumes from the frame after the last one done.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -28,6 +33,7 @@ from ovseg.inference.jobs import (
     FailureLog,
     collect_images,
     failure_record,
+    is_video,
     output_extra,
     read_job,
     redo_reasons,
@@ -37,6 +43,7 @@ from ovseg.inference.jobs import (
     write_outputs,
 )
 from ovseg.inference.storage import as_path
+from ovseg.inference.video import video_redo_reasons
 from ovseg.timing import collect, process_age_s
 
 
@@ -48,7 +55,9 @@ def register(subparsers) -> None:
         "the label map PNG, a coloured overlay PNG with a legend, and a JSON file with COCO "
         "RLE masks.",
     )
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="images or folders")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="IMAGE_OR_DIR", help="images, videos or folders of them"
+    )
     vocab = parser.add_mutually_exclusive_group(required=True)
     vocab.add_argument("--classes", help='class names separated by "," or ";", e.g. "sky, tree"')
     vocab.add_argument("--classes-file", help="text file with one class name per line")
@@ -74,7 +83,47 @@ def register(subparsers) -> None:
     add_proposal_args(parser)
     add_engine_args(parser)
     add_refine_args(parser)
+    add_video_args(parser)
     parser.set_defaults(func=run)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_video_args(parser) -> None:
+    group = parser.add_argument_group(
+        "video",
+        "videos (.mp4 .mov .webm .avi .mkv .m4v, needs 'ovseg[video]') write VIDEO_overlay.mp4 "
+        "(source size and frame rate), VIDEO/000000.png ... (one label map per segmented frame, "
+        "named by the frame's index) and VIDEO.jsonl (one line per frame); a rerun resumes "
+        "after the last frame done",
+    )
+    group.add_argument(
+        "--frame-stride",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="segment every N-th frame (0, N, 2N, ...); the overlay shows each segmented "
+        "frame's labels until the next (default 1: every frame)",
+    )
+    group.add_argument(
+        "--max-frames", type=_positive, metavar="N", help="segment at most N frames per video"
+    )
+    group.add_argument(
+        "--temporal-smoothing",
+        type=_positive,
+        default=1,
+        metavar="K",
+        help="not official: each pixel takes the most frequent label of the last K segmented "
+        "frames (ties: the current frame's); default 1 = off, every frame as an image",
+    )
 
 
 def read_vocabulary(args) -> list[str]:
@@ -94,9 +143,20 @@ def run(args) -> int:
     jobs = collect_images(args.inputs, out)
     spec = predictor_spec(args)
     record = spec.record()
+    videos = [job for job in jobs if is_video(job[0])]
+    if videos and resources is not None:
+        raise ValueError(
+            f"videos run on the local engine only ({videos[0][0]}): segment them without "
+            "--engine ray"
+        )
     todo, changed = [], Counter()
     for job in jobs:
-        reasons = ["--force"] if args.force else redo_reasons(job[1], job[2], class_names, record)
+        if args.force:
+            reasons = ["--force"]
+        elif is_video(job[0]):
+            reasons = video_redo_reasons(job[1], job[2], class_names, _video_record(record, args))
+        else:
+            reasons = redo_reasons(job[1], job[2], class_names, record)
         if reasons:
             todo.append(job)
             changed.update(r for r in reasons if r != "no outputs")
@@ -131,6 +191,61 @@ def run(args) -> int:
         f"{done} segmented, {skipped} already done, {len(failures.records)} failed -> {out}{where}"
     )
     return 1 if failures.records else 0
+
+
+def _video_settings(args):
+    from ovseg.inference.video import VideoSettings
+
+    return VideoSettings(
+        frame_stride=getattr(args, "frame_stride", 1),
+        max_frames=getattr(args, "max_frames", None),
+        temporal_smoothing=getattr(args, "temporal_smoothing", 1),
+    )
+
+
+def _video_record(record: dict, args) -> dict:
+    """A video's options record: the images' plus how its frames are sampled."""
+    return {**record, "video": _video_settings(args).record()}
+
+
+def _segment_video(predictor, args, job, class_names, predict_kwargs, record) -> dict:
+    from tqdm import tqdm
+
+    from ovseg.inference.video import segment_video
+
+    path, folder, stem = job
+    if not isinstance(folder, Path):
+        raise ValueError(f"video outputs are written to a local folder, not {folder}")
+
+    def progress(total):
+        return tqdm(total=total, unit="frame", desc=path.name, leave=False, file=sys.stderr)
+
+    return segment_video(
+        predictor,
+        path,
+        folder,
+        stem,
+        class_names,
+        predict_kwargs,
+        _video_record(record, args),
+        _video_settings(args),
+        alpha=args.alpha,
+        progress=progress,
+        restart=args.force,
+    )
+
+
+def _run_video(predictor, args, job, class_names, predict_kwargs, record, timings, failed):
+    """One video of the local engine; a bad video is a failure, never the run's end."""
+    try:
+        start = time.perf_counter()
+        result = _segment_video(predictor, args, job, class_names, predict_kwargs, record)
+    except (ValueError, OSError) as error:
+        failed(failure_record(job[0], "video", error))
+        return
+    _print_text_stats(result["text"], first=not timings["images"])
+    seconds = time.perf_counter() - start
+    timings["images"].append({"video": str(job[0]), "seconds": seconds, **result})
 
 
 def _print_text_stats(text: dict, first: bool) -> None:
@@ -184,6 +299,11 @@ def _run_local(args, todo, spec, class_names, failed) -> dict:
                 image, failure = reads.popleft().result()
                 if failure is not None:
                     failed(failure)
+                    bar.update(1)
+                elif is_video(job[0]):
+                    _run_video(
+                        predictor, args, job, class_names, predict_kwargs, record, timings, failed
+                    )
                     bar.update(1)
                 else:
                     batch.append((job, image))

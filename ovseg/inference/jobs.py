@@ -24,18 +24,27 @@ from ovseg.inference.storage import UrlPath, as_path
 FAILURES_FILE = "failures.jsonl"
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+# videos: each frame segmented as an image (ovseg.inference.video)
+VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".avi", ".mkv", ".m4v"}
+
+
+def is_video(path) -> bool:
+    """Whether ``path`` names a video (by its suffix)."""
+    return Path(str(path)).suffix.lower() in VIDEO_SUFFIXES
 
 
 def collect_images(
     inputs: list[str], out: Path | UrlPath
 ) -> list[tuple[Path | UrlPath, Path | UrlPath, str]]:
-    """(image, output folder, file stem) per image; folders are walked and mirrored. Inputs
-    and ``out`` may be local paths or URLs (``ovseg.inference.storage``)."""
+    """(image or video, output folder, file stem) per input; folders are walked for images
+    and videos and mirrored. Inputs and ``out`` may be local paths or URLs
+    (``ovseg.inference.storage``)."""
     jobs: list[tuple[Path | UrlPath, Path | UrlPath, str]] = []
+    suffixes = IMAGE_SUFFIXES | VIDEO_SUFFIXES
     for item in inputs:
         path = as_path(item)
         if path.is_dir():
-            for image in sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+            for image in sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes):
                 if image.is_file():
                     rel = image.relative_to(path)
                     jobs.append((image, out / path.name / rel.parent, rel.stem))
@@ -48,12 +57,15 @@ def collect_images(
         key = folder / stem
         if key in seen:
             raise ValueError(
-                f"{seen[key]} and {image} would both write {key}.png; "
+                f"{seen[key]} and {image} would both write {key}.*; "
                 f"rename one or segment them in separate runs with different --out"
             )
         seen[key] = image
     if not jobs:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {inputs}")
+        raise FileNotFoundError(
+            f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) or videos "
+            f"({', '.join(sorted(VIDEO_SUFFIXES))}) in {inputs}"
+        )
     return jobs
 
 
@@ -114,9 +126,11 @@ def is_done(folder: Path | UrlPath, stem: str, class_names: list[str], options: 
 
 def read_job(path: Path | UrlPath):
     """``(image, None)``, the (H, W, 3) uint8 RGB pixels of the file, or ``(None, failure)``
-    (``failure_record``) when it cannot be read or decoded."""
+    (``failure_record``) when it cannot be read or decoded; ``(None, None)`` for a video."""
     from ovseg.data.image import decode_image, read_image
 
+    if is_video(path):
+        return None, None  # decoded frame by frame by ovseg.inference.video
     try:
         image = (
             read_image(path)

@@ -205,14 +205,15 @@ class Segmentation:
             out["proposals"] = self.proposals.to_json()
         return out
 
-    def overlay(self, image=None, alpha: float = 0.5, legend: bool = True) -> Image.Image:
+    def overlay(self, image=None, alpha: float = 0.5, legend: bool | str = True) -> Image.Image:
         """Coloured overlay with a legend naming each class present (largest first).
 
         Args:
             image: the segmented image (HxWx3 uint8 array or PIL image, same size as
                 ``label_map``), or None for the colour map alone.
             alpha: weight of the class colours in [0, 1].
-            legend: add the legend panel to the right.
+            legend: add the legend panel to the right; "inset": inside the image (the size
+                stays the image's).
         """
         from ovseg.inference.visualize import overlay_image
 

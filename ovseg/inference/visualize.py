@@ -107,12 +107,38 @@ def draw_legend(
     return canvas
 
 
+def draw_legend_inset(
+    image: Image.Image, entries: list[tuple[str, tuple[int, int, int], float]]
+) -> Image.Image:
+    """``image`` (same size) with the legend drawn inside its top-left corner on a
+    translucent white box: the form for video frames, whose size must stay the source's.
+    Rows that do not fit the height are left out (the largest classes come first)."""
+    font_size = int(np.clip(min(image.size) / 18, 8, 18))
+    font = _font(font_size)
+    row = font_size + 4
+    pad = 4
+    rows = max(1, min(len(entries), (image.height - 2 * pad) // row))
+    labels = [f"{name}  {100 * frac:.1f}%" for name, _, frac in entries[:rows]]
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max((measure.textlength(t, font=font) for t in labels), default=0)
+    box = (0, 0, int(3 * pad + font_size + text_w), pad * 2 + rows * row - 4)
+    base = image.convert("RGBA")
+    layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    draw.rectangle(box, fill=(255, 255, 255, 170))
+    for i, ((_, rgb, _), text) in enumerate(zip(entries, labels)):
+        y = pad + i * row
+        draw.rectangle([pad, y, pad + font_size, y + font_size], fill=(*rgb, 255))
+        draw.text((2 * pad + font_size, y), text, fill=(0, 0, 0, 255), font=font)
+    return Image.alpha_composite(base, layer).convert("RGB")
+
+
 def overlay_image(
     image: np.ndarray | None,
     label_map: np.ndarray,
     class_names: list[str],
     alpha: float = 0.5,
-    legend: bool = True,
+    legend: bool | str = True,
 ) -> Image.Image:
     """Coloured overlay of ``label_map`` on ``image`` with a legend of the classes present.
 
@@ -122,7 +148,8 @@ def overlay_image(
             uncoloured, listed as "unlabelled" in the legend).
         class_names: the vocabulary.
         alpha: colour weight in [0, 1].
-        legend: add the legend panel (classes present, largest first).
+        legend: add the legend panel (classes present, largest first) to the right; "inset"
+            draws it inside the image instead (the size stays (H, W)); False: none.
     Returns:
         RGB PIL image, (H, W) plus the legend panel's width.
     """
@@ -134,6 +161,8 @@ def overlay_image(
     out = Image.fromarray(pixels)
     if not legend:
         return out
+    if legend == "inset":
+        return draw_legend_inset(out, legend_entries(label_map, class_names))
     return draw_legend(out, legend_entries(label_map, class_names))
 
 
