@@ -13,8 +13,9 @@ def register(subparsers) -> None:
         "serve",
         help="web service (POST /segment) and a page to try the model in a browser",
         description="Serve POST /segment (multipart 'image' + comma-separated 'classes'), "
-        "GET /health and a page at /. Binds 127.0.0.1 unless --host says otherwise. The "
-        "prediction options are the server's defaults; a request may set 'mode'.",
+        "POST /segment-video (a short video, answered with its overlay video), GET /health "
+        "and a page at /. Binds 127.0.0.1 unless --host says otherwise. The prediction "
+        "options are the server's defaults; a request may set 'mode' and 'granularity'.",
     )
     add_model_args(parser)
     add_proposal_args(parser)
@@ -42,6 +43,13 @@ def register(subparsers) -> None:
         default=500_000_000,
         help="bound on classes x pixels, the size of the score tensor (default 5e8 = 2 GB)",
     )
+    parser.add_argument(
+        "--max-video-seconds",
+        type=float,
+        default=10.0,
+        help="longest video POST /segment-video and the page accept; it is answered with the "
+        "overlay video (default 10; 0 turns videos off)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -61,6 +69,7 @@ def run(args) -> int:
         max_pixels=args.max_pixels,
         max_class_pixels=args.max_class_pixels,
         model_name=spec.model.name,
+        max_video_seconds=args.max_video_seconds,
     )
     print(f"ovseg serve: open http://{args.host}:{args.port}/ in a browser")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")

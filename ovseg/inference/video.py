@@ -27,6 +27,7 @@ as a video (corrupt, truncated, no frames, an unknown codec, no video stream) ra
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -83,6 +84,7 @@ class VideoInfo:
         rate: frames per second (``DEFAULT_RATE`` when the file declares none).
         frames: the frame count in the header, or None when the container has none.
         codec: the decoder's name.
+        packets: the video packets in the file (``probe_video`` only), else None.
     """
 
     width: int
@@ -90,6 +92,13 @@ class VideoInfo:
     rate: Fraction
     frames: int | None
     codec: str
+    packets: int | None = None
+
+    @property
+    def seconds(self) -> float | None:
+        """The video's length from its packet (or header frame) count and frame rate."""
+        count = self.packets if self.packets is not None else self.frames
+        return None if count is None else float(count / self.rate)
 
 
 @dataclass(frozen=True)
@@ -184,7 +193,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             f"{path}: truncated video: its header declares {declared:.2f} s, its frames end "
             f"at {end:.2f} s"
         )
-    return info
+    return dataclasses.replace(info, packets=packets)
 
 
 def read_frames(path: str | os.PathLike, last: int | None = None) -> Iterator[VideoFrame]:

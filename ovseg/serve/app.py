@@ -1,10 +1,13 @@
-"""The web service: ``POST /segment``, ``GET /health`` and the single page at ``/``.
+"""The web service: ``POST /segment``, ``POST /segment-video``, ``GET /health`` and the
+single page at ``/``.
 
 ``create_app(predictor)`` takes a ready predictor (anything with ``set_image(HxWx3 uint8)``
 and ``predict(class_names, **options) -> Segmentation``, e.g. ``ovseg.Predictor``), so the model is
 loaded once, by the caller. The model runs in one worker thread; at most ``max_pending``
 requests are admitted (running or waiting) and the rest are answered 503 at once, so memory
-stays bounded however many clients connect.
+stays bounded however many clients connect. A video (``POST /segment-video``, at most
+``max_video_seconds`` long) is segmented frame by frame (``ovseg.inference.video``) and
+answered with the overlay video (MP4).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -31,6 +34,7 @@ DEFAULT_MAX_PIXELS = 4096 * 4096
 DEFAULT_MAX_CLASSES = 1000
 # the scores are (classes, H, W) float32 at the image size: 5e8 class-pixels is 2 GB
 DEFAULT_MAX_CLASS_PIXELS = 500_000_000
+DEFAULT_MAX_VIDEO_SECONDS = 10.0
 
 
 def _png_base64(image) -> str:
@@ -64,6 +68,7 @@ def create_app(
     model_name: str = "ovseg",
     predict_options: dict | None = None,
     random_weights: bool = False,
+    max_video_seconds: float = DEFAULT_MAX_VIDEO_SECONDS,
 ):
     """Build the FastAPI app around a ready ``predictor``.
 
@@ -78,10 +83,12 @@ def create_app(
             over ``max_class_pixels // len(classes)`` pixels get 413.
         model_name: reported by ``GET /health`` and shown on the page.
         predict_options: keyword arguments of every ``predict`` call (e.g. ``mode``,
-            ``ensemble_weight``); a request's form field ``mode`` ("demo" or "eval")
-            overrides the mode.
+            ``ensemble_weight``); a request's form fields ``mode`` ("demo" or "eval") and
+            ``granularity`` (in [0, 1], demo mode) override them.
         random_weights: the model has random weights (``ovseg-test-tiny``): ``/health`` says
             so and the page shows a warning.
+        max_video_seconds: longest video ``POST /segment-video`` accepts (longer: 413); 0
+            turns video off.
     """
     from ovseg.modeling.fusion import MODES
 
@@ -108,6 +115,28 @@ def create_app(
             f"busy: {max_pending} requests are already queued; try again shortly",
             **{"Retry-After": "1"},
         )
+
+    def request_options(form) -> dict:
+        """The server's predict options with the form's ``mode`` and ``granularity``."""
+        options = dict(defaults)
+        mode = form.get("mode")
+        if mode:
+            if mode not in MODES:
+                raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)} (field 'mode')")
+            options["mode"] = str(mode)
+        granularity = form.get("granularity")
+        if granularity:
+            try:
+                value = float(str(granularity))
+            except ValueError:
+                value = -1.0
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(
+                    f"granularity must be a number in [0, 1], got {granularity!r} (field "
+                    "'granularity')"
+                )
+            options["granularity"] = value
+        return options
 
     def run_model(data: bytes, class_names: list[str], options: dict) -> dict:
         start = time.perf_counter()
@@ -141,6 +170,8 @@ def create_app(
             "max_pixels": max_pixels,
             "max_classes": max_classes,
             "max_class_pixels": max_class_pixels,
+            "max_video_seconds": max_video_seconds,
+            "granularity": defaults.get("granularity"),
         }
 
     @app.post("/segment")
@@ -158,12 +189,10 @@ def create_app(
             class_names = parse_class_names(str(form.get("classes") or ""))
         except ValueError as exc:
             return error(400, f"{exc} (field 'classes', comma-separated)")
-        options = dict(defaults)
-        mode = form.get("mode")
-        if mode:
-            if mode not in MODES:
-                return error(400, f"mode {mode!r} is not one of {', '.join(MODES)} (field 'mode')")
-            options["mode"] = str(mode)
+        try:
+            options = request_options(form)
+        except ValueError as exc:
+            return error(400, str(exc))
         if len(class_names) > max_classes:
             return error(
                 400, f"{len(class_names)} classes given; this server accepts at most {max_classes}"
@@ -177,10 +206,98 @@ def create_app(
             body = await asyncio.wrap_future(future)
         except ImageRejected as exc:
             return error(exc.status, str(exc))
+        except ValueError as exc:  # an option the prediction refuses (granularity in eval)
+            return error(400, str(exc))
         finally:
             state["pending"] -= 1
             await form.close()
         state["served"] += 1
         return JSONResponse(body)
+
+    def run_video(
+        data: bytes, suffix: str, name: str, class_names: list[str], options: dict
+    ) -> Response:
+        import tempfile
+        from pathlib import Path
+
+        from ovseg.inference.video import VideoError, probe_video, segment_video
+
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="ovseg-video-") as tmp:
+            source = Path(tmp) / f"upload{suffix}"
+            source.write_bytes(data)
+            try:
+                info = probe_video(source)
+                if info.seconds is not None and info.seconds > max_video_seconds:
+                    raise ImageRejected(
+                        413,
+                        f"the video is {info.seconds:.1f} s long; this server accepts at most "
+                        f"{max_video_seconds:g} s (ovseg serve --max-video-seconds)",
+                    )
+                limit = min(max_pixels, max_class_pixels // len(class_names))
+                if info.width * info.height > limit:
+                    raise ImageRejected(
+                        413, f"video frames of {info.width}x{info.height} exceed {limit} pixels"
+                    )
+                result = segment_video(
+                    predictor, source, Path(tmp) / "out", "video", class_names, options, {}
+                )
+            except VideoError as exc:  # name the upload, not the server's temporary file
+                raise VideoError(str(exc).replace(str(source), name)) from None
+            overlay = (Path(tmp) / "out" / "video_overlay.mp4").read_bytes()
+        headers = {
+            "X-Frames": str(result["overlay_frames"]),
+            "X-Elapsed-S": f"{time.perf_counter() - start:.3f}",
+        }
+        return Response(overlay, media_type="video/mp4", headers=headers)
+
+    @app.post("/segment-video")
+    async def segment_video_request(request: Request):
+        from ovseg.inference.jobs import VIDEO_SUFFIXES
+        from ovseg.inference.video import VideoError
+
+        if max_video_seconds <= 0:
+            return error(404, "this server does not take videos (--max-video-seconds 0)")
+        if state["pending"] >= max_pending:
+            return busy()
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+        except StarletteHTTPException as exc:
+            return error(exc.status_code, f"expected a multipart/form-data body: {exc.detail}")
+        upload = form.get("video")
+        if not isinstance(upload, UploadFile):
+            return error(400, "missing the multipart file field 'video'")
+        suffix = "." + (upload.filename or "").rsplit(".", 1)[-1].lower()
+        suffix = suffix if suffix in VIDEO_SUFFIXES else ".mp4"  # the content decides anyway
+        try:
+            class_names = parse_class_names(str(form.get("classes") or ""))
+        except ValueError as exc:
+            return error(400, f"{exc} (field 'classes', comma-separated)")
+        try:
+            options = request_options(form)
+        except ValueError as exc:
+            return error(400, str(exc))
+        options.pop("save_proposals", None)  # the answer is the overlay video alone
+        if len(class_names) > max_classes:
+            return error(
+                400, f"{len(class_names)} classes given; this server accepts at most {max_classes}"
+            )
+        if state["pending"] >= max_pending:
+            return busy()
+        state["pending"] += 1
+        try:
+            data = await upload.read()
+            name = upload.filename or f"upload{suffix}"
+            future = executor.submit(run_video, data, suffix, name, class_names, options)
+            response = await asyncio.wrap_future(future)
+        except ImageRejected as exc:
+            return error(exc.status, str(exc))
+        except (VideoError, ValueError) as exc:
+            return error(400, str(exc))
+        finally:
+            state["pending"] -= 1
+            await form.close()
+        state["served"] += 1
+        return response
 
     return app
