@@ -50,3 +50,15 @@ def test_bf16_tower_keeps_norms_and_residual_in_fp32(official_tiny):
     # backbone and pixel decoder cost most (98.6% with those in fp32)
     agreement = (mixed(image, names).argmax(0) == out["sem_seg_argmax"]).float().mean()
     assert agreement >= 0.97
+
+
+@torch.no_grad()
+def test_tower_without_autocast_runs_on_the_meta_device():
+    """FLOP counting (benchmarks/latency.py) runs the tower on the meta device, where no
+    autocast exists: only a mixed-precision tower may enter one."""
+    import ovseg
+
+    clip = ovseg.build_model("ovseg-test-tiny").clip_adapter.to("meta")
+    s = clip.arch.image_size
+    out = clip.encode_masked(torch.zeros(2, 3, s, s, device="meta"), None)
+    assert out.shape == (2, clip.arch.embed_dim) and out.device.type == "meta"

@@ -17,6 +17,7 @@ import copy
 import hashlib
 import time
 from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,7 +177,10 @@ class MaskAdaptedCLIP(nn.Module):
         """
         visual = self.clip_model.visual
         mixed = self.image_autocast is not None
-        with torch.autocast(images.device.type, self.image_autocast, enabled=mixed):
+        autocast = (
+            torch.autocast(images.device.type, self.image_autocast) if mixed else nullcontext()
+        )
+        with autocast:
             x = visual.conv1(images.to(visual.conv1.weight.dtype)).flatten(2).transpose(1, 2)
             if mixed:  # the residual stream stays fp32
                 x = x.float()
