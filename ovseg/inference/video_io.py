@@ -140,19 +140,23 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         ) from None
     finally:
         container.close()
-    if packets == 0:
-        raise VideoError(f"{path}: the video has no frames")
-    if info.frames is not None and packets < info.frames:
-        raise VideoError(
-            f"{path}: truncated video: its header declares {info.frames} frames, the file "
-            f"holds {packets}"
-        )
+    _check_count(path, info, packets, "the file holds")
     if info.frames is None and alone and declared and end < declared - 2 / info.rate:
         raise VideoError(
             f"{path}: truncated video: its header declares {declared:.2f} s, its frames end "
             f"at {end:.2f} s"
         )
     return dataclasses.replace(info, packets=packets)
+
+
+def _check_count(path, info: VideoInfo, count: int, verb: str) -> None:
+    """No frames, or fewer than the header declares: a ``VideoError``."""
+    if count == 0:
+        raise VideoError(f"{path}: the video has no frames ({verb} 0)")
+    if info.frames is not None and count < info.frames:
+        raise VideoError(
+            f"{path}: truncated video: its header declares {info.frames} frames, {verb} {count}"
+        )
 
 
 def read_frames(path: str | os.PathLike, last: int | None = None) -> Iterator[VideoFrame]:
@@ -186,13 +190,7 @@ def read_frames(path: str | os.PathLike, last: int | None = None) -> Iterator[Vi
             ) from None
     finally:
         container.close()
-    if count == 0:
-        raise VideoError(f"{path}: the video has no frames that can be decoded")
-    if info.frames is not None and count < info.frames:
-        raise VideoError(
-            f"{path}: truncated video: its header declares {info.frames} frames, only {count} "
-            "could be decoded"
-        )
+    _check_count(path, info, count, "decoded")
 
 
 class OverlayWriter:

@@ -174,17 +174,20 @@ def create_app(
             "granularity": defaults.get("granularity"),
         }
 
-    @app.post("/segment")
-    async def segment(request: Request):
+    async def handle(request: Request, field: str, work) -> Response:
+        """One request of ``/segment`` or ``/segment-video``: admission, the form (file
+        ``field``, ``classes``, ``mode``, ``granularity``), then ``work(upload, data,
+        class_names, options)`` on the model thread; its ``ImageRejected`` and ``ValueError``
+        become 4xx answers."""
         if state["pending"] >= max_pending:  # refuse before reading the upload
             return busy()
         try:
             form = await request.form(max_files=1, max_fields=8)
         except StarletteHTTPException as exc:  # malformed multipart body
             return error(exc.status_code, f"expected a multipart/form-data body: {exc.detail}")
-        upload = form.get("image")
+        upload = form.get(field)
         if not isinstance(upload, UploadFile):
-            return error(400, "missing the multipart file field 'image'")
+            return error(400, f"missing the multipart file field '{field}'")
         try:
             class_names = parse_class_names(str(form.get("classes") or ""))
         except ValueError as exc:
@@ -202,17 +205,24 @@ def create_app(
         state["pending"] += 1
         try:
             data = await upload.read()
-            future = executor.submit(run_model, data, class_names, options)
-            body = await asyncio.wrap_future(future)
+            future = executor.submit(work, upload, data, class_names, options)
+            response = await asyncio.wrap_future(future)
         except ImageRejected as exc:
             return error(exc.status, str(exc))
-        except ValueError as exc:  # an option the prediction refuses (granularity in eval)
+        except ValueError as exc:  # what the prediction refuses (granularity in eval), a video
             return error(400, str(exc))
         finally:
             state["pending"] -= 1
             await form.close()
         state["served"] += 1
-        return JSONResponse(body)
+        return response
+
+    @app.post("/segment")
+    async def segment(request: Request):
+        def work(upload, data, class_names, options):
+            return JSONResponse(run_model(data, class_names, options))
+
+        return await handle(request, "image", work)
 
     def run_video(
         data: bytes, suffix: str, name: str, class_names: list[str], options: dict
@@ -254,50 +264,17 @@ def create_app(
     @app.post("/segment-video")
     async def segment_video_request(request: Request):
         from ovseg.inference.jobs import VIDEO_SUFFIXES
-        from ovseg.inference.video import VideoError
 
         if max_video_seconds <= 0:
             return error(404, "this server does not take videos (--max-video-seconds 0)")
-        if state["pending"] >= max_pending:
-            return busy()
-        try:
-            form = await request.form(max_files=1, max_fields=8)
-        except StarletteHTTPException as exc:
-            return error(exc.status_code, f"expected a multipart/form-data body: {exc.detail}")
-        upload = form.get("video")
-        if not isinstance(upload, UploadFile):
-            return error(400, "missing the multipart file field 'video'")
-        suffix = "." + (upload.filename or "").rsplit(".", 1)[-1].lower()
-        suffix = suffix if suffix in VIDEO_SUFFIXES else ".mp4"  # the content decides anyway
-        try:
-            class_names = parse_class_names(str(form.get("classes") or ""))
-        except ValueError as exc:
-            return error(400, f"{exc} (field 'classes', comma-separated)")
-        try:
-            options = request_options(form)
-        except ValueError as exc:
-            return error(400, str(exc))
-        options.pop("save_proposals", None)  # the answer is the overlay video alone
-        if len(class_names) > max_classes:
-            return error(
-                400, f"{len(class_names)} classes given; this server accepts at most {max_classes}"
-            )
-        if state["pending"] >= max_pending:
-            return busy()
-        state["pending"] += 1
-        try:
-            data = await upload.read()
+
+        def work(upload, data, class_names, options):
+            suffix = "." + (upload.filename or "").rsplit(".", 1)[-1].lower()
+            suffix = suffix if suffix in VIDEO_SUFFIXES else ".mp4"  # the content decides
+            options.pop("save_proposals", None)  # the answer is the overlay video alone
             name = upload.filename or f"upload{suffix}"
-            future = executor.submit(run_video, data, suffix, name, class_names, options)
-            response = await asyncio.wrap_future(future)
-        except ImageRejected as exc:
-            return error(exc.status, str(exc))
-        except (VideoError, ValueError) as exc:
-            return error(400, str(exc))
-        finally:
-            state["pending"] -= 1
-            await form.close()
-        state["served"] += 1
-        return response
+            return run_video(data, suffix, name, class_names, options)
+
+        return await handle(request, "video", work)
 
     return app
