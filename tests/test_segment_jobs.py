@@ -173,3 +173,5 @@ def test_ray_flags_are_checked_against_the_device(tmp_path, capsys):
     assert "needs --device cuda" in capsys.readouterr().err
     assert main(argv + ["--workers", "0"]) == 2
     assert "--workers must be at least 1" in capsys.readouterr().err
+    assert main(argv + ["--batch-size", "2"]) == 2
+    assert "--batch-size applies to --engine local" in capsys.readouterr().err

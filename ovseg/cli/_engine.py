@@ -63,6 +63,11 @@ def ray_resources(args: argparse.Namespace):
         if given:
             raise ValueError(f"{', '.join(given)} apply to --engine ray; add --engine ray")
         return None
+    if getattr(args, "batch_size", 1) > 1:
+        raise ValueError(
+            "--batch-size applies to --engine local; a Ray worker takes one image per call "
+            "(scale with --workers instead)"
+        )
     from ovseg.inference.ray_engine import RayResources, require_ray
 
     try:

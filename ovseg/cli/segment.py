@@ -271,7 +271,7 @@ def _run_local(args, todo, spec, class_names, failed) -> dict:
     predict_kwargs = spec.predict_kwargs()
     # process start -> here: Python, imports (torch, open_clip, ...) and argument parsing
     timings = {"import_s": process_age_s(), "start_to_model_s": None, "images": []}
-    start = time.perf_counter()
+    start = time.perf_counter()  # t_s of each image counts from here
     with collect() as stages:
         predictor = spec.build()
     timings["start_to_model_s"] = time.perf_counter() - start
@@ -318,7 +318,9 @@ def _run_local(args, todo, spec, class_names, failed) -> dict:
                 if "process_to_first_result_s" not in timings:
                     timings["process_to_first_result_s"] = process_age_s()
                 _print_text_stats(stats["text"], first=not timings["images"])
-                timings["images"].append({"image": str(image_path), **stats})
+                timings["images"].append(
+                    {"image": str(image_path), **stats, "t_s": time.perf_counter() - start}
+                )
                 extra = output_extra(image_path, class_names, record)
                 writes.append(
                     writer.submit(write_outputs, seg, folder, stem, image, args.alpha, extra)
@@ -364,7 +366,9 @@ def _run_ray(args, todo, spec, class_names, failed, resources) -> dict:
 
     timings: dict = {"import_s": process_age_s(), "engine": resources.settings(), "images": []}
     workers: dict = {}
+    start = time.perf_counter()  # t_s of each image counts from here
     with ray_session(resources) as session:
+        timings["ray_start_s"] = time.perf_counter() - start
         print(
             f"ovseg segment: Ray {'started here' if session['started'] else 'at'} "
             f"{session['address']} ({session['cpus']:g} CPUs, {session['gpus']:g} GPUs): "
@@ -374,7 +378,6 @@ def _run_ray(args, todo, spec, class_names, failed, resources) -> dict:
         results = segment_on_ray(todo, spec, class_names, args.alpha, args.force, resources)
         with tqdm(total=len(todo), unit="img", file=sys.stderr) as bar:
             for result in results:
-                bar.update(1)
                 workers.setdefault(
                     result["pid"],
                     {
@@ -383,6 +386,9 @@ def _run_ray(args, todo, spec, class_names, failed, resources) -> dict:
                         "ready_s": result["ready_s"],
                     },
                 )
+                rate = (bar.n + 1) / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix_str(f"{rate:.3g} img/s, {len(workers)} worker(s) seen", False)
+                bar.update(1)
                 if result["status"] != "done":
                     failed(json.loads(result["failure"]))
                     continue
@@ -390,7 +396,14 @@ def _run_ray(args, todo, spec, class_names, failed, resources) -> dict:
                 if "text" in detail:
                     _print_text_stats(detail["text"], first=not timings["images"])
                     timings["images"].append(
-                        {"image": result["key"], "pid": result["pid"], **detail}
+                        {
+                            "image": result["key"],
+                            "pid": result["pid"],
+                            **detail,
+                            "item_s": result["item_s"],
+                            "ledger_s": result["ledger_s"],
+                            "t_s": time.perf_counter() - start,
+                        }
                     )
     remove_partial_writes(todo)  # a killed worker's temporary files
     timings["workers"] = {str(pid): info for pid, info in workers.items()}

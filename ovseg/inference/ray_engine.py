@@ -10,10 +10,11 @@ Nothing lost, nothing twice:
 
 - Ray Data restarts an actor whose process died and retries its unfinished calls
   (``max_restarts=-1``, ``max_task_retries=-1``), so a killed worker's items are redone.
-- A ledger actor counts the attempts at each item and which items finished in this run.
-  An item already finished (by an attempt whose result was lost with its worker) is not done
-  again; an item whose worker died ``MAX_ATTEMPTS`` times while holding it is reported as
-  failed instead of being retried forever.
+- A ledger actor counts the attempts at each item and keeps the outcome of the items that
+  finished in this run. An item already finished (by an attempt whose result was lost with
+  its worker) is not done again when its work is on disk (``PoolWorker.durable``); an item
+  whose worker died ``MAX_ATTEMPTS`` times while holding it is reported as failed instead of
+  being retried forever.
 - An exception in ``process`` fails that item only (its error is the item's result).
 
 Ray is imported lazily; without it ``require_ray`` says how to install it.
@@ -22,7 +23,6 @@ Ray is imported lazily; without it ``require_ray`` says how to install it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -50,14 +50,12 @@ class RayResources:
     run, so that the outputs are the same bytes. ``gpus_per_worker``: Ray GPUs per actor.
     ``address``: a Ray cluster to join (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``); None
     joins ``RAY_ADDRESS`` if set, else starts a local instance sized for the actors.
-    ``object_store_mb``: object store size of a local instance (None: Ray's default).
     """
 
     workers: int = 2
     threads_per_worker: int | None = None
     gpus_per_worker: float = 0.0
     address: str | None = None
-    object_store_mb: int | None = None
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -119,8 +117,6 @@ def ray_session(resources: RayResources) -> Iterator[dict]:
                 "num_cpus": resources.workers * resources.threads(),
                 "num_gpus": int(-(-resources.workers * resources.gpus_per_worker // 1)),
             }
-            if resources.object_store_mb:
-                local["object_store_memory"] = resources.object_store_mb * 1024**2
             ray.init(**local, **common)
         started = True
     _quiet_ray_data()
@@ -153,21 +149,23 @@ def _ledger_class() -> type:
     imports neither ovseg nor torch (seconds of start-up saved per run)."""
 
     class Ledger:
-        """Per run: how often each item was started, and which finished (a Ray actor)."""
+        """Per run: how often each item was started, and the outcome of those that finished
+        (a Ray actor)."""
 
         def __init__(self) -> None:
             self.attempts: dict[str, int] = {}
-            self.finished: set[str] = set()
+            self.outcomes: dict[str, str] = {}
 
-        def begin(self, key: str) -> tuple[bool, int]:
-            """(finished already, this attempt's number from 1)."""
-            if key in self.finished:
-                return True, self.attempts.get(key, 0)
+        def begin(self, key: str) -> tuple[str | None, int]:
+            """(the outcome of an attempt that finished, as JSON text, or None; the number
+            of this attempt, from 1)."""
+            if key in self.outcomes:
+                return self.outcomes[key], self.attempts.get(key, 0)
             self.attempts[key] = self.attempts.get(key, 0) + 1
-            return False, self.attempts[key]
+            return None, self.attempts[key]
 
-        def finish(self, key: str) -> None:
-            self.finished.add(key)
+        def finish(self, key: str, outcome: str) -> None:
+            self.outcomes[key] = outcome
 
     return Ledger
 
@@ -178,7 +176,8 @@ class PoolWorker:
     ``{"status": "done", ...}`` or ``{"status": "failed", "failure": {...}}``.
 
     Rows are dicts of plain values with a unique ``"key"``; results carry the key, the status,
-    the actor's pid and host, and its set-up seconds. ``stage`` names the work in failure
+    the actor's pid and host, its set-up seconds, and the item's seconds in the worker
+    (``item_s``, of which ``ledger_s`` in the ledger's calls). ``stage`` names the work in failure
     records; ``durable`` says whether a finished item's effect survives its worker (files
     written), so that a retry may skip it, or lives only in the result (redone).
     """
@@ -186,11 +185,14 @@ class PoolWorker:
     stage = "process"
     durable = True  # process() leaves its result on disk: a finished item is not redone
 
-    def __init__(self, ledger, threads: int, setup_kwargs: dict) -> None:
+    def __init__(
+        self, ledger, threads: int, setup_kwargs: dict, max_attempts: int = MAX_ATTEMPTS
+    ) -> None:
         import torch
 
         torch.set_num_threads(threads)
         self.ledger = ledger
+        self.max_attempts = max_attempts
         self.pid = os.getpid()
         self.host = socket.gethostname()
         start = time.perf_counter()
@@ -217,14 +219,17 @@ class PoolWorker:
         keys = list(batch["key"])
         results = []
         for i, key in enumerate(keys):
+            started = time.perf_counter()
             row = {name: _plain(column[i]) for name, column in batch.items()}
-            finished, attempt = ray.get(self.ledger.begin.remote(key))
-            if finished and self.durable:  # done by an attempt whose worker then died
-                result = {"status": "done", "detail": {"note": "finished by an earlier attempt"}}
-            elif attempt > MAX_ATTEMPTS:
+            outcome, attempt = ray.get(self.ledger.begin.remote(key))
+            ledger_s = time.perf_counter() - started
+            if outcome is not None and self.durable:  # finished by an attempt whose worker
+                result = json.loads(outcome)  # then died before returning it
+                result["detail"] = {"note": "finished by an earlier attempt"}
+            elif attempt > self.max_attempts:
                 error = RuntimeError(
                     f"the worker died {attempt - 1} times while working on this item; "
-                    f"given up (ovseg.inference.ray_engine.MAX_ATTEMPTS = {MAX_ATTEMPTS})"
+                    f"given up after {self.max_attempts} attempt(s)"
                 )
                 result = {"status": "failed", "failure": self.failure(row, "worker", error)}
             else:
@@ -232,7 +237,10 @@ class PoolWorker:
                     result = self.process(row)
                 except Exception as error:  # one item fails, never the job
                     result = {"status": "failed", "failure": self.failure(row, self.stage, error)}
-                ray.get(self.ledger.finish.remote(key))
+                outcome = {"status": result["status"], "failure": result.get("failure")}
+                before = time.perf_counter()
+                ray.get(self.ledger.finish.remote(key, json.dumps(outcome)))
+                ledger_s += time.perf_counter() - before
             results.append(
                 {
                     "key": key,
@@ -244,6 +252,8 @@ class PoolWorker:
                     "ready_s": self.ready_s,
                     "failure": json.dumps(result.get("failure")),
                     "detail": json.dumps(result.get("detail")),
+                    "item_s": time.perf_counter() - started,  # in this worker, ledger included
+                    "ledger_s": ledger_s,
                 }
             )
         return {name: [r[name] for r in results] for name in results[0]} if results else {}
@@ -268,11 +278,13 @@ def map_on_ray(
     worker_cls: type[PoolWorker],
     setup_kwargs: dict,
     resources: RayResources,
+    max_attempts: int = MAX_ATTEMPTS,
 ) -> Iterator[dict]:
     """Stream ``items`` (dicts of plain values, each with a unique ``"key"``) through
     ``read`` (Ray tasks, e.g. reading and decoding an image; None: no such stage) and a pool
     of ``resources.workers`` ``worker_cls`` actors; yield one result per item as it finishes
     (``PoolWorker.__call__``: key, status, failure/detail as JSON text, pid, host, setup_s).
+    An item whose worker died ``max_attempts`` times while on it fails (stage "worker").
 
     Call inside ``ray_session``.
     """
@@ -298,6 +310,7 @@ def map_on_ray(
             "ledger": ledger,
             "threads": resources.threads(),
             "setup_kwargs": setup_kwargs,
+            "max_attempts": max_attempts,
         },
         batch_size=1,
         batch_format="numpy",
@@ -310,8 +323,3 @@ def map_on_ray(
             yield {name: _plain(value) for name, value in row.items()}
     finally:
         ray.kill(ledger)
-
-
-def settings_record(resources: RayResources) -> dict:
-    """The engine's settings (for ``--timings``)."""
-    return dataclasses.asdict(resources) | resources.settings()

@@ -11,6 +11,7 @@ retry finds them done) is not written again.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -60,8 +61,9 @@ class SegmentWorker(PoolWorker):
         image = np.asarray(row["image"])
         seg, stats = segment_image(self.predictor, image, self.class_names, self.predict_kwargs)
         extra = output_extra(source, self.class_names, self.record)
+        started = time.perf_counter()
         write_outputs(seg, folder, stem, image, self.alpha, extra)
-        return {"status": "done", "detail": stats}
+        return {"status": "done", "detail": {**stats, "write_s": time.perf_counter() - started}}
 
 
 def segment_on_ray(
