@@ -32,6 +32,7 @@ ran: ``cpu_capabilities``, ``chosen`` ("int8/torchao"...). The measuring code is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -58,8 +59,10 @@ from benchmarks.latency_measure import (  # noqa: E402
     run_pipeline,
 )
 from ovseg.data.transforms import resize_shortest_edge  # noqa: E402
+from ovseg.inference.acceleration import compile_clip_blocks  # noqa: E402
 from ovseg.inference.options import AUTO, DTYPES, InferenceOptions, native_bf16, prepare_model  # noqa: E402
 from ovseg.modeling.int8 import int8_full_range  # noqa: E402
+from ovseg.modeling.precision import ieee_fp32  # noqa: E402
 from ovseg.modeling.text_cache import default_folder as default_text_cache  # noqa: E402
 
 __all__ = ["ade150_names", "cpu_name", "load_photo", "main"]  # imported by other benchmarks
@@ -87,7 +90,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--num-masks", type=int, default=0, help="masks for --masks boxes (0: one per query)"
     )
     parser.add_argument("--top-k", type=int, default=30, help="0 skips the top-k measurement")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the fast path")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the CLIP tower's blocks (fast path)"
+    )
+    parser.add_argument(
+        "--cuda-graphs", action="store_true", help="proposal model from CUDA graphs (fast path)"
+    )
+    parser.add_argument(
+        "--tf32", action="store_true", help="allow TF32 in the fast path (the reference: never)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--photo", type=int, default=0, help="index of the photo to use")
     parser.add_argument(
@@ -129,7 +140,12 @@ def main(argv=None) -> int:
     # the text tower runs once, outside the end-to-end time; no disk cache, so text_s is a
     # real first encoding in this precision
     requested = InferenceOptions(
-        dtype=args.dtype, text_dtype=args.text_dtype, compile=args.compile, text_cache=False
+        dtype=args.dtype,
+        text_dtype=args.text_dtype,
+        compile=args.compile,
+        cuda_graphs=args.cuda_graphs,
+        tf32=args.tf32,
+        text_cache=False,
     )
     choice = requested.choice(device)
     options = requested.resolved(device)
@@ -142,11 +158,8 @@ def main(argv=None) -> int:
     )
     model = copy.deepcopy(reference_model)
     prepare_model(model, options)
-    if args.compile:
-        model.backbone.compile(dynamic=True)
-        # encode_masked uses the tower's blocks directly: compile the method itself
-        clip = model.clip_adapter
-        clip.encode_masked = torch.compile(clip.encode_masked, dynamic=True)
+    if args.compile:  # what Predictor does with InferenceOptions(compile=True)
+        compile_clip_blocks(model)
     prepare_model(reference_model, InferenceOptions(fast=False, channels_last=False))
 
     photo = load_photo(args.photo)
@@ -175,12 +188,12 @@ def main(argv=None) -> int:
     text_cosine = (text.float() * reference_text.float()).sum(-1)
     original = photo.shape[:2]
 
-    def fast(top_k=None):
-        with torch.inference_mode():
+    def fast(top_k=None):  # TF32 off unless --tf32, as the Predictor runs it
+        with torch.inference_mode(), contextlib.nullcontext() if args.tf32 else ieee_fp32():
             return run_pipeline(model, image, names, text, options, override, original, top_k)
 
     def reference():
-        with torch.no_grad():
+        with torch.no_grad(), ieee_fp32():
             return run_pipeline(
                 reference_model,
                 image,
@@ -253,6 +266,8 @@ def main(argv=None) -> int:
         "repeats": args.repeats,
         "warmup": args.warmup,
         "compile": args.compile,
+        "cuda_graphs": args.cuda_graphs,
+        "tf32": args.tf32,
     }
     if options.dtype == "int8":
         result["fp32_matmul_peak_flops_per_s"] = peaks["fp32_best"]

@@ -282,17 +282,6 @@ def test_options_are_checked():
         InferenceOptions(dtype="float16")
 
 
-@pytest.mark.slow
-def test_compiled_clip_tower_equals_eager():
-    model = fresh_tiny()
-    crops = torch.randn(3, 3, 224, 224)
-    regions = (torch.rand(3, 1, 224, 224) > 0.5).float()
-    with torch.inference_mode():
-        eager = model.clip_adapter.encode_masked(crops, regions)
-        compiled = torch.compile(model.clip_adapter.encode_masked, dynamic=True)(crops, regions)
-    assert max_abs(compiled, eager) < 1e-4
-
-
 def test_crops_of_several_images_equal_each_image_alone():
     """``masked_crops_many(method="fast")`` makes the crops of images of different sizes in
     shared chunks; each crop is bit-identical to the crop of its image alone, and to the

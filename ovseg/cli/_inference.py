@@ -39,6 +39,12 @@ def add_dtype_args(parser) -> None:
         "not the official computation: ovseg turns TF32 off inside its calls by default)",
     )
     parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="replay the proposal model from CUDA graphs (one launch per image instead of "
+        "thousands; GPU only; outputs change by float rounding only)",
+    )
+    parser.add_argument(
         "--text-dtype",
         choices=["fp32", "auto", "bf16", "fp16", "int8"],
         default=None,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +38,7 @@ AUTO = "auto"  # dtype / text_dtype: chosen per machine by ovseg.inference.auto.
 CUDA_ONLY_DTYPES = ("fp16",)  # the fp16 path is made and measured for GPUs
 # options that change float rounding only (or nothing): left out of the outputs' record
 # (tf32 is recorded: it is the one that leaves the official fp32 arithmetic)
-ROUNDING_ONLY = ("fast", "channels_last", "compile", "text_cache")
+ROUNDING_ONLY = ("fast", "channels_last", "compile", "cuda_graphs", "text_cache")
 CPU_CLIP_BATCH = 8  # at most this many crops per CLIP image-tower call on CPU
 CPU_CLIP_HIDDEN_BYTES = 14 * 2**20  # and at most this much fp32 MLP activation per call
 GPU_CLIP_BATCH = 1024  # at most this many crops per call on GPUs (activation memory)
@@ -77,7 +76,13 @@ class InferenceOptions:
             (``benchmarks/README.md``). A lower text precision only makes the first query
             of a new vocabulary faster.
         channels_last: convolutional parts in channels_last memory format.
-        compile: ``torch.compile`` the backbone and the CLIP image tower (first call slow).
+        compile: ``torch.compile`` the CLIP image tower's residual blocks (one compile of the
+            block's code serves all of them, dynamic batch; the first call is slow:
+            ``ovseg.inference.acceleration.compile_clip_blocks``).
+        cuda_graphs: replay the proposal model (backbone, pixel decoder, decoder) from CUDA
+            graphs, one recorded per input size (``GraphedProposals``): one launch instead of
+            thousands, for one image at a time on a GPU. CUDA only; each size recorded holds
+            its own memory (at most 4 kept).
         top_k: keep only the k proposals with the highest proposal score (max class
             probability of the proposal branch) before the CLIP branch; None keeps all.
         clip_batch_size: crops per CLIP call; 0: all crops in one call; None (default): on
@@ -122,6 +127,7 @@ class InferenceOptions:
     int8_backend: str = "auto"
     channels_last: bool = True
     compile: bool = False
+    cuda_graphs: bool = False
     top_k: int | None = None
     clip_batch_size: int | None = None
     tta: bool | None = None
@@ -295,6 +301,10 @@ def prepare_model(model, options: InferenceOptions):
             module.to(options.torch_dtype)
         if options.channels_last:
             module.to(memory_format=torch.channels_last)
+    if options.cuda_graphs and model.has_proposal_head:
+        from ovseg.inference.acceleration import graph_proposals
+
+        graph_proposals(model)
     if options.dtype == "int8":
         quantize_int8(model.clip_adapter.clip_model.visual, backend=options.int8_backend)
     clip.text_precision = options.text_dtype
@@ -332,8 +342,3 @@ def native_bf16() -> bool:
     except OSError:
         return torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
     return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def compiled(fn: Callable, options: InferenceOptions) -> Callable:
-    """``torch.compile(fn)`` when ``options.compile``, else ``fn`` (dynamic shapes)."""
-    return torch.compile(fn, dynamic=True) if options.compile else fn

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 
 from ovseg.data.image import to_rgb_array
 from ovseg.data.transforms import resize_longest_side, resize_nearest, resize_shortest_edge
+from ovseg.inference.acceleration import compile_clip_blocks
 from ovseg.inference.image_state import ImageState
-from ovseg.inference.options import InferenceOptions, compiled, prepare_model
+from ovseg.inference.options import InferenceOptions, prepare_model
 from ovseg.inference.refine import SamRefiner, majority_refine
 from ovseg.inference.segmentation import ProposalRecord, Segmentation
 from ovseg.inference.tta import Augmentation, augmented_scores
@@ -68,10 +69,11 @@ class Predictor:
         self.options = options.resolved(model.device)
         self.model = prepare_model(model, self.options)
         self.proposal_generator = proposal_generator
-        encoder = model.clip_adapter.encode_masked if clip_encoder is None else clip_encoder
-        if self.options.compile and proposal_generator is None:
-            self.model.backbone.compile(dynamic=True)
-        self.clip_encoder = compiled(encoder, self.options) if clip_encoder is None else encoder
+        if self.options.compile and clip_encoder is None:
+            compile_clip_blocks(self.model)
+        self.clip_encoder = (
+            model.clip_adapter.encode_masked if clip_encoder is None else clip_encoder
+        )
         self.reset_image()
 
     def reset_image(self) -> None:

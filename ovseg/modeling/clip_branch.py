@@ -29,6 +29,7 @@ from torch import nn
 
 from ovseg.data.transforms import CLIP_MEAN, CLIP_STD
 from ovseg.digest import tensor_digest
+from ovseg.modeling.precision import without_autocast
 from ovseg.modeling.prompts import VILD_TEMPLATES
 
 LOGIT_TEMPERATURE = 100.0  # fixed; CLIP's own logit_scale is not used
@@ -329,7 +330,7 @@ class MaskAdaptedCLIP(nn.Module):
     def similarity_logits(features: torch.Tensor, text_with_void: torch.Tensor) -> torch.Tensor:
         """100 * normalize(features) @ text.T: (N, C), (K+1, C) -> (N, K+1), in fp32 also
         under autocast (fp16 would round logits of magnitude 32-100 to steps of 1/32-1/16)."""
-        with torch.autocast(features.device.type, enabled=False):
+        with without_autocast(features.device):
             return (
                 LOGIT_TEMPERATURE * F.normalize(features.float(), dim=-1) @ text_with_void.T.float()
             )

@@ -18,7 +18,7 @@ from ovseg.modeling.clip_image_side import ClipImageSide
 from ovseg.modeling.config import OVSegConfig
 from ovseg.modeling.fusion import fusion_settings
 from ovseg.modeling.pixel_decoder import PixelDecoder
-from ovseg.modeling.precision import ieee_fp32
+from ovseg.modeling.precision import ieee_fp32, without_autocast
 from ovseg.modeling.prompts import prompt_templates
 from ovseg.modeling.proposals import Proposals
 from ovseg.modeling.transformer_decoder import OpenVocabPredictor
@@ -158,7 +158,7 @@ class OVSeg(
         # backward multiplies by 1/sqrt(eps) ~ 316, and the class head's temperature of 100
         # comes on top; in fp16 those gradients overflowed at any loss scale above 8.
         predictor = self.sem_seg_head.predictor
-        with torch.autocast(image.device.type, enabled=False):
+        with without_autocast(image.device):
             return predictor(
                 _as_input_of(predictor, features[names[-1]]).float(),
                 _as_input_of(predictor, mask_features).float(),

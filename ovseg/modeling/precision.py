@@ -52,3 +52,11 @@ def tf32_enabled() -> bool:
         return bool(torch.backends.cudnn.allow_tf32)
     except RuntimeError:
         return torch.backends.cudnn.conv.fp32_precision == "tf32"
+
+
+def without_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context that turns autocast off on ``device``'s type (fp32 inside an autocast
+    region); nothing on device types without autocast (the meta device)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
