@@ -152,7 +152,7 @@ def test_predictor_refines_with_the_photos_sam_masks(tiny_model, photo):
     assert np.array_equal(refined.label_map, _segment_any_rgbd(base.label_map, masks))
 
 
-def test_segment_refine_sam_command(tmp_path, photo, capsys):
+def test_segment_refine_sam_command(tmp_path, photo, capsys, monkeypatch):
     pytest.importorskip("segment_anything")
     pytest.importorskip("cv2")
     from ovseg.cli import main
@@ -172,5 +172,7 @@ def test_segment_refine_sam_command(tmp_path, photo, capsys):
     assert "--sam-points-per-side does not apply to --proposals maskformer" in (
         capsys.readouterr().err
     )
+    # SegmentAnyRGBD's ViT-H by default: the download, named in the error when absent
+    monkeypatch.setenv("OVSEG_HOME", str(tmp_path / "home"))
     assert main([*argv, "--refine", "sam"]) == 2
-    assert "needs SAM weights" in capsys.readouterr().err
+    assert "ovseg download sam-vit-h" in capsys.readouterr().err

@@ -133,7 +133,7 @@ def add_refine_args(parser: argparse.ArgumentParser) -> None:
         choices=["sam"],
         help="sam: refine the prediction with SAM's masks on the photo, SegmentAnyRGBD's rule "
         "(each mask takes the majority label inside it). The --sam-* flags set its SAM "
-        "(--sam-checkpoint: ViT-H as SegmentAnyRGBD, e.g. sam-vit-h); unset ones default to "
+        "(default --sam-checkpoint sam-vit-h, ViT-H as SegmentAnyRGBD); unset ones default to "
         "SegmentAnyRGBD's: 64 points per side, pred IoU 0.8, stability 0.8, min region 100",
     )
 

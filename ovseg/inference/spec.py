@@ -126,14 +126,17 @@ class ProposalSource:
 
     def refiner(self, model: OVSeg) -> SamRefiner:
         """The ``--refine sam`` refiner for ``model``: SAM on the photo at its own size, every
-        mask in SAM's order, with SegmentAnyRGBD's settings (``SEGMENT_ANY_RGBD_SAM``) where
-        ``options`` give none (a ``test_tiny`` SAM without weights keeps its filters off)."""
+        mask in SAM's order, with SegmentAnyRGBD's settings (``SEGMENT_ANY_RGBD_SAM``, and the
+        ``sam-vit-h`` download as weights) where ``options`` give none (a ``test_tiny`` SAM
+        without weights keeps its filters off)."""
         if self.name != "sam":
             raise ValueError(f"refinement is by SAM only ('sam'), got {self.name!r}")
         defaults = dict(SEGMENT_ANY_RGBD_SAM)
         if self.options.get("model_type") == "test_tiny" and not self.options.get("checkpoint"):
             for random_filter in ("pred_iou_thresh", "stability_score_thresh"):
                 defaults.pop(random_filter)
+        elif not self.options.get("checkpoint"):
+            defaults["checkpoint"] = "sam-vit-h"  # SegmentAnyRGBD's ViT-H (ovseg download)
         options = {**defaults, "overlap": "sum", "fill_uncovered": False, "long_side": None}
         generator = dataclasses.replace(self, options={**options, **self.options}).build(model)
         return SamRefiner(generator)
