@@ -38,10 +38,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ovseg  # noqa: E402
 from benchmarks.latency_measure import cpu_name  # noqa: E402
 from ovseg.inference.onnx import ClipGraph, _export  # noqa: E402
+from ovseg.inference.options import products_in  # noqa: E402
 from ovseg.modeling.clip_branch import MaskAdaptedCLIP  # noqa: E402
 from ovseg.modeling.int8 import quantize_int8  # noqa: E402
 
-BACKENDS = ("torch-fp32", "torch-bf16", "torch-int8", "ort-fp32", "ort-int8", "ov-fp32", "ov-int8")
+BACKENDS = (
+    "torch-fp32",
+    "torch-bf16",
+    "torch-int8",
+    "torch-int8-torchao",
+    "ort-fp32",
+    "ort-int8",
+    "ov-fp32",
+    "ov-int8",
+)
 
 
 def random_inputs(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,10 +81,13 @@ def make_runners(names, clip, folder: Path, crops, regions, threads: int, calibr
     for name in names:
         if name.startswith("torch"):
             model = copy.deepcopy(clip)
-            if name == "torch-bf16":
-                model.clip_model.visual.bfloat16()
-            if name == "torch-int8":
+            if name == "torch-bf16":  # what dtype="bf16" does on a CPU (fp32 residual stream)
+                products_in(model.clip_model.visual, torch.bfloat16)
+                model.image_autocast = torch.bfloat16
+            if name == "torch-int8":  # int8_backend "auto": fbgemm
                 quantize_int8(model.clip_model.visual)
+            if name == "torch-int8-torchao":
+                quantize_int8(model.clip_model.visual, backend="torchao")
             runners[name] = lambda m=model: m.encode_masked(crops, regions).float()
             continue
         if onnx_path is None:
