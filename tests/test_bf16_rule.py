@@ -62,3 +62,15 @@ def test_tower_without_autocast_runs_on_the_meta_device():
     s = clip.arch.image_size
     out = clip.encode_masked(torch.zeros(2, 3, s, s, device="meta"), None)
     assert out.shape == (2, clip.arch.embed_dim) and out.device.type == "meta"
+
+
+def test_flops_of_a_whole_model_count_on_the_meta_device():
+    """benchmarks/latency.py counts FLOPs on a meta copy of the model: every stage must run
+    there (autocast switches included)."""
+    import ovseg
+    from benchmarks.latency_measure import count_flops
+
+    model = ovseg.build_model("ovseg-test-tiny")
+    counts = count_flops(model, (64, 96), crops=3, queries=model.config.num_queries, classes=5)
+    assert counts["backbone_proposals"] > 0 and counts["clip"] > 0
+    assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
