@@ -53,3 +53,43 @@ def test_predictor_compile_option_compiles_the_clip_blocks(tiny_model, monkeypat
     )
     predictor = ovseg.Predictor(copy.deepcopy(tiny_model), options=InferenceOptions(compile=True))
     assert calls == [predictor.model]
+
+
+def test_fused_block_computes_the_block(tiny_model):
+    """``fused_block`` (scaled-dot-product attention on projection views, QuickGELU as an
+    in-place SiLU with the 1.702 in the products' alpha) against open_clip's own block, and
+    the whole tower both ways; then the planted defect of a missing 1/1.702 is caught."""
+    from ovseg.modeling import clip_branch
+
+    model = copy.deepcopy(tiny_model).eval()
+    clip = model.clip_adapter
+    blocks = clip.clip_model.visual.transformer.resblocks
+    assert all(clip_branch.fusable(b) for b in blocks)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 197, blocks[0].attn.embed_dim, generator=g)
+    crops = torch.randn(4, 3, 224, 224, generator=g)
+    regions = (torch.rand(4, 1, 224, 224, generator=g) > 0.5).float()
+    with torch.inference_mode():
+        for block in blocks:
+            expected = block(x)
+            got = clip_branch.fused_block(block, x)
+            assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+        plain = clip.encode_masked(crops, regions)
+        clip.fused_blocks = True
+        fused = clip.encode_masked(crops, regions)
+        assert (fused - plain).abs().max() <= 1e-5 * plain.abs().max()
+        defect = copy.deepcopy(blocks[0])
+        defect.mlp.c_proj.weight.mul_(clip_branch.QUICK_GELU)  # as if 1/1.702 were missing
+        assert (clip_branch.fused_block(defect, x) - blocks[0](x)).abs().max() > 1e-2
+
+
+def test_fused_blocks_only_for_low_precision_on_gpus(tiny_model):
+    """On a CPU ``prepare_model`` leaves the blocks as they are (int8 and bf16 have their
+    own CPU paths); a block with a layer scale or quantised layers is not fusable."""
+    from ovseg.modeling import clip_branch
+
+    model = prepare_model(copy.deepcopy(tiny_model), InferenceOptions(dtype="bf16"))
+    assert model.clip_adapter.fused_blocks is False
+    block = copy.deepcopy(tiny_model.clip_adapter.clip_model.visual.transformer.resblocks[0])
+    block.ls_1 = torch.nn.Linear(1, 1)
+    assert not clip_branch.fusable(block)

@@ -24,6 +24,7 @@ from torch import nn
 from ovseg import timing
 from ovseg.inference import auto
 from ovseg.inference.tta import Augmentation
+from ovseg.modeling.clip_branch import fusable
 from ovseg.modeling.int8 import INT8_BACKENDS, quantize_int8
 
 # the float dtype of the image side's weights per option; int8 quantises the CLIP towers'
@@ -55,7 +56,9 @@ class InferenceOptions:
             (autocast alone leaves most of the time in fp32 on CPU); on a CPU the CLIP image
             tower keeps its residual stream, LayerNorms and embeddings in fp32 and runs its
             products in bf16 under autocast (``products_in``; feature error 0.4% against
-            0.9% all-bf16, round five). fp16 runs on CUDA only
+            0.9% all-bf16, round five); on a GPU the tower's blocks run through
+            ``ovseg.modeling.clip_branch.fused_block`` (fewer memory passes, same
+            computation up to rounding). fp16 runs on CUDA only
             (the authors' Hugging Face space runs CLIP under fp16 autocast on GPU). int8: the linear layers of the CLIP
             image tower are quantised (``quantize_int8``; CPU only), the rest stays fp32.
             The transformer decoder, classification and fusion stay fp32 in all cases.
@@ -294,6 +297,14 @@ def prepare_model(model, options: InferenceOptions):
     # and embeddings in fp32 (autocast): half the feature error of an all-bf16 tower
     mixed = options.dtype == "bf16" and model.device.type == "cpu"
     clip.image_autocast = torch.bfloat16 if mixed else None
+    # bf16 / fp16 on a GPU: the CLIP image tower's blocks in fewer memory passes (fused_block)
+    blocks = clip.clip_model.visual.transformer.resblocks
+    clip.fused_blocks = (
+        options.dtype in ("bf16", "fp16")
+        and model.device.type == "cuda"
+        and not options.compile
+        and all(fusable(block) for block in blocks)
+    )
     for module in image_side_modules(model):
         if mixed and module is clip.clip_model.visual:
             products_in(module, torch.bfloat16)

@@ -398,7 +398,7 @@ class Predictor:
                 fused.sem_seg[None], size=self.original_size, mode="bilinear", align_corners=False
             )[0].float()
             unlabelled = demo_unlabelled(sem_seg) if settings.mode == "demo" else None
-        seg = Segmentation.from_scores(names, sem_seg.cpu(), unlabelled, mode=settings.mode)
+        seg = Segmentation.from_scores(names, sem_seg, unlabelled, mode=settings.mode)
         if save_proposals:
             seg.proposals = ProposalRecord(
                 working_size=tuple(masks.shape[1:]),

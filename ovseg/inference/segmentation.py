@@ -121,8 +121,10 @@ class Segmentation:
         mode: str = "eval",
     ) -> Segmentation:
         """Label map = argmax of ``sem_seg`` (K, H, W), ``UNLABELLED`` where ``unlabelled``
-        ((H, W) bool) is True."""
+        ((H, W) bool) is True. ``sem_seg`` may be on a GPU: the argmax runs there (a host
+        argmax over 150 classes costs ~0.1 s per image) and the scores are copied after."""
         label_map = sem_seg.argmax(dim=0).cpu().numpy().astype(np.int64)
+        sem_seg = sem_seg.cpu()
         if unlabelled is not None:
             mask = unlabelled.cpu().numpy() if torch.is_tensor(unlabelled) else unlabelled
             label_map[np.asarray(mask, dtype=bool)] = UNLABELLED

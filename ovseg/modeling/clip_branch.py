@@ -106,6 +106,55 @@ class QuickGELU(nn.Module):
         return torch.sigmoid_(x * 1.702).mul_(x)
 
 
+QUICK_GELU = 1.702  # QuickGELU(x) = x * sigmoid(1.702 x) = SiLU(1.702 x) / 1.702
+
+
+def fused_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """One open_clip ``ResidualAttentionBlock`` (OpenAI layout: no layer scale, QuickGELU,
+    batch first) on x (B, T, D), the same computation in fewer passes over memory.
+
+    - attention: scaled-dot-product attention on views of the input projection (no separate
+      q/k/v copies; ``nn.MultiheadAttention``'s inference path copies them);
+    - MLP: QuickGELU(h) = SiLU(1.702 h) / 1.702, with the 1.702 applied by the ``c_fc``
+      product itself (its alpha, and the bias scaled) and the 1 / 1.702 by ``c_proj``'s, so
+      the activation is one in-place SiLU pass instead of three passes over the 4D-wide
+      hidden (the element-wise kernels, not the products, held the CLIP tower back on GPUs).
+
+    Equal to ``block(x)`` up to float rounding.
+    """
+    b, t, d = x.shape
+    attn = block.attn
+    heads = attn.num_heads
+    y = block.ln_1(x)
+    qkv = F.linear(y, attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
+    x = x + F.linear(o, attn.out_proj.weight, attn.out_proj.bias)
+    fc, proj = block.mlp.c_fc, block.mlp.c_proj
+    y = block.ln_2(x).reshape(b * t, d)
+    h = torch.addmm(fc.bias * QUICK_GELU, y, fc.weight.t(), alpha=QUICK_GELU)
+    h = F.silu(h, inplace=True)
+    return x + torch.addmm(proj.bias, h, proj.weight.t(), alpha=1 / QUICK_GELU).view(b, t, d)
+
+
+def fusable(block: nn.Module) -> bool:
+    """Whether ``fused_block`` computes ``block`` (float linear layers, no layer scale, batch
+    first, QuickGELU)."""
+    mlp = getattr(block, "mlp", None)
+    return (
+        isinstance(getattr(block, "attn", None), nn.MultiheadAttention)
+        and block.attn.batch_first
+        and block.attn._qkv_same_embed_dim
+        and isinstance(block.ls_1, nn.Identity)
+        and isinstance(block.ls_2, nn.Identity)
+        and not hasattr(block, "ln_1_kv")
+        and mlp is not None
+        and type(mlp.c_fc) is nn.Linear
+        and type(mlp.c_proj) is nn.Linear
+        and isinstance(mlp.gelu, QuickGELU)
+    )
+
+
 def _use_own_quick_gelu(module: nn.Module) -> None:
     from open_clip.transformer import QuickGELU as OpenClipQuickGELU
 
@@ -161,6 +210,9 @@ class MaskAdaptedCLIP(nn.Module):
         # its weights' dtype; a dtype (bf16) runs encode_masked under autocast with the
         # residual stream, LayerNorms and embeddings in fp32 and the products in that dtype
         self.image_autocast: torch.dtype | None = None
+        # the image tower's blocks through ``fused_block`` (set by prepare_model: bf16 / fp16
+        # on CUDA)
+        self.fused_blocks = False
         self.text_cache_dir: Path | None = None  # on-disk text cache (None: memory only)
         self.last_text_stats: dict = {}
 
@@ -192,8 +244,9 @@ class MaskAdaptedCLIP(nn.Module):
             cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
             x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
             x = visual.ln_pre(visual.patch_dropout(x))
+            fused = self.fused_blocks
             for depth, block in enumerate(visual.transformer.resblocks, start=1):
-                x = block(x)
+                x = fused_block(block, x) if fused else block(x)
                 if prompts is not None and depth < prompts.shape[0]:
                     patches = x[:, 1:] * keep + prompts[depth].to(x.dtype) * (1 - keep)
                     x = torch.cat([x[:, :1], patches], dim=1)
