@@ -76,7 +76,7 @@ def run_once(name: str, photos: Path, work: Path, model: str, env: dict) -> dict
     if result.returncode != 0:
         raise RuntimeError(f"{name} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     record = json.loads(timings.read_text())
-    images = sorted(record["images"], key=lambda r: r["t_s"])
+    images = sorted((r for r in record["images"] if "predict_s" in r), key=lambda r: r["t_s"])
     t = [r["t_s"] for r in images]
     steady = (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else float("nan")
     model_s = statistics.mean(r["set_image_s"] + r["predict_s"] for r in images)

@@ -64,7 +64,7 @@ def photos(tmp_path_factory) -> Path:
     return folder
 
 
-def _segment(photos: Path, out: Path, *extra: str) -> int:
+def _segment(photos: Path, out: Path | str, *extra: str) -> int:
     argv = ["segment", str(photos), "--classes", CLASSES, "--model", "ovseg-test-tiny"]
     return main(argv + ["--out", str(out), *extra])
 
@@ -146,7 +146,9 @@ def test_a_worker_killed_by_its_pid_loses_nothing(ray_cluster, photos, local_out
     killer = threading.Thread(target=kill_a_worker_while_it_works, daemon=True)
     killer.start()
     timings = tmp_path / "timings.json"
-    rc = _segment(photos, out, "--engine", "ray", "--workers", "2", "--timings", str(timings))
+    # the output at a file:// URL: the workers write through pyarrow's filesystem
+    argv = ["--engine", "ray", "--workers", "2", "--timings", str(timings)]
+    rc = _segment(photos, f"file://{out}", *argv)
     killer.join(5)
     assert rc == 1
     assert killed and killed["done"] < 8, "the worker was not killed part-way"

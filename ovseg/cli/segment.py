@@ -395,16 +395,17 @@ def _run_ray(args, todo, spec, class_names, failed, resources) -> dict:
                 detail = json.loads(result["detail"]) or {}
                 if "text" in detail:
                     _print_text_stats(detail["text"], first=not timings["images"])
-                    timings["images"].append(
-                        {
-                            "image": result["key"],
-                            "pid": result["pid"],
-                            **detail,
-                            "item_s": result["item_s"],
-                            "ledger_s": result["ledger_s"],
-                            "t_s": time.perf_counter() - start,
-                        }
-                    )
+                # an image finished by an attempt whose worker died has a note, no times
+                timings["images"].append(
+                    {
+                        "image": result["key"],
+                        "pid": result["pid"],
+                        **detail,
+                        "item_s": result["item_s"],
+                        "ledger_s": result["ledger_s"],
+                        "t_s": time.perf_counter() - start,
+                    }
+                )
     remove_partial_writes(todo)  # a killed worker's temporary files
     timings["workers"] = {str(pid): info for pid, info in workers.items()}
     return timings
