@@ -47,6 +47,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ovseg  # noqa: E402
+from benchmarks.latency import write_json  # noqa: E402
 from benchmarks.latency_measure import (  # noqa: E402
     ade150_names,
     count_flops,
@@ -313,12 +314,6 @@ def main(argv=None) -> int:
         write_json(Path(args.json), result)
     print(json.dumps(result, indent=1))
     return 0
-
-
-def write_json(path: Path, result: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

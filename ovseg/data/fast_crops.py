@@ -81,19 +81,8 @@ def batched_masked_crops(
     fill: torch.Tensor,
     chunk_elements: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """All masked crops of one image at once (``multi_image_masked_crops`` of one image).
-
-    Args:
-        image: (3, H, W) float, 0-255 scale.
-        masks: (V, H, W) bool, all non-empty.
-        boxes: (V, 4) int64 (left, top, right, bottom), right/bottom exclusive, non-empty.
-        size: output size S.
-        mean, std, fill: (3, 1, 1) float on the 0-255 scale.
-        chunk_elements: bound on one chunk's gathered elements (see
-            ``multi_image_masked_crops``).
-    Returns:
-        ``(crops (V, 3, S, S) CLIP-normalised, region_masks (V, 1, S, S) float {0, 1})``.
-    """
+    """All masked crops of one (3, H, W) image with its (V, H, W) masks and (V, 4) boxes:
+    ``multi_image_masked_crops`` of one image (same arguments and returns)."""
     return multi_image_masked_crops([image], [masks], boxes, size, mean, std, fill, chunk_elements)
 
 
