@@ -175,3 +175,33 @@ def test_ray_flags_are_checked_against_the_device(tmp_path, capsys):
     assert "--workers must be at least 1" in capsys.readouterr().err
     assert main(argv + ["--batch-size", "2"]) == 2
     assert "--batch-size applies to --engine local" in capsys.readouterr().err
+
+
+def test_a_rerun_into_a_url_lists_the_outputs_once(fake, tmp_path, monkeypatch, capsys):
+    """Which images are done is read from one listing of --out, not a request per file."""
+    from ovseg.inference import storage
+
+    _images(tmp_path / "photos")
+    out = "memory://ovseg-rerun-test/out"
+    argv = ["segment", "--model", "m", str(tmp_path / "photos"), "--classes", "x, y"]
+    assert main(argv + ["--out", out]) == 0
+    asked: list[str] = []
+    real = storage._filesystem
+
+    class Counting:  # the filesystem, counting single-path questions
+        def __init__(self, fs):
+            self.fs = fs
+
+        def get_file_info(self, what):
+            if isinstance(what, str):
+                asked.append(what)
+            return self.fs.get_file_info(what)
+
+        def __getattr__(self, name):
+            return getattr(self.fs, name)
+
+    monkeypatch.setattr(storage, "_filesystem", lambda url: (Counting(real(url)[0]), real(url)[1]))
+    assert main(argv + ["--out", out]) == 0
+    assert "all 3 image(s) already done" in capsys.readouterr().out
+    assert len(asked) <= 1  # the listing's root at most; 9 outputs were not asked one by one
+    assert fake.calls == 3

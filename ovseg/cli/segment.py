@@ -42,7 +42,7 @@ from ovseg.inference.jobs import (
     segment_images,
     write_outputs,
 )
-from ovseg.inference.storage import as_path
+from ovseg.inference.storage import UrlPath, as_path, listed
 from ovseg.inference.video import video_redo_reasons
 from ovseg.timing import collect, process_age_s
 
@@ -149,14 +149,24 @@ def run(args) -> int:
             f"videos run on the local engine only ({videos[0][0]}): segment them without "
             "--engine ray"
         )
-    todo, changed = [], Counter()
-    for job in jobs:
+
+    def reasons_of(job) -> list[str]:
         if args.force:
-            reasons = ["--force"]
-        elif is_video(job[0]):
-            reasons = video_redo_reasons(job[1], job[2], class_names, _video_record(record, args))
+            return ["--force"]
+        if is_video(job[0]):
+            return video_redo_reasons(job[1], job[2], class_names, _video_record(record, args))
+        return redo_reasons(job[1], job[2], class_names, record)
+
+    with listed(out):  # at a URL: one listing, and the JSON files read 16 at a time
+        if isinstance(out, UrlPath) and not args.force:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(16) as pool:
+                all_reasons = list(pool.map(reasons_of, jobs))
         else:
-            reasons = redo_reasons(job[1], job[2], class_names, record)
+            all_reasons = [reasons_of(job) for job in jobs]
+    todo, changed = [], Counter()
+    for job, reasons in zip(jobs, all_reasons):
         if reasons:
             todo.append(job)
             changed.update(r for r in reasons if r != "no outputs")

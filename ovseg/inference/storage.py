@@ -13,6 +13,7 @@ upload on an object store (S3, GCS, Azure), whose objects appear only once compl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import uuid
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 _FILESYSTEMS: dict[str, tuple[object, str]] = {}  # "scheme://netloc" -> (filesystem, base)
+_LISTED: dict[str, dict[str, str]] = {}  # folder URL -> {URL below it: "file" / "dir"}
 _LOCK = threading.Lock()
 
 
@@ -34,6 +36,34 @@ def as_path(text: str | os.PathLike) -> Path | UrlPath:
     if isinstance(text, (Path, UrlPath)):
         return text
     return UrlPath(str(text)) if is_url(text) else Path(text)
+
+
+@contextlib.contextmanager
+def listed(folder: Path | UrlPath) -> Iterator[None]:
+    """Inside the block, whether a file below the URL ``folder`` exists is answered from one
+    recursive listing made on entry, instead of one request per file (thousands of HEAD
+    requests on an object store when a rerun checks which images are done). Nothing to do
+    for a local folder. Files that appear during the block are not seen."""
+    if not isinstance(folder, UrlPath):
+        yield
+        return
+    kinds = {entry.url: entry._kind for entry in folder.rglob("*")}
+    kinds[folder.url] = "dir" if kinds or folder.is_dir() else "missing"
+    with _LOCK:
+        _LISTED[folder.url] = kinds
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _LISTED.pop(folder.url, None)
+
+
+def _listed_kind(url: str) -> str | None:
+    with _LOCK:
+        for root, kinds in _LISTED.items():
+            if url == root or url.startswith(root + "/"):
+                return kinds.get(url, "missing")
+    return None
 
 
 def _pyarrow_fs():
@@ -85,7 +115,7 @@ class UrlPath:
             raise ValueError(f"not a URL (SCHEME://...): {url!r}")
         scheme, _, rest = url.partition("://")
         self.url = f"{scheme}://{rest.rstrip('/')}" if rest.strip("/") else url
-        self._kind = _kind  # "file" / "dir" when known from a listing
+        self._kind = _kind  # "file" / "dir" when known from the listing that found it
 
     def __reduce__(self):
         return (UrlPath, (self.url,))
@@ -139,14 +169,17 @@ class UrlPath:
         return _filesystem(self.url)
 
     def _type(self) -> str:
-        if self._kind is None:
+        """ "file", "dir" or "missing": known from the listing that found this path, from a
+        ``listed`` block, or else asked of the filesystem (each time: outputs change)."""
+        kind = self._kind or _listed_kind(self.url)
+        if kind is None:
             pafs = _pyarrow_fs()
             fs, path = self._fs()
-            kind = fs.get_file_info(path).type
-            self._kind = {pafs.FileType.File: "file", pafs.FileType.Directory: "dir"}.get(
-                kind, "missing"
+            found = fs.get_file_info(path).type
+            kind = {pafs.FileType.File: "file", pafs.FileType.Directory: "dir"}.get(
+                found, "missing"
             )
-        return self._kind
+        return kind
 
     def is_file(self) -> bool:
         return self._type() == "file"
@@ -203,7 +236,6 @@ class UrlPath:
         else:
             with fs.open_output_stream(path) as stream:
                 stream.write(data)
-        self._kind = "file"
 
     def unlink(self, missing_ok: bool = False) -> None:
         fs, path = self._fs()
@@ -212,4 +244,4 @@ class UrlPath:
         except FileNotFoundError:
             if not missing_ok:
                 raise
-        self._kind = "missing"
+        self._kind = None
