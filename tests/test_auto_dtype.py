@@ -38,14 +38,14 @@ def test_capabilities_of_this_machine_are_known_flags():
     ("device", "caps", "chosen", "text"),
     [
         ("cpu", AVX2, "int8/fbgemm", "fp32"),  # the issue: AVX2-only picks int8
-        ("cpu", AVX512_BF16_VNNI, "int8/fbgemm", "bf16"),  # measured in round five
-        ("cpu", ["avx2", "avx512_bf16"], "bf16/torch", "bf16"),
+        ("cpu", AVX512_BF16_VNNI, "int8/fbgemm", "fp32"),  # measured in round five
+        ("cpu", ["avx2", "avx512_bf16"], "bf16/torch", "fp32"),
         ("cpu", ["avx2", "avx512_vnni"], "int8/fbgemm", "fp32"),
         (
             "cpu",
             ["avx2", "amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni"],
             "int8/fbgemm",
-            "bf16",
+            "fp32",
         ),
         ("cpu", [], "fp32/torch", "fp32"),
         ("cuda", AVX2 + ["cuda"], "bf16/torch", "bf16"),
