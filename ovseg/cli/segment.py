@@ -127,11 +127,16 @@ def add_video_args(parser) -> None:
 
 
 def read_vocabulary(args) -> list[str]:
-    from ovseg.vocabulary import parse_class_names, read_class_file
+    """The class names of ``--classes`` / ``--classes-file``; merged repeats are reported."""
+    from ovseg.vocabulary import parse_vocabulary, read_vocabulary_file
 
     if args.classes_file:
-        return read_class_file(args.classes_file)
-    return parse_class_names(args.classes)
+        vocabulary = read_vocabulary_file(args.classes_file)
+    else:
+        vocabulary = parse_vocabulary(args.classes)
+    if vocabulary.notice:
+        print(f"ovseg segment: {vocabulary.notice}", file=sys.stderr)
+    return vocabulary.names
 
 
 def run(args) -> int:

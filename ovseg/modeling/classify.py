@@ -32,7 +32,7 @@ from ovseg.modeling.fusion import (
     space_fusion,
 )
 from ovseg.modeling.proposals import Proposals
-from ovseg.vocabulary import validate_class_names
+from ovseg.vocabulary import VocabularyError, validate_class_names
 
 
 @dataclass
@@ -94,8 +94,8 @@ def vocabulary(class_names: list[str], settings: FusionSettings) -> list[str]:
     names = validate_class_names(class_names)
     if settings.mode != "demo":
         return names
-    if [n.lower() for n in names] == [OTHERS]:
-        raise ValueError(
+    if [n.casefold() for n in names] == [OTHERS]:
+        raise VocabularyError(
             "demo mode adds 'others' to a single class name, so 'others' alone cannot be "
             "segmented; name what to find, e.g. ['person']"
         )
