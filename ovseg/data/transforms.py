@@ -33,7 +33,9 @@ def shortest_edge_size(height: int, width: int, short: int, max_size: int) -> tu
     if max(new_h, new_w) > max_size:
         rescale = max_size / max(new_h, new_w)
         new_h, new_w = new_h * rescale, new_w * rescale
-    return int(new_h + 0.5), int(new_w + 0.5)
+    # at least one pixel: an extreme aspect ratio (1 x 3000) would round a side to 0, which
+    # the official code cannot resize (it fails there); everything else is unchanged
+    return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
 def resize_shortest_edge(image: np.ndarray, short: int = 640, max_size: int = 2560) -> np.ndarray:

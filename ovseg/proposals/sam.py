@@ -22,6 +22,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -279,7 +280,11 @@ class SamProposalGenerator:
                 "the SAM generator takes a (3, H, W) uint8 RGB image, got "
                 f"{tuple(image.shape)} {image.dtype}"
             )
-        records = self.amg.generate(image.permute(1, 2, 0).cpu().numpy())
+        array = image.permute(1, 2, 0).cpu().numpy()
+        height, width = array.shape[:2]
+        records = self.amg.generate(_sam_sized(array, self.sam.image_encoder.img_size))
+        if records and records[0]["segmentation"].shape != (height, width):
+            records = [_cropped(r, height, width) for r in records]
         records = [r for r in records if r["area"] >= max(self.min_area, 1)]
         if self.max_masks is not None and len(records) > self.max_masks:
             best = sorted(range(len(records)), key=lambda i: -records[i]["predicted_iou"])
@@ -295,6 +300,27 @@ class SamProposalGenerator:
             masks = torch.zeros(0, height, width)
         masks = resolve_overlaps(masks, self.overlap, self.fill_uncovered)
         return Proposals(masks=masks.to(image.device), embeddings=None)
+
+
+def _sam_sized(image: np.ndarray, target: int) -> np.ndarray:
+    """``image``, padded (edge pixels repeated, bottom/right) where SAM's longest-side resize
+    to ``target`` would round its short side to 0 pixels (a 1 x 3000 strip): the short side
+    becomes at least ``ceil(long / target)``. Other images are returned as they are."""
+    height, width = image.shape[:2]
+    need = -(-max(height, width) // target)
+    pad_h, pad_w = max(0, need - height), max(0, need - width)
+    if not (pad_h or pad_w):
+        return image
+    return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+
+
+def _cropped(record: dict, height: int, width: int) -> dict:
+    """A SAM record of a padded image cut back to ``height x width`` (area and box too)."""
+    mask = record["segmentation"][:height, :width]
+    x, y, w, h = record["bbox"]
+    box = [min(x, width), min(y, height)]
+    box += [max(0, min(x + w, width) - box[0]), max(0, min(y + h, height) - box[1])]
+    return {**record, "segmentation": mask, "area": int(mask.sum()), "bbox": box}
 
 
 @register("sam")
