@@ -36,6 +36,14 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         "converted (kept by default: later runs map it instead of unpickling the file; "
         "zip-format .pth files are mapped directly and get no copy)",
     )
+    group.add_argument(
+        "--text-cache-max-mb",
+        type=float,
+        metavar="MB",
+        help="bound of the text-feature cache on disk ($OVSEG_HOME/text-features) and in "
+        "memory, least recently used evicted first (default: $OVSEG_TEXT_CACHE_MAX_MB, else "
+        "256)",
+    )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 

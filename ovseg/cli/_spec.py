@@ -62,14 +62,15 @@ def tta_options(args: argparse.Namespace) -> dict:
 
 
 def inference_options(args: argparse.Namespace) -> InferenceOptions:
-    """``--dtype``, ``--text-dtype``, ``--tf32``, ``--cuda-graphs``, ``--top-k`` and the TTA
-    flags."""
+    """``--dtype``, ``--text-dtype``, ``--tf32``, ``--cuda-graphs``, ``--top-k``,
+    ``--text-cache-max-mb`` and the TTA flags."""
     return InferenceOptions(
         dtype=getattr(args, "dtype", "fp32"),
         text_dtype=getattr(args, "text_dtype", None),
         top_k=getattr(args, "top_k", None),
         tf32=getattr(args, "tf32", False),
         cuda_graphs=getattr(args, "cuda_graphs", False),
+        text_cache_max_mb=getattr(args, "text_cache_max_mb", None),
         **tta_options(args),
     )
 

@@ -14,8 +14,11 @@ int8: ``ovseg.modeling.int8``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import threading
 import warnings
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +28,7 @@ from ovseg import timing
 from ovseg.inference import auto
 from ovseg.inference.tta import Augmentation
 from ovseg.modeling.clip_branch import fusable
+from ovseg.modeling import text_cache
 from ovseg.modeling.int8 import INT8_BACKENDS, quantize_int8
 
 # the float dtype of the image side's weights per option; int8 quantises the CLIP towers'
@@ -39,7 +43,14 @@ AUTO = "auto"  # dtype / text_dtype: chosen per machine by ovseg.inference.auto.
 CUDA_ONLY_DTYPES = ("fp16",)  # the fp16 path is made and measured for GPUs
 # options that change float rounding only (or nothing): left out of the outputs' record
 # (tf32 is recorded: it is the one that leaves the official fp32 arithmetic)
-ROUNDING_ONLY = ("fast", "channels_last", "compile", "cuda_graphs", "text_cache")
+ROUNDING_ONLY = (
+    "fast",
+    "channels_last",
+    "compile",
+    "cuda_graphs",
+    "text_cache",
+    "text_cache_max_mb",
+)
 CPU_CLIP_BATCH = 8  # at most this many crops per CLIP image-tower call on CPU
 CPU_CLIP_HIDDEN_BYTES = 14 * 2**20  # and at most this much fp32 MLP activation per call
 GPU_CLIP_BATCH = 1024  # at most this many crops per call on GPUs (activation memory)
@@ -119,6 +130,9 @@ class InferenceOptions:
         text_cache: keep class text features on disk under ``ovseg_home()/text-features``
             (keyed by text-tower weights, templates, precision and names), so a vocabulary
             seen before skips the text tower, also in a new process; False: memory only.
+        text_cache_max_mb: bound of that folder and of the model's memory cache of text
+            features, least recently used evicted first (``ovseg.modeling.text_cache``);
+            None: ``$OVSEG_TEXT_CACHE_MAX_MB``, else 256.
         granularity: demo mode's default mask selection when ``predict`` gets none, in
             [0, 1]: lower keeps more masks per class. None: the authors' SAM space's 0.8
             with SAM proposals, 1 (each class's best mask, the official demo) otherwise.
@@ -141,10 +155,13 @@ class InferenceOptions:
     sliding_tile_size: int | None = None
     sliding_overlap: float | None = None
     text_cache: bool = True
+    text_cache_max_mb: float | None = None
     tf32: bool = False
     granularity: float | None = None
 
     def __post_init__(self) -> None:
+        if self.text_cache_max_mb is not None:
+            text_cache.max_bytes_from(self.text_cache_max_mb)  # refuses < 0 and NaN
         if self.granularity is not None and not 0.0 <= self.granularity <= 1.0:
             raise ValueError(f"granularity must be in [0, 1], got {self.granularity}")
         if self.tta_min_sizes is not None:
@@ -265,15 +282,90 @@ def image_side_modules(model) -> list[nn.Module]:
     return modules
 
 
+_PREPARE_LOCK = threading.RLock()
+# model -> {options and weights state -> its prepared copy}, both weak: a copy lives as long
+# as a predictor uses it, and nothing here keeps a model alive
+_PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _structure_copy(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
+    """A copy of ``module``'s tree of modules whose parameters and buffers are the same
+    tensors: replacing a tensor or a child in the copy leaves ``module`` as it is."""
+    if id(module) in memo:  # a module used twice stays one module
+        return memo[id(module)]
+    new = copy.copy(module)
+    memo[id(module)] = new
+    new.__dict__["_parameters"] = dict(module._parameters)
+    new.__dict__["_buffers"] = dict(module._buffers)
+    new.__dict__["_non_persistent_buffers_set"] = set(module._non_persistent_buffers_set)
+    new.__dict__["_modules"] = {
+        name: None if child is None else _structure_copy(child, memo)
+        for name, child in module._modules.items()
+    }
+    return new
+
+
+def _convert_tensors(
+    module: nn.Module, dtype: torch.dtype, channels_last: bool, products_only: bool = False
+) -> None:
+    """Give ``module``'s floating-point parameters and buffers ``dtype`` (and 4-D ones the
+    channels_last layout) as new tensors; tensors already so are kept (shared).
+    ``products_only``: ``dtype`` for the weights of linear layers, convolutions and attention
+    input projections, fp32 for every other tensor (what ``products_in`` does in place)."""
+    converted: dict[int, torch.Tensor] = {}
+
+    def convert(t: torch.Tensor, target: torch.dtype) -> torch.Tensor:
+        if id(t) not in converted:
+            new = t.detach()
+            if t.is_floating_point() and t.dtype != target:
+                new = new.to(target)
+            if channels_last and new.dim() == 4:
+                new = new.contiguous(memory_format=torch.channels_last)
+            if new.data_ptr() == t.data_ptr() and new.dtype == t.dtype:
+                converted[id(t)] = t
+            elif isinstance(t, nn.Parameter):
+                converted[id(t)] = nn.Parameter(new, requires_grad=t.requires_grad)
+            else:
+                converted[id(t)] = new
+        return converted[id(t)]
+
+    for sub in module.modules():
+        product = isinstance(sub, (nn.Linear, nn.Conv2d))
+        for table in (sub._parameters, sub._buffers):
+            for name, tensor in table.items():
+                if tensor is None:
+                    continue
+                in_proj = isinstance(sub, nn.MultiheadAttention) and name.startswith("in_proj_")
+                keep = not products_only or product or in_proj
+                table[name] = convert(tensor, dtype if keep else torch.float32)
+
+
+def _weights_state(model: nn.Module) -> tuple:
+    """Identity and version of every tensor: a prepared copy is rebuilt after the caller
+    changes, replaces or trains its model's weights."""
+    return tuple(
+        (t.data_ptr(), -1 if t.is_inference() else t._version, t.dtype)
+        for t in (*model.parameters(), *model.buffers())
+    )
+
+
 @timing.stage("prepare")
 def prepare_model(model, options: InferenceOptions):
-    """Apply ``options`` to ``model`` in place (dtype, memory format) and return it.
+    """The model as ``options`` run it (dtype, memory format, int8, text precision and
+    cache); ``model`` itself is never changed.
 
-    The model's other parts are untouched; its methods cast inputs to each module's weight
-    dtype, so a bf16 model keeps working everywhere, with fp32 outputs. ``text_dtype`` is
-    recorded on the CLIP branch (``clip_adapter.text_precision``), which runs the text tower
-    accordingly (fp32, bf16 autocast, or an int8 copy of the tower). "auto" dtypes are
-    resolved for the model's device first (``InferenceOptions.resolved``).
+    The result is a copy of ``model``'s module tree that shares every tensor it does not
+    convert: with fp32 weights it shares all of them (4-D convolution weights get a
+    channels_last copy when ``options.channels_last``); bf16 / fp16 give the backbone, pixel
+    decoder and CLIP image tower half-precision copies (the text tower, decoder and heads
+    stay shared fp32); int8 quantises the copy's CLIP image tower. Copies are kept (weakly)
+    per model, option set and weights state, so predictors with the same options share one
+    and one for each dtype can live side by side; a change of ``model``'s weights gives a
+    new copy. The copy's methods cast inputs to each module's weight dtype, so a bf16 copy
+    has fp32 outputs. ``text_dtype`` is recorded on the copy's CLIP branch
+    (``clip_adapter.text_precision``), which runs the text tower accordingly (fp32, bf16
+    autocast, or an int8 copy of the tower). "auto" dtypes are resolved for the model's
+    device first (``InferenceOptions.resolved``).
     """
     options = options.resolved(model.device)
     for name in ("dtype", "text_dtype"):
@@ -292,7 +384,30 @@ def prepare_model(model, options: InferenceOptions):
             "here; use dtype fp32 or int8",
             stacklevel=2,
         )
-    clip = model.clip_adapter
+    key = (
+        options.dtype,
+        options.text_dtype,
+        options.int8_backend,
+        options.channels_last,
+        options.cuda_graphs,
+        options.text_cache,
+        options.text_cache_max_mb,
+        options.compile,
+        str(model.device),
+        _weights_state(model),
+    )
+    with _PREPARE_LOCK:
+        copies = _PREPARED.setdefault(model, weakref.WeakValueDictionary())
+        prepared = copies.get(key)
+        if prepared is None:
+            prepared = _prepare_copy(model, options)
+            copies[key] = prepared
+    return prepared
+
+
+def _prepare_copy(model, options: InferenceOptions):
+    prepared = _structure_copy(model, {})
+    clip = prepared.clip_adapter
     # bf16 on CPU: the CLIP image tower's products in bf16, its residual stream, LayerNorms
     # and embeddings in fp32 (autocast): half the feature error of an all-bf16 tower
     mixed = options.dtype == "bf16" and model.device.type == "cpu"
@@ -305,27 +420,19 @@ def prepare_model(model, options: InferenceOptions):
         and not options.compile
         and all(fusable(block) for block in blocks)
     )
-    for module in image_side_modules(model):
-        if mixed and module is clip.clip_model.visual:
-            products_in(module, torch.bfloat16)
-        else:
-            module.to(options.torch_dtype)
-        if options.channels_last:
-            module.to(memory_format=torch.channels_last)
-    if options.cuda_graphs and model.has_proposal_head:
+    for module in image_side_modules(prepared):
+        products_only = mixed and module is clip.clip_model.visual
+        _convert_tensors(module, options.torch_dtype, options.channels_last, products_only)
+    if options.cuda_graphs and prepared.has_proposal_head:
         from ovseg.inference.acceleration import graph_proposals
 
-        graph_proposals(model)
+        graph_proposals(prepared)
     if options.dtype == "int8":
-        quantize_int8(model.clip_adapter.clip_model.visual, backend=options.int8_backend)
+        quantize_int8(clip.clip_model.visual, backend=options.int8_backend)
     clip.text_precision = options.text_dtype
-    if options.text_cache:
-        from ovseg.modeling.text_cache import default_folder
-
-        clip.text_cache_dir = default_folder()
-    else:
-        clip.text_cache_dir = None
-    return model.eval()
+    clip.text_cache_max_bytes = text_cache.max_bytes_from(options.text_cache_max_mb)
+    clip.text_cache_dir = text_cache.default_folder() if options.text_cache else None
+    return prepared.eval()
 
 
 def products_in(module: nn.Module, dtype: torch.dtype) -> nn.Module:

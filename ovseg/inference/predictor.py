@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ovseg.data.image import to_rgb_array
 from ovseg.data.transforms import resize_longest_side, resize_nearest, resize_shortest_edge
 from ovseg.inference.acceleration import compile_clip_blocks
+from ovseg.inference.exclusive import ThreadGuard, one_thread_at_a_time
 from ovseg.inference.image_state import ImageState
 from ovseg.inference.options import InferenceOptions, prepare_model
 from ovseg.inference.refine import SamRefiner, majority_refine
@@ -40,9 +41,14 @@ from ovseg.vocabulary import validate_class_names
 class Predictor:
     """Segment images with an ``OVSeg`` model.
 
+    Not thread-safe: a predictor keeps one image's state between ``set_image`` and
+    ``predict``; a call while another thread is inside one raises ``RuntimeError``
+    (``ovseg.inference.exclusive``). Use one predictor per thread; they can share the model.
+
     Args:
-        model: the model (moved to eval mode; ``options`` are applied to it in place, e.g.
-            bf16 weights for its image side).
+        model: the model; it is not changed: ``self.model`` is a copy prepared for
+            ``options`` that shares the weights it does not convert (``prepare_model``), so
+            one model can serve several predictors, each dtype with its own copy.
         proposal_generator: mask source; None means the model's own MaskFormer head.
         options: ``InferenceOptions``; the default is the fast fp32 path, equal to the
             official outputs up to float rounding. ``InferenceOptions(fast=False)`` is the
@@ -62,6 +68,7 @@ class Predictor:
         clip_encoder: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
         refiner: SamRefiner | None = None,
     ):
+        self._thread_guard = ThreadGuard()
         self.refiner = refiner
         options = InferenceOptions() if options is None else options
         # what runs here: the machine's capabilities and the path "auto" picks among them
@@ -72,7 +79,7 @@ class Predictor:
         if self.options.compile and clip_encoder is None:
             compile_clip_blocks(self.model)
         self.clip_encoder = (
-            model.clip_adapter.encode_masked if clip_encoder is None else clip_encoder
+            self.model.clip_adapter.encode_masked if clip_encoder is None else clip_encoder
         )
         self.reset_image()
 
@@ -119,6 +126,7 @@ class Predictor:
         view.reset_image()
         return view
 
+    @one_thread_at_a_time
     @torch.inference_mode()
     def set_image(self, image) -> None:
         """Cache the vocabulary-free work for ``image``.
@@ -161,6 +169,7 @@ class Predictor:
         proposals: the generator declares ``demo_rule = "space"`` (the SAM generator)."""
         return getattr(self.proposal_generator, "demo_rule", None) == "space"
 
+    @one_thread_at_a_time
     @torch.inference_mode()
     def set_images(self, images: Sequence) -> None:
         """Cache the vocabulary-free work for several images at once; ``predict_batch``
@@ -203,6 +212,7 @@ class Predictor:
             state.refine_masks = self._refine_masks(rgb)
         self.image_batch = batch
 
+    @one_thread_at_a_time
     @torch.inference_mode()
     def set_model_input(self, image: np.ndarray, original_size: tuple[int, int]) -> None:
         """Cache the vocabulary-free work for an (H, W, 3) uint8 image that is already the
@@ -215,6 +225,7 @@ class Predictor:
             self.proposals = generate(self.input_image)
         self.original_size = tuple(original_size)
 
+    @one_thread_at_a_time
     def clip_features(
         self, mask_threshold: float | None = None, queries: torch.Tensor | None = None
     ) -> ClipImageFeatures:
@@ -279,6 +290,7 @@ class Predictor:
         scores = proposal_class_probs(logits).amax(dim=1)
         return scores.topk(k).indices.sort().values
 
+    @one_thread_at_a_time
     @torch.inference_mode()
     def predict(
         self,
@@ -433,6 +445,7 @@ class Predictor:
         )
         return settings, granularity
 
+    @one_thread_at_a_time
     @torch.inference_mode()
     def predict_batch(
         self,

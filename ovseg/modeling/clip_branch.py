@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import time
-from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from ovseg.data.transforms import CLIP_MEAN, CLIP_STD
 from ovseg.digest import tensor_digest
 from ovseg.modeling.precision import without_autocast
 from ovseg.modeling.prompts import VILD_TEMPLATES
+from ovseg.modeling.text_cache import MemoryLRU
 
 LOGIT_TEMPERATURE = 100.0  # fixed; CLIP's own logit_scale is not used
 TEXT_BATCH = 4096  # prompts per text-tower call (its prefix tree's memory grows with it)
@@ -202,7 +202,10 @@ class MaskAdaptedCLIP(nn.Module):
         )
         self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1) * 255.0)
-        self._text_cache: OrderedDict = OrderedDict()
+        # shared by the prepared copies of this model (ovseg.inference.options.prepare_model),
+        # bounded by bytes (text_cache_max_bytes), thread-safe
+        self._text_cache = MemoryLRU()
+        self.text_cache_max_bytes: int | None = None  # None: max_bytes_from() (env / default)
         self._fingerprint: tuple | None = None
         self._int8_text: tuple | None = None
         self.text_precision = "fp32"  # "fp32", "bf16", "fp16" or "int8" (prepare_model)
@@ -309,22 +312,22 @@ class MaskAdaptedCLIP(nn.Module):
         names, templates = tuple(class_names), tuple(templates)
         key = (fingerprint, names, templates, precision, str(device))
         folder = self.text_cache_dir
-        if key in self._text_cache:
-            self._text_cache.move_to_end(key)
-            feats, source = self._text_cache[key], "memory"
-        else:
-            feats = None
+        max_bytes = self.text_cache_max_bytes
+        if max_bytes is None:
+            max_bytes = text_cache.max_bytes_from()
+        feats, source = self._text_cache.get(key), "memory"
+        if feats is None:
             if folder is not None:
                 feats = text_cache.load(folder, fingerprint, templates, precision, names)
             source = "disk"
             if feats is None:
                 feats, source = self._encode_vocabulary(names, templates, precision), "computed"
                 if folder is not None:
-                    text_cache.store(folder, fingerprint, templates, precision, names, feats)
+                    text_cache.store(
+                        folder, fingerprint, templates, precision, names, feats, max_bytes
+                    )
             feats = feats.to(device)
-            self._text_cache[key] = feats
-            while len(self._text_cache) > 32:
-                self._text_cache.popitem(last=False)
+            self._text_cache.put(key, feats, max_bytes)
         self.last_text_stats = {
             "source": source,
             "seconds": time.perf_counter() - start,
@@ -364,6 +367,10 @@ class MaskAdaptedCLIP(nn.Module):
         if precision != "int8":
             return self.clip_model.transformer
         fingerprint = self.weights_fingerprint()
+        with self._text_cache.lock:  # one quantised copy, whichever thread asks first
+            return self._int8_transformer(fingerprint)
+
+    def _int8_transformer(self, fingerprint: str) -> nn.Module:
         if self._int8_text is None or self._int8_text[0] != fingerprint:
             from ovseg.modeling.int8 import quantize_int8
 
