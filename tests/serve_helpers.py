@@ -43,12 +43,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(app):
-    """Serve ``app`` with uvicorn on a free 127.0.0.1 port in a thread; yields the base URL."""
+def running_server(app, **server_options):
+    """Serve ``app`` as ``ovseg serve`` does (``ovseg.serve.server.server_config``) on a free
+    127.0.0.1 port in a thread; yields the base URL."""
     import uvicorn
 
+    from ovseg.serve.server import server_config
+
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    config = server_config(app, port=port, log_level="warning", **server_options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

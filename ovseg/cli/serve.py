@@ -50,6 +50,45 @@ def register(subparsers) -> None:
         help="longest video POST /segment-video and the page accept; it is answered with the "
         "overlay video (default 10; 0 turns videos off)",
     )
+    parser.add_argument(
+        "--max-classes",
+        type=int,
+        default=1000,
+        help="most class names in one request, repeats merged (default 1000)",
+    )
+    parser.add_argument(
+        "--max-classes-bytes",
+        type=int,
+        default=64 * 1024,
+        help="largest 'classes' field in bytes, refused (413) before it is split (default 65536)",
+    )
+    parser.add_argument(
+        "--upload-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="the whole request body must arrive within S seconds, else 408 (default 60)",
+    )
+    parser.add_argument(
+        "--send-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="a client must take each part of its response within S seconds (default 60)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="a connection must send its request line and headers within S seconds (default 10)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        help="open connections at most; more are answered 503 by the server (default 256)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -57,6 +96,7 @@ def run(args) -> int:
     import uvicorn
 
     from ovseg.serve import create_app
+    from ovseg.serve.server import server_config
 
     spec = predictor_spec(args)
     predictor = spec.build()
@@ -70,7 +110,18 @@ def run(args) -> int:
         max_class_pixels=args.max_class_pixels,
         model_name=spec.model.name,
         max_video_seconds=args.max_video_seconds,
+        max_classes=args.max_classes,
+        max_classes_bytes=args.max_classes_bytes,
+        upload_timeout_s=args.upload_timeout,
+        send_timeout_s=args.send_timeout,
     )
     print(f"ovseg serve: open http://{args.host}:{args.port}/ in a browser")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    config = server_config(
+        app,
+        host=args.host,
+        port=args.port,
+        header_timeout_s=args.header_timeout,
+        max_connections=args.max_connections,
+    )
+    uvicorn.Server(config).run()
     return 0
