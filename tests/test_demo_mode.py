@@ -103,7 +103,10 @@ def test_demo_predictions_match_the_official_demo(demo_fixture, fast):
         histogram = {str(k): int(n) for k, n in zip(*np.unique(ours, return_counts=True))}
         assert histogram == run["label_histogram"]
         record = seg.to_json()
-        assert record["unlabelled"] == {"value": 255, "area": histogram["255"]}
+        unlabelled = record["unlabelled"]
+        assert (unlabelled["value"], unlabelled["area"]) == (255, histogram["255"])
+        # no evidence (every class 0) is part of the official rule's channel-0 zeros
+        assert unlabelled["no_evidence"] == int((seg.sem_seg.amax(0) <= 0).sum())
 
 
 @torch.no_grad()
@@ -197,5 +200,8 @@ def test_unlabelled_is_where_channel_0_is_zero_through_the_predictor(tiny_model)
     expected = np.array([0] * 6 + [-1] * 6)  # "all channels zero" would label 6-9 as 1
     assert np.array_equal(seg.label_map, np.broadcast_to(expected, (8, 12)))
     assert seg.to_json()["unlabelled"]["area"] == 8 * 6
-    # in eval mode nothing is unlabelled
-    assert (predictor.predict(["cat", "dog"], mode="eval").label_map >= 0).all()
+    # in eval mode only the pixels without evidence (every class 0: columns 10-11) are
+    # unlabelled; the official argmax (what ovseg eval scores) labels them class 0
+    seg = predictor.predict(["cat", "dog"], mode="eval")
+    assert np.array_equal((seg.label_map < 0)[0], np.arange(12) >= 10)
+    assert (seg.official_label_map[:, 10:] == 0).all()

@@ -41,7 +41,8 @@ def test_to_json_rle_decodes_to_the_label_map():
     # score = mean of sem_seg[k] / sum_j sem_seg[j]: 0.9 / (0.1 + 0.9), 0.7 / (0.1 + 0.7), 1
     assert by_id[2]["area"] == 6 and by_id[2]["score"] == pytest.approx(0.875)
     assert by_id[0]["area"] == 48 - 8 - 6 and by_id[0]["score"] == pytest.approx(1.0)
-    assert out["unlabelled"] == {"value": 255, "area": 0}
+    assert out["unlabelled"] == {"value": 255, "area": 0, "no_evidence": 0}
+    assert out["no_evidence"] is False
     assert out["mode"] == "eval" and "[0, 1]" in out["score_definition"]
     for k, segment in by_id.items():
         rle = dict(segment["rle"], counts=segment["rle"]["counts"].encode())
@@ -116,7 +117,7 @@ def test_unlabelled_pixels_in_the_png_and_json(tmp_path, num_classes, value):
     label = np.asarray(png).astype(np.int64)
     assert (label == value).sum() == 12 and np.array_equal(label[:, :6], seg.label_map[:, :6])
     record = json.loads(paths["json"].read_text())
-    assert record["unlabelled"] == {"value": value, "area": 12}
+    assert record["unlabelled"] == {"value": value, "area": 12, "no_evidence": 0}
     assert record["mode"] == "demo"
     covered = np.zeros((6, 8), dtype=bool)
     for segment in record["segments"]:

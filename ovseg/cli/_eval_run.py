@@ -283,7 +283,7 @@ def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
     def predict(index, gt):
         predictor.set_image(image(index))
         return {
-            name: predictor.predict(vocabulary, **common, **opts).label_map
+            name: predictor.predict(vocabulary, **common, **opts).official_label_map
             for name, opts in settings
         }
 
@@ -293,7 +293,7 @@ def _model_mode(args, dataset: SemSegDataset, vocabulary: list[str]):
             name: predictor.predict_batch(vocabulary, **common, **opts) for name, opts in settings
         }
         return [
-            {name: segs[j].label_map for name, segs in per_setting.items()}
+            {name: segs[j].official_label_map for name, segs in per_setting.items()}
             for j in range(len(indices))
         ]
 

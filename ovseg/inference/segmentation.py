@@ -37,6 +37,16 @@ def unlabelled_as_negative(label: np.ndarray, num_classes: int) -> np.ndarray:
     return out
 
 
+def no_evidence(sem_seg: torch.Tensor) -> np.ndarray:
+    """(H, W) bool: pixels where every class scores 0 (scores are >= 0), i.e. no surviving
+    mask reaches them; all of them when no mask survived the threshold."""
+    return (
+        (sem_seg.amax(dim=0) <= 0).cpu().numpy()
+        if sem_seg.shape[0]
+        else np.ones(sem_seg.shape[1:], dtype=bool)
+    )
+
+
 def pixel_confidence(sem_seg: torch.Tensor, label_map: np.ndarray) -> np.ndarray:
     """(H, W) float64 normalised score of each pixel's label: ``sem_seg[l] / sum_j sem_seg[j]``
     (scores are >= 0); 0 where the scores sum to 0 or the pixel is unlabelled."""
@@ -121,14 +131,24 @@ class Segmentation:
         mode: str = "eval",
     ) -> Segmentation:
         """Label map = argmax of ``sem_seg`` (K, H, W), ``UNLABELLED`` where ``unlabelled``
-        ((H, W) bool) is True. ``sem_seg`` may be on a GPU: the argmax runs there (a host
-        argmax over 150 classes costs ~0.1 s per image) and the scores are copied after."""
+        ((H, W) bool) is True and, in both modes, where no class has any evidence (every
+        score 0: no surviving mask reaches the pixel; ``no_evidence``). ``sem_seg`` may be on
+        a GPU: the argmax runs there (a host argmax over 150 classes costs ~0.1 s per image)
+        and the scores are copied after."""
         label_map = sem_seg.argmax(dim=0).cpu().numpy().astype(np.int64)
         sem_seg = sem_seg.cpu()
         if unlabelled is not None:
             mask = unlabelled.cpu().numpy() if torch.is_tensor(unlabelled) else unlabelled
             label_map[np.asarray(mask, dtype=bool)] = UNLABELLED
+        label_map[no_evidence(sem_seg)] = UNLABELLED
         return cls(list(class_names), sem_seg, label_map, mode)
+
+    @property
+    def official_label_map(self) -> np.ndarray:
+        """(H, W) int64 argmax of ``sem_seg`` with every pixel labelled: what the official
+        evaluation scores (class 0 where no class has evidence). ``ovseg eval`` uses it;
+        ``label_map`` is the labelling to show (no evidence, no label)."""
+        return self.sem_seg.argmax(dim=0).cpu().numpy().astype(np.int64)
 
     @property
     def unlabelled_value(self) -> int:
@@ -165,7 +185,10 @@ class Segmentation:
         """A JSON-ready dict: image size, vocabulary, and one entry per class present.
 
         ``{"height", "width", "class_names", "mode", "score_definition", "unlabelled":
-        {"value", "area"}, "segments": [{"id", "label", "score", "area", "bbox", "rle"}]}``.
+        {"value", "area", "no_evidence"}, "no_evidence", "segments": [{"id", "label",
+        "score", "area", "bbox", "rle"}]}``. ``unlabelled.no_evidence`` counts the
+        unlabelled pixels no surviving mask reaches (every class scored 0), and the
+        top-level ``no_evidence`` is true when that is every pixel (no mask survived).
         ``id`` indexes ``class_names``; ``score`` is a confidence in [0, 1]
         (``SCORE_DEFINITION``); ``area`` is the pixel count;
         ``bbox`` is COCO ``[x, y, w, h]``; ``rle`` is a COCO compressed RLE
@@ -177,6 +200,7 @@ class Segmentation:
         from pycocotools import mask as mask_utils
 
         height, width = self.label_map.shape
+        without_evidence = no_evidence(self.sem_seg) & (self.label_map < 0)
         segments = []
         for k, inside, score in self._present():
             rle = mask_utils.encode(np.asfortranarray(inside.astype(np.uint8)))
@@ -200,7 +224,9 @@ class Segmentation:
             "unlabelled": {
                 "value": self.unlabelled_value,
                 "area": int((self.label_map < 0).sum()),
+                "no_evidence": int(without_evidence.sum()),
             },
+            "no_evidence": bool(without_evidence.all()),
             "segments": segments,
         }
         if self.proposals is not None:
