@@ -194,6 +194,43 @@ def test_unreachable_server_says_what_to_do_offline(home):
     assert str(home / "x.bin") in str(info.value)
 
 
+def _unresolvable_hub(monkeypatch, cache=None):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://hub.invalid")
+    template = "http://hub.invalid/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    if cache is not None:
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+
+
+def test_unresolvable_hosts_give_the_offline_advice_within_seconds(home, tmp_path, monkeypatch):
+    """No source's host resolves (a machine without network): no retries, the advice at
+    once (huggingface_hub alone retried for about a minute)."""
+    import time
+
+    _unresolvable_hub(monkeypatch, tmp_path / "hf")
+    sources = (HubFile("a/b", "x.bin"), "https://files.invalid/x.bin")
+    entry = ReleasedFile("x.bin", sources, SHA, None, "", "MIT")
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match="If this machine is offline") as info:
+        download("x", progress=False, registry={"x": entry})
+    assert time.monotonic() - start < 10
+    message = str(info.value)
+    assert "cannot resolve hub.invalid" in message and "cannot resolve files.invalid" in message
+
+
+def test_unresolvable_hub_still_serves_a_checked_cached_file(fake_hub, tmp_path, monkeypatch):
+    fake_hub.add("facebook/ov-seg", {"weights.pth": DATA}, "space")
+    path = download("w", progress=False, registry=_hub_registry())
+    _unresolvable_hub(monkeypatch)
+    assert download("w", progress=False, registry=_hub_registry()) == path
+    path.unlink()  # the link; the blob stays, but the file is gone from the snapshot
+    with pytest.raises(DownloadError, match="cannot resolve hub.invalid"):
+        download("w", progress=False, registry=_hub_registry())
+
+
 # ---- the registry and the command --------------------------------------------------------------
 
 

@@ -345,6 +345,22 @@ def _from_hub(source: HubFile, entry: ReleasedFile, force: bool, progress: bool)
     return path
 
 
+def _cached_hub_file(source: HubFile, entry: ReleasedFile) -> Path | None:
+    """The Hub file from the Hugging Face cache, checked, without the network (or None)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(
+        source.repo_id, source.filename, revision=source.revision, repo_type=source.repo_type
+    )
+    if not (isinstance(found, str) and os.path.isfile(found)):
+        return None
+    try:
+        check_released(entry, found)
+    except ChecksumMismatch as error:
+        raise _SourceFailed(str(error)) from None
+    return Path(found)
+
+
 def _from_url(
     url: str, entry: ReleasedFile, force: bool, progress: bool, retries: int, timeout: float
 ) -> Path:
@@ -378,6 +394,44 @@ def _from_url(
     if entry.sha256 is None and _recorded_sha256(entry) is None:
         _sha_record(entry).write_text(f"{digest}  {entry.filename}\n")
     return dest
+
+
+RESOLVE_TIMEOUT_S = 3.0  # a name lookup slower than this counts as failed
+
+
+def source_host(source: HubFile | str) -> str | None:
+    """The host a source is fetched from: the Hub's endpoint (``HF_ENDPOINT``) or the
+    URL's."""
+    from urllib.parse import urlparse
+
+    if isinstance(source, HubFile):
+        from huggingface_hub import constants
+
+        return urlparse(constants.ENDPOINT).hostname
+    return urlparse(source).hostname
+
+
+def resolves(host: str | None, timeout: float = RESOLVE_TIMEOUT_S) -> bool:
+    """Whether ``host``'s name resolves within ``timeout`` seconds (asked in a daemon thread:
+    ``getaddrinfo`` has no timeout of its own, and an offline resolver can hang)."""
+    import socket
+    import threading
+
+    if not host:
+        return False
+    answer: list[bool] = []
+
+    def lookup() -> None:
+        try:
+            socket.getaddrinfo(host, None)
+            answer.append(True)
+        except (OSError, UnicodeError):
+            answer.append(False)
+
+    thread = threading.Thread(target=lookup, daemon=True, name=f"resolve-{host}")
+    thread.start()
+    thread.join(timeout)
+    return bool(answer and answer[0])
 
 
 def _offline_help(entry: ReleasedFile) -> str:
@@ -440,12 +494,25 @@ def download(
     from huggingface_hub import constants
 
     failures: list[str] = []
+    reachable: dict[str | None, bool] = {}  # host -> its name resolves (asked once per host)
     for source in entry.sources:
         try:
+            offline = constants.is_offline_mode()
+            if isinstance(source, HubFile) and offline:
+                return _from_hub(source, entry, force, progress)  # the cache alone
+            if offline:  # the ecosystem's offline switch covers URLs too
+                raise _SourceFailed("skipped: HF_HUB_OFFLINE is set")
+            host = source_host(source)
+            if host not in reachable:
+                reachable[host] = resolves(host)
+            if not reachable[host]:  # no retries against a name that does not resolve
+                if isinstance(source, HubFile):
+                    cached = _cached_hub_file(source, entry)
+                    if cached is not None:
+                        return cached
+                raise _SourceFailed(f"cannot resolve {host} (offline?); not retried")
             if isinstance(source, HubFile):
                 return _from_hub(source, entry, force, progress)
-            if constants.is_offline_mode():  # the ecosystem's offline switch covers URLs too
-                raise _SourceFailed("skipped: HF_HUB_OFFLINE is set")
             return _from_url(source, entry, force, progress, retries, timeout)
         except _SourceFailed as error:
             failures.append(f"{source}: {error}")
