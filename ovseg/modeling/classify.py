@@ -91,15 +91,24 @@ def classify(
 
 def vocabulary(class_names: list[str], settings: FusionSettings) -> list[str]:
     """The classes a prediction uses: demo mode appends ``others`` to a single name."""
+    names = check_vocabulary(class_names, settings.mode)
+    return demo_vocabulary(names) if settings.mode == "demo" else names
+
+
+def check_vocabulary(class_names: list[str], mode: str | None) -> list[str]:
+    """The cleaned names if a prediction in ``mode`` can use them (``validate_class_names``;
+    in demo mode not ``others`` alone, which the demo appends itself).
+
+    Raises:
+        VocabularyError: saying why.
+    """
     names = validate_class_names(class_names)
-    if settings.mode != "demo":
-        return names
-    if [n.casefold() for n in names] == [OTHERS]:
+    if mode == "demo" and [n.casefold() for n in names] == [OTHERS]:
         raise VocabularyError(
             "demo mode adds 'others' to a single class name, so 'others' alone cannot be "
             "segmented; name what to find, e.g. ['person']"
         )
-    return demo_vocabulary(names)
+    return names
 
 
 class Fused(NamedTuple):

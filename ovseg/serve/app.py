@@ -118,9 +118,12 @@ def create_app(
         send_timeout_s: a client must take each part of its response within this time;
             else the connection is closed.
     """
+    from ovseg.modeling.classify import check_vocabulary
     from ovseg.modeling.fusion import MODES
 
     defaults = dict(predict_options or {})
+    # the mode of a request without one: the server's default, else the model config's
+    model_mode = getattr(getattr(getattr(predictor, "model", None), "config", None), "mode", None)
     if max_pending < 1:
         raise ValueError(f"max_pending must be >= 1, got {max_pending}")
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ovseg-model")
@@ -187,6 +190,10 @@ def create_app(
             raise RequestRejected(
                 400, f"{len(names)} classes given; this server accepts at most {max_classes}"
             )
+        try:  # the model's own rule, before the model ('others' alone in demo mode)
+            check_vocabulary(names, options.get("mode", model_mode))
+        except VocabularyError as exc:
+            raise RequestRejected(400, f"{exc} (field 'classes')") from None
         return form, names, options, [vocabulary.notice] if vocabulary.notice else []
 
     def decode(data: bytes, class_names: list[str]):
