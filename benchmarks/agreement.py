@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     low = prepare_model(
         copy.deepcopy(fp32), InferenceOptions(dtype=args.dtype, text_cache=args.text_cache)
     )
-    prepare_model(fp32, InferenceOptions(text_cache=args.text_cache))
+    fp32 = prepare_model(fp32, InferenceOptions(text_cache=args.text_cache))  # a prepared copy
     names = ade150_names()
     with torch.inference_mode():
         text = fp32.encode_text(names)

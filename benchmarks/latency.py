@@ -156,11 +156,13 @@ def main(argv=None) -> int:
     reference_model = (
         ovseg.build_ovseg(ovseg.modeling.variants.MODELS[args.model]()).to(device).eval()
     )
-    model = copy.deepcopy(reference_model)
-    prepare_model(model, options)
+    # prepare_model returns a prepared copy (the model it is given is left as it is)
+    model = prepare_model(copy.deepcopy(reference_model), options)
     if args.compile:  # what Predictor does with InferenceOptions(compile=True)
         compile_clip_blocks(model)
-    prepare_model(reference_model, InferenceOptions(fast=False, channels_last=False))
+    reference_model = prepare_model(
+        reference_model, InferenceOptions(fast=False, channels_last=False)
+    )
 
     photo = load_photo(args.photo)
     cfg = model.config
