@@ -59,13 +59,25 @@ def test_each_dtype_has_its_own_copy_sharing_what_it_does_not_convert(model):
     assert {n: p.data_ptr() for n, p in fp32.named_parameters()} == own  # all shared
 
     bf16 = ovseg.Predictor(model, options=InferenceOptions(dtype="bf16")).model
+    # on a CPU the CLIP image tower converts only its products' weights (linear layers,
+    # convolutions, attention input projections); its LayerNorms and embeddings stay fp32
+    products = set()
+    for module_name, module in bf16.clip_adapter.clip_model.visual.named_modules():
+        for param_name, _ in module.named_parameters(recurse=False):
+            in_proj = isinstance(module, torch.nn.MultiheadAttention) and param_name.startswith(
+                "in_proj_"
+            )
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) or in_proj:
+                prefix = f"clip_adapter.clip_model.visual.{module_name}".rstrip(".")
+                products.add(f"{prefix}.{param_name}")
+    assert products  # the tower has products to convert
     for name, param in bf16.named_parameters():
-        image_side = name.startswith(
-            ("backbone.", "sem_seg_head.pixel_decoder.", "clip_adapter.clip_model.visual.")
+        converted = name.startswith(("backbone.", "sem_seg_head.pixel_decoder.")) or (
+            name in products
         )
-        if image_side:
+        if converted:
             assert param.dtype == torch.bfloat16, name
-        else:  # text tower, decoder, heads: the caller's fp32 tensors themselves
+        else:  # text tower, decoder, heads, the tower's norms: the caller's fp32 tensors
             assert param.dtype == torch.float32 and param.data_ptr() == own[name], name
     assert bf16.clip_adapter.text_precision == "fp32"
 
@@ -78,11 +90,11 @@ def test_each_dtype_has_its_own_copy_sharing_what_it_does_not_convert(model):
 def test_a_changed_model_gets_a_new_copy(model, image):
     first = ovseg.Predictor(model, options=InferenceOptions(dtype="bf16"))
     with torch.no_grad():
-        model.clip_adapter.clip_model.visual.proj.mul_(2.0)  # e.g. a training step
+        model.clip_adapter.clip_model.visual.conv1.weight.mul_(2.0)  # e.g. a training step
     second = ovseg.Predictor(model, options=InferenceOptions(dtype="bf16"))
     assert second.model is not first.model
-    proj = second.model.clip_adapter.clip_model.visual.proj
-    assert torch.equal(proj, model.clip_adapter.clip_model.visual.proj.bfloat16())
+    conv1 = second.model.clip_adapter.clip_model.visual.conv1.weight
+    assert torch.equal(conv1, model.clip_adapter.clip_model.visual.conv1.weight.bfloat16())
 
 
 def test_one_predictor_per_thread_on_a_shared_model(model, image):
