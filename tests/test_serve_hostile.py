@@ -158,7 +158,8 @@ def test_slow_uploads_count_as_pending_time_out_and_leave_health_fast(fake_serve
         health = client.get("/health").json()
         assert health["pending"] == 3  # counted from acceptance, while uploading
         busy = _post(client, "sky")
-        assert busy.status_code == 503  # refused at once, not queued behind the uploads
+        assert busy.status_code == 429  # refused at once, not queued behind the uploads
+        assert "busy" in busy.json()["error"] and busy.headers["retry-after"] == "1"
         for t in threads:
             t.join(30)
         assert _post(client, "sky").status_code == 200  # slots freed by the timeouts

@@ -26,7 +26,7 @@ def register(subparsers) -> None:
         "--max-pending",
         type=int,
         default=4,
-        help="requests admitted at once (running + waiting); more get 503 (default 4)",
+        help="requests admitted at once (running + waiting); more get 429, busy (default 4)",
     )
     parser.add_argument(
         "--max-upload-mb", type=float, default=20, help="largest request body in MiB (default 20)"

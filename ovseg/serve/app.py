@@ -9,7 +9,8 @@ answered with the overlay video (MP4). The service stays responsive under hostil
 
 - a request counts as pending from the moment it is accepted, before its body is read; at
   most ``max_pending`` are admitted (uploading, waiting or running) and the rest are answered
-  503 at once, so memory stays bounded however many clients connect;
+  429 at once (with ``Retry-After``), so memory stays bounded however many clients connect;
+  busy is a 4xx because a 5xx means a bug in ovseg;
 - the body is refused past ``max_upload_bytes`` (``limits.BodySizeLimit``; at once when
   ``Content-Length`` says so) and must arrive within ``upload_timeout_s`` (else 408); the
   response must be taken within ``send_timeout_s`` (``limits.SendTimeout``); the request
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import logging
 import time
@@ -99,7 +101,7 @@ def create_app(
         predictor: has ``set_image(image)`` (HxWx3 uint8 RGB) and ``predict(class_names)``
             returning an ``ovseg.Segmentation``; only ever called from one thread.
         max_pending: requests admitted at once, counted from acceptance (uploading, waiting
-            or running); more get 503.
+            or running); more get 429 (busy, ``Retry-After: 1``).
         max_upload_bytes: request bodies larger than this get 413.
         max_pixels: images with more pixels get 413 (decompression bombs included).
         max_classes: vocabularies longer than this (after merging repeats) get 400.
@@ -145,7 +147,7 @@ def create_app(
 
     def busy() -> JSONResponse:
         return error(
-            503,
+            429,
             f"busy: {max_pending} requests are already in progress; try again shortly",
             **{"Retry-After": "1"},
         )
@@ -246,8 +248,10 @@ def create_app(
         the body within its deadline, the form (file ``field``, ``classes``, ``mode``,
         ``granularity``) read in the parse threads, then ``work(form, class_names, options,
         notices)`` twice: ``prepare`` in the parse threads, ``run`` on the model thread."""
-        if state["pending"] >= max_pending:  # refuse before reading the upload
+        if state["pending"] >= max_pending:  # refuse without keeping the upload
             state["refused"] += 1
+            with contextlib.suppress(RequestRejected):  # drained: the client reads the 429
+                await read_body(request.receive, max_upload_bytes, upload_timeout_s, keep=False)
             return busy()
         state["pending"] += 1
         loop = asyncio.get_running_loop()

@@ -39,8 +39,12 @@ class SegmentForm:
     granularity: str | None
 
 
-async def read_body(receive, max_bytes: int, timeout_s: float) -> bytes:
+async def read_body(receive, max_bytes: int, timeout_s: float, keep: bool = True) -> bytes:
     """The request body from the ASGI ``receive`` callable.
+
+    ``keep=False`` reads the body and drops it (returns ``b""``): a request refused before
+    its body was read (busy) is drained first, so that the client reads the answer instead
+    of a connection reset (closing a socket with unread data sends TCP RST).
 
     Raises:
         RequestRejected: 413 past ``max_bytes``, 408 when the whole body has not arrived
@@ -61,7 +65,8 @@ async def read_body(receive, max_bytes: int, timeout_s: float) -> bytes:
                 raise RequestRejected(
                     413, f"request body larger than this server's limit of {max_bytes} bytes"
                 )
-            chunks.append(chunk)
+            if keep:
+                chunks.append(chunk)
             if not message.get("more_body", False):
                 return
 
