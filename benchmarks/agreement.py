@@ -35,7 +35,8 @@ from benchmarks.latency_measure import (  # noqa: E402
     run_pipeline,
 )
 from ovseg.data.transforms import resize_shortest_edge  # noqa: E402
-from ovseg.inference.options import InferenceOptions, prepare_model  # noqa: E402
+from ovseg.inference.options import InferenceOptions  # noqa: E402
+from ovseg.inference.prepare import prepare_model  # noqa: E402
 
 
 def main(argv=None) -> int:

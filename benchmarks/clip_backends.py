@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ovseg  # noqa: E402
 from benchmarks.latency_measure import cpu_name  # noqa: E402
 from ovseg.inference.onnx import ClipGraph, _export  # noqa: E402
-from ovseg.inference.options import products_in  # noqa: E402
+from ovseg.inference.prepare import products_in  # noqa: E402
 from ovseg.modeling.clip_branch import MaskAdaptedCLIP  # noqa: E402
 from ovseg.modeling.int8 import quantize_int8  # noqa: E402
 

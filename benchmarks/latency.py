@@ -60,7 +60,8 @@ from benchmarks.latency_measure import (  # noqa: E402
 )
 from ovseg.data.transforms import resize_shortest_edge  # noqa: E402
 from ovseg.inference.acceleration import compile_clip_blocks  # noqa: E402
-from ovseg.inference.options import AUTO, DTYPES, InferenceOptions, native_bf16, prepare_model  # noqa: E402
+from ovseg.inference.options import AUTO, DTYPES, InferenceOptions  # noqa: E402
+from ovseg.inference.prepare import native_bf16, prepare_model  # noqa: E402
 from ovseg.modeling.int8 import int8_full_range  # noqa: E402
 from ovseg.modeling.precision import ieee_fp32  # noqa: E402
 from ovseg.modeling.text_cache import default_folder as default_text_cache  # noqa: E402

@@ -59,7 +59,8 @@ from benchmarks.latency_measure import (  # noqa: E402
 )
 from ovseg.data.transforms import resize_shortest_edge  # noqa: E402
 from ovseg.inference.acceleration import compile_clip_blocks  # noqa: E402
-from ovseg.inference.options import DTYPES, InferenceOptions, prepare_model  # noqa: E402
+from ovseg.inference.options import DTYPES, InferenceOptions  # noqa: E402
+from ovseg.inference.prepare import prepare_model  # noqa: E402
 from ovseg.inference.segmentation import Segmentation  # noqa: E402
 from ovseg.modeling.precision import ieee_fp32  # noqa: E402
 from ovseg.modeling.proposals import Proposals  # noqa: E402

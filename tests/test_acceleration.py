@@ -11,7 +11,8 @@ import torch
 
 import ovseg
 from ovseg.inference.acceleration import GraphedProposals, compile_clip_blocks
-from ovseg.inference.options import InferenceOptions, prepare_model
+from ovseg.inference.options import InferenceOptions
+from ovseg.inference.prepare import prepare_model
 
 
 @pytest.mark.slow  # inductor compiles one tiny block on the CPU: ~20-60 s

@@ -10,7 +10,7 @@ import torch
 
 from ovseg import InferenceOptions
 from ovseg.inference import auto
-from ovseg.inference.options import prepare_model
+from ovseg.inference.prepare import prepare_model
 
 AVX2 = ["avx2"]
 AVX512_BF16_VNNI = ["avx2", "avx512_bf16", "avx512_vnni"]  # the AMD EPYC of round five

@@ -1,5 +1,5 @@
 """bf16 on CPU: the CLIP image tower's products in bf16, its residual stream, LayerNorms
-and embeddings in fp32 (``ovseg.inference.options.products_in`` under autocast)."""
+and embeddings in fp32 (``ovseg.inference.prepare.products_in`` under autocast)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ovseg import InferenceOptions
-from ovseg.inference.options import prepare_model
+from ovseg.inference.prepare import prepare_model
 
 
 @torch.no_grad()

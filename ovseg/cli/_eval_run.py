@@ -322,7 +322,7 @@ def _cache(args, key: dict) -> ConfusionCache | None:
         return None
     folder = args.cache
     if not folder:
-        from ovseg.weights.hub import ovseg_home
+        from ovseg.fileio import ovseg_home
 
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         folder = ovseg_home() / "eval-cache" / f"{key['dataset']}-{key['split']}-{digest}"

@@ -17,7 +17,6 @@ see ``ovseg.inference.video``. A killed run resumes from the frame after the las
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -29,6 +28,7 @@ from ovseg.cli._engine import add_engine_args, ray_resources, set_local_threads
 from ovseg.cli._inference import add_prediction_args
 from ovseg.cli._proposals import add_proposal_args, add_refine_args
 from ovseg.cli._spec import predictor_spec
+from ovseg.cli._video import add_video_args, segment_video_job, video_record
 from ovseg.inference.jobs import (
     FailureLog,
     collect_images,
@@ -87,45 +87,6 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def add_video_args(parser) -> None:
-    group = parser.add_argument_group(
-        "video",
-        "videos (.mp4 .mov .webm .avi .mkv .m4v, needs 'ovseg[video]') write VIDEO_overlay.mp4 "
-        "(source size and frame rate), VIDEO/000000.png ... (one label map per segmented frame, "
-        "named by the frame's index) and VIDEO.jsonl (one line per frame); a rerun resumes "
-        "after the last frame done",
-    )
-    group.add_argument(
-        "--frame-stride",
-        type=_positive,
-        default=1,
-        metavar="N",
-        help="segment every N-th frame (0, N, 2N, ...); the overlay shows each segmented "
-        "frame's labels until the next (default 1: every frame)",
-    )
-    group.add_argument(
-        "--max-frames", type=_positive, metavar="N", help="segment at most N frames per video"
-    )
-    group.add_argument(
-        "--temporal-smoothing",
-        type=_positive,
-        default=1,
-        metavar="K",
-        help="not official: each pixel takes the most frequent label of the last K segmented "
-        "frames (ties: the current frame's); default 1 = off, every frame as an image",
-    )
-
-
 def read_vocabulary(args) -> list[str]:
     """The class names of ``--classes`` / ``--classes-file``; merged repeats are reported."""
     from ovseg.vocabulary import parse_vocabulary, read_vocabulary_file
@@ -159,7 +120,7 @@ def run(args) -> int:
         if args.force:
             return ["--force"]
         if is_video(job[0]):
-            return video_redo_reasons(job[1], job[2], class_names, _video_record(record, args))
+            return video_redo_reasons(job[1], job[2], class_names, video_record(record, args))
         return redo_reasons(job[1], job[2], class_names, record)
 
     with listed(out):  # at a URL: one listing, and the JSON files read 16 at a time
@@ -208,53 +169,11 @@ def run(args) -> int:
     return 1 if failures.records else 0
 
 
-def _video_settings(args):
-    from ovseg.inference.video import VideoSettings
-
-    return VideoSettings(
-        frame_stride=getattr(args, "frame_stride", 1),
-        max_frames=getattr(args, "max_frames", None),
-        temporal_smoothing=getattr(args, "temporal_smoothing", 1),
-    )
-
-
-def _video_record(record: dict, args) -> dict:
-    """A video's options record: the images' plus how its frames are sampled."""
-    return {**record, "video": _video_settings(args).record()}
-
-
-def _segment_video(predictor, args, job, class_names, predict_kwargs, record) -> dict:
-    from tqdm import tqdm
-
-    from ovseg.inference.video import segment_video
-
-    path, folder, stem = job
-    if not isinstance(folder, Path):
-        raise ValueError(f"video outputs are written to a local folder, not {folder}")
-
-    def progress(total):
-        return tqdm(total=total, unit="frame", desc=path.name, leave=False, file=sys.stderr)
-
-    return segment_video(
-        predictor,
-        path,
-        folder,
-        stem,
-        class_names,
-        predict_kwargs,
-        _video_record(record, args),
-        _video_settings(args),
-        alpha=args.alpha,
-        progress=progress,
-        restart=args.force,
-    )
-
-
 def _run_video(predictor, args, job, class_names, predict_kwargs, record, timings, failed):
     """One video of the local engine; a bad video is a failure, never the run's end."""
     try:
         start = time.perf_counter()
-        result = _segment_video(predictor, args, job, class_names, predict_kwargs, record)
+        result = segment_video_job(predictor, args, job, class_names, predict_kwargs, record)
     except (ValueError, OSError) as error:
         failed(failure_record(job[0], "video", error))
         return

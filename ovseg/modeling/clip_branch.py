@@ -202,7 +202,7 @@ class MaskAdaptedCLIP(nn.Module):
         )
         self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1) * 255.0)
-        # shared by the prepared copies of this model (ovseg.inference.options.prepare_model),
+        # shared by the prepared copies of this model (ovseg.inference.prepare.prepare_model),
         # bounded by bytes (text_cache_max_bytes), thread-safe
         self._text_cache = MemoryLRU()
         self.text_cache_max_bytes: int | None = None  # None: max_bytes_from() (env / default)
