@@ -30,6 +30,7 @@ import time
 import types
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -62,12 +63,78 @@ def random_inputs(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Ten
 
 
 def export_clip(clip: MaskAdaptedCLIP, folder: Path, crops, regions) -> Path:
+    """``clip_visual.onnx`` of ``clip`` in ``folder``, any number of crops per call."""
     path = folder / "clip_visual.onnx"
     text = torch.randn(4, clip.arch.embed_dim)
     graph = ClipGraph(types.SimpleNamespace(clip_adapter=clip))
     names = {"inputs": ["crops", "region_masks", "text"], "outputs": ["features", "logits"]}
-    _export(graph, (crops, regions, text), path, names, {"text": {0: "classes"}})
+    dynamic = {"text": {0: "classes"}, "crops": {0: "crops"}, "region_masks": {0: "crops"}}
+    _export(graph, (crops, regions, text), path, names, dynamic)
     return path
+
+
+def external_runner(name: str, clip, folder: Path, threads: int, calibration):
+    """A ``(crops, region_masks) -> features`` function (numpy arrays) running ``clip``'s
+    exported graph on ``name`` ("ort-fp32", "ort-int8", "ov-fp32", "ov-int8");
+    ``calibration``: (crops, regions) batches for OpenVINO's int8."""
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx_path = export_clip(clip, folder, *calibration[0])  # outside inference_mode
+    text = torch.randn(4, clip.arch.embed_dim).numpy()
+    if name.startswith("ort"):
+        import onnxruntime as ort
+
+        path = onnx_path
+        if name == "ort-int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            path = folder / "clip_visual_int8.onnx"
+            quantize_dynamic(onnx_path, path, weight_type=QuantType.QInt8, per_channel=True)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return lambda c, r: session.run(
+            ["features"], {"crops": c, "region_masks": r, "text": text}
+        )[0]
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(onnx_path))
+    if name == "ov-int8":
+        import nncf
+
+        data = [
+            {"crops": c.numpy(), "region_masks": r.numpy(), "text": text} for c, r in calibration
+        ]
+        model = nncf.quantize(
+            model,
+            nncf.Dataset(data),
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(data),
+        )
+    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+    compiled = core.compile_model(model, "CPU", config)
+    return lambda c, r: compiled({"crops": c, "region_masks": r, "text": text})["features"].copy()
+
+
+EXTERNAL = {"ort-fp32", "ort-int8", "ov-fp32", "ov-int8"}
+
+
+def external_encode_masked(clip, name: str, threads: int, chunk: int):
+    """An ``encode_masked`` for ``clip`` that runs its exported graph on ``name`` (one of
+    ``EXTERNAL``), ``chunk`` crops per call (``latency.py --clip-backend``)."""
+    size = clip.arch.image_size
+    calibration = [random_inputs(chunk, size, 2 + i) for i in range(2)]
+    folder = Path(tempfile.mkdtemp(prefix="ovseg-clip-backend-"))
+    run = external_runner(name, clip, folder, threads, calibration)
+
+    def encode_masked(images: torch.Tensor, region_masks: torch.Tensor) -> torch.Tensor:
+        parts = [
+            run(images[i : i + chunk].float().numpy(), region_masks[i : i + chunk].numpy())
+            for i in range(0, images.shape[0], chunk)
+        ]
+        return torch.from_numpy(np.concatenate(parts))
+
+    return encode_masked
 
 
 def make_runners(names, clip, folder: Path, crops, regions, threads: int, calibration):
@@ -75,9 +142,6 @@ def make_runners(names, clip, folder: Path, crops, regions, threads: int, calibr
     import copy
 
     runners = {}
-    feed = {"crops": crops.numpy(), "region_masks": regions.numpy()}
-    text = torch.randn(4, clip.arch.embed_dim).numpy()
-    onnx_path = None
     for name in names:
         if name.startswith("torch"):
             model = copy.deepcopy(clip)
@@ -90,46 +154,8 @@ def make_runners(names, clip, folder: Path, crops, regions, threads: int, calibr
                 quantize_int8(model.clip_model.visual, backend="torchao")
             runners[name] = lambda m=model: m.encode_masked(crops, regions).float()
             continue
-        if onnx_path is None:
-            onnx_path = export_clip(clip, folder, crops, regions)
-        if name.startswith("ort"):
-            import onnxruntime as ort
-
-            path = onnx_path
-            if name == "ort-int8":
-                from onnxruntime.quantization import QuantType, quantize_dynamic
-
-                path = folder / "clip_visual_int8.onnx"
-                quantize_dynamic(onnx_path, path, weight_type=QuantType.QInt8, per_channel=True)
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            runners[name] = lambda s=session: torch.from_numpy(
-                s.run(["features"], {**feed, "text": text})[0]
-            )
-        elif name.startswith("ov"):
-            import openvino as ov
-
-            core = ov.Core()
-            model = core.read_model(str(onnx_path))
-            if name == "ov-int8":
-                import nncf
-
-                data = [
-                    {"crops": c.numpy(), "region_masks": r.numpy(), "text": text}
-                    for c, r in calibration
-                ]
-                model = nncf.quantize(
-                    model,
-                    nncf.Dataset(data),
-                    model_type=nncf.ModelType.TRANSFORMER,
-                    subset_size=len(data),
-                )
-            config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
-            compiled = core.compile_model(model, "CPU", config)
-            runners[name] = lambda c=compiled: torch.from_numpy(
-                c({**feed, "text": text})["features"].copy()
-            )
+        run = external_runner(name, clip, folder / name, threads, calibration)
+        runners[name] = lambda run=run: torch.from_numpy(run(crops.numpy(), regions.numpy()))
     return runners
 
 

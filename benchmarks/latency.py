@@ -26,7 +26,9 @@ same dtype measured in this run), ``stages``; how close the fast path is:
 embeddings), ``clear_margin_agreement`` and ``clear_margin_pixel_share`` (pixels whose fp32
 decision has a clear margin), ``noise_calibration`` (what 1% feature noise costs); and what
 ran: ``cpu_capabilities``, ``chosen`` ("int8/torchao"...). The measuring code is
-``latency_measure.py``.
+``latency_measure.py``. ``--clip-backend ort-int8`` (``ov-int8``, ``ort-fp32``, ``ov-fp32``)
+runs the fast path's CLIP image tower on its exported graph in onnxruntime or OpenVINO
+(``clip_backends.py``), with ``--dtype fp32`` (``floor_s`` is then fp32's).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ovseg  # noqa: E402
+from benchmarks.clip_backends import EXTERNAL, external_encode_masked  # noqa: E402
 from benchmarks.latency_measure import (  # noqa: E402
     ade150_names,
     closeness,
@@ -108,9 +111,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="run bf16 even on a CPU without native bf16 (very slow; refused otherwise)",
     )
     parser.add_argument(
+        "--clip-backend",
+        default="torch",
+        choices=["torch", *sorted(EXTERNAL)],
+        help="run the fast path's CLIP image tower on the exported graph in onnxruntime or "
+        "OpenVINO (int8: their own quantisation of the fp32 graph; needs --dtype fp32)",
+    )
+    parser.add_argument(
         "--flops-only", action="store_true", help="print the FLOP counts (100 crops) and exit"
     )
     return parser.parse_args(argv)
+
+
+def external_choice(backend: str) -> str:
+    """``chosen`` for ``--clip-backend``: "ort-int8" -> "int8/onnxruntime"."""
+    engine, dtype = backend.split("-")
+    return f"{dtype}/{dict(ort='onnxruntime', ov='openvino')[engine]}"
 
 
 def refuse_emulated_bf16(args, options: InferenceOptions, device: torch.device) -> int | None:
@@ -150,6 +166,11 @@ def main(argv=None) -> int:
     )
     choice = requested.choice(device)
     options = requested.resolved(device)
+    if args.clip_backend != "torch" and options.dtype != "fp32":
+        print(
+            "latency.py: --clip-backend runs the exported fp32 graph (int8: quantised by that backend): use --dtype fp32"
+        )
+        return 2
     refused = refuse_emulated_bf16(args, options, device)
     if refused is not None:
         return refused
@@ -159,6 +180,12 @@ def main(argv=None) -> int:
     )
     # prepare_model returns a prepared copy (the model it is given is left as it is)
     model = prepare_model(copy.deepcopy(reference_model), options)
+    if args.clip_backend != "torch":
+        chunk = options.clip_batch(device, model.clip_adapter.arch) or 1024
+        model.clip_adapter.encode_masked = external_encode_masked(
+            model.clip_adapter, args.clip_backend, torch.get_num_threads(), chunk
+        )
+        choice["chosen"] = external_choice(args.clip_backend)
     if args.compile:  # what Predictor does with InferenceOptions(compile=True)
         compile_clip_blocks(model)
     reference_model = prepare_model(
