@@ -119,11 +119,13 @@ def external_runner(name: str, clip, folder: Path, threads: int, calibration):
 EXTERNAL = {"ort-fp32", "ort-int8", "ov-fp32", "ov-int8"}
 
 
-def external_encode_masked(clip, name: str, threads: int, chunk: int):
+def external_encode_masked(clip, name: str, threads: int, chunk: int, calibration=None):
     """An ``encode_masked`` for ``clip`` that runs its exported graph on ``name`` (one of
-    ``EXTERNAL``), ``chunk`` crops per call (``latency.py --clip-backend``)."""
+    ``EXTERNAL``), ``chunk`` crops per call (``latency.py --clip-backend``); ``calibration``:
+    (crops, region masks) batches for OpenVINO's int8 (None: 2 batches of random crops)."""
     size = clip.arch.image_size
-    calibration = [random_inputs(chunk, size, 2 + i) for i in range(2)]
+    if calibration is None:
+        calibration = [random_inputs(chunk, size, 2 + i) for i in range(2)]
     folder = Path(tempfile.mkdtemp(prefix="ovseg-clip-backend-"))
     run = external_runner(name, clip, folder, threads, calibration)
 

@@ -118,6 +118,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "OpenVINO (int8: their own quantisation of the fp32 graph; needs --dtype fp32)",
     )
     parser.add_argument(
+        "--calibrate-on-photos",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --clip-backend ov-int8: calibrate on the masked crops of N other photos "
+        "(default 0: 2 batches of random crops)",
+    )
+    parser.add_argument(
         "--flops-only", action="store_true", help="print the FLOP counts (100 crops) and exit"
     )
     return parser.parse_args(argv)
@@ -127,6 +135,22 @@ def external_choice(backend: str) -> str:
     """``chosen`` for ``--clip-backend``: "ort-int8" -> "int8/onnxruntime"."""
     engine, dtype = backend.split("-")
     return f"{dtype}/{dict(ort='onnxruntime', ov='openvino')[engine]}"
+
+
+def real_calibration(model, args, chunk: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Masked crops of ``--calibrate-on-photos`` other photos (random boxes, as measured),
+    ``chunk`` per batch, for a backend's static int8."""
+    batches = []
+    for index in range(args.photo + 1, args.photo + 1 + args.calibrate_on_photos):
+        photo = load_photo(index)
+        cfg = model.config
+        resized = resize_shortest_edge(photo, cfg.min_size_test, cfg.max_size_test)
+        image = torch.from_numpy(np.array(resized, copy=True)).permute(2, 0, 1)
+        masks = random_box_masks(cfg.num_queries, *image.shape[-2:], seed=index)
+        crops, _, _ = model.clip_crops(image, masks, fast=True)
+        for i in range(0, crops.crops.shape[0] - chunk + 1, chunk):
+            batches.append((crops.crops[i : i + chunk], crops.region_masks[i : i + chunk]))
+    return batches
 
 
 def refuse_emulated_bf16(args, options: InferenceOptions, device: torch.device) -> int | None:
@@ -182,8 +206,9 @@ def main(argv=None) -> int:
     model = prepare_model(copy.deepcopy(reference_model), options)
     if args.clip_backend != "torch":
         chunk = options.clip_batch(device, model.clip_adapter.arch) or 1024
+        calibration = real_calibration(model, args, chunk) if args.calibrate_on_photos else None
         model.clip_adapter.encode_masked = external_encode_masked(
-            model.clip_adapter, args.clip_backend, torch.get_num_threads(), chunk
+            model.clip_adapter, args.clip_backend, torch.get_num_threads(), chunk, calibration
         )
         choice["chosen"] = external_choice(args.clip_backend)
     if args.compile:  # what Predictor does with InferenceOptions(compile=True)
