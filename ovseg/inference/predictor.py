@@ -17,10 +17,9 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ovseg.data.image import to_rgb_array
-from ovseg.data.transforms import resize_longest_side, resize_nearest, resize_shortest_edge
+from ovseg.data.transforms import resize_longest_side, resize_shortest_edge
 from ovseg.inference.acceleration import compile_clip_blocks
 from ovseg.inference.batching import BatchPredictions
 from ovseg.inference.exclusive import ThreadGuard, one_thread_at_a_time
@@ -359,22 +358,15 @@ class Predictor(BatchPredictions):
             clip = self.clip_features(settings.mask_threshold, queries)
         probs, masks = classify(model.clip_adapter, proposals, clip, text, settings)
         fused = fuse_masks(probs, masks, settings, names)
-        if fused.covered is not None:  # the space: labels resized back by nearest neighbour
-            sem_seg = resize_nearest(fused.sem_seg, self.original_size).float()
-            unlabelled = ~resize_nearest(fused.covered, self.original_size)
-        else:
-            sem_seg = F.interpolate(
-                fused.sem_seg[None], size=self.original_size, mode="bilinear", align_corners=False
-            )[0].float()
-            unlabelled = demo_unlabelled(sem_seg) if settings.mode == "demo" else None
-        seg = Segmentation.from_scores(names, sem_seg, unlabelled, mode=settings.mode)
+        record = None
         if save_proposals:
-            seg.proposals = ProposalRecord(
+            record = ProposalRecord(
                 working_size=tuple(masks.shape[1:]),
                 masks=(masks > settings.mask_threshold).cpu(),
                 probs=probs.float().cpu(),
                 kept=fused.kept.cpu(),
             )
+        seg = Segmentation.from_fused(names, fused, self.original_size, settings.mode, record)
         return self._refined(seg)
 
     def _refined(self, seg: Segmentation) -> Segmentation:

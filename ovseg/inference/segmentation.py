@@ -10,9 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
+from ovseg.data.transforms import resize_nearest
 from ovseg.fileio import write_atomic
+from ovseg.modeling.fusion import demo_unlabelled
 
 UNLABELLED = -1  # label_map value of unlabelled pixels
 MAX_PALETTE_CLASSES = 255  # a P-mode PNG holds classes 0..254 and 255 for unlabelled
@@ -142,6 +145,32 @@ class Segmentation:
             label_map[np.asarray(mask, dtype=bool)] = UNLABELLED
         label_map[no_evidence(sem_seg)] = UNLABELLED
         return cls(list(class_names), sem_seg, label_map, mode)
+
+    @classmethod
+    def from_fused(
+        cls,
+        class_names: list[str],
+        fused,
+        original_size: tuple[int, int],
+        mode: str,
+        record: ProposalRecord | None = None,
+    ) -> Segmentation:
+        """The result of ``ovseg.modeling.classify.fuse_masks`` (``fused``, at the masks'
+        size) at ``original_size``: with the space rule (``fused.covered``) the scores and
+        the covered pixels go back by nearest neighbour (cv2's rule) and uncovered pixels are
+        unlabelled; otherwise the scores are resized bilinearly and, in demo mode, pixels
+        whose channel 0 scores 0 are unlabelled (the official demo's rule)."""
+        if fused.covered is not None:
+            sem_seg = resize_nearest(fused.sem_seg, original_size).float()
+            unlabelled = ~resize_nearest(fused.covered, original_size)
+        else:
+            sem_seg = F.interpolate(
+                fused.sem_seg[None], size=original_size, mode="bilinear", align_corners=False
+            )[0].float()
+            unlabelled = demo_unlabelled(sem_seg) if mode == "demo" else None
+        seg = cls.from_scores(class_names, sem_seg, unlabelled, mode=mode)
+        seg.proposals = record
+        return seg
 
     @property
     def official_label_map(self) -> np.ndarray:
