@@ -73,13 +73,13 @@ def export_clip(clip: MaskAdaptedCLIP, folder: Path, crops, regions) -> Path:
     return path
 
 
-def external_runner(name: str, clip, folder: Path, threads: int, calibration):
-    """A ``(crops, region_masks) -> features`` function (numpy arrays) running ``clip``'s
-    exported graph on ``name`` ("ort-fp32", "ort-int8", "ov-fp32", "ov-int8");
-    ``calibration``: (crops, regions) batches for OpenVINO's int8."""
-    folder.mkdir(parents=True, exist_ok=True)
-    onnx_path = export_clip(clip, folder, *calibration[0])  # outside inference_mode
-    text = torch.randn(4, clip.arch.embed_dim).numpy()
+def external_runner(name: str, onnx_path: Path, embed_dim: int, threads: int, calibration):
+    """A ``(crops, region_masks) -> features`` function (numpy arrays) running the exported
+    graph ``onnx_path`` (``export_clip``, text width ``embed_dim``) on ``name`` ("ort-fp32",
+    "ort-int8", "ov-fp32", "ov-int8"); ``calibration``: (crops, regions) batches for
+    OpenVINO's int8."""
+    folder = onnx_path.parent
+    text = torch.randn(4, embed_dim).numpy()  # feeds only the unused logits output
     if name.startswith("ort"):
         import onnxruntime as ort
 
@@ -127,7 +127,8 @@ def external_encode_masked(clip, name: str, threads: int, chunk: int, calibratio
     if calibration is None:
         calibration = [random_inputs(chunk, size, 2 + i) for i in range(2)]
     folder = Path(tempfile.mkdtemp(prefix="ovseg-clip-backend-"))
-    run = external_runner(name, clip, folder, threads, calibration)
+    onnx_path = export_clip(clip, folder, *calibration[0])
+    run = external_runner(name, onnx_path, clip.arch.embed_dim, threads, calibration)
 
     def encode_masked(images: torch.Tensor, region_masks: torch.Tensor) -> torch.Tensor:
         parts = [
@@ -144,6 +145,7 @@ def make_runners(names, clip, folder: Path, crops, regions, threads: int, calibr
     import copy
 
     runners = {}
+    onnx_path = None  # exported once, for every external backend
     for name in names:
         if name.startswith("torch"):
             model = copy.deepcopy(clip)
@@ -156,7 +158,9 @@ def make_runners(names, clip, folder: Path, crops, regions, threads: int, calibr
                 quantize_int8(model.clip_model.visual, backend="torchao")
             runners[name] = lambda m=model: m.encode_masked(crops, regions).float()
             continue
-        run = external_runner(name, clip, folder / name, threads, calibration)
+        if onnx_path is None:
+            onnx_path = export_clip(clip, folder, crops, regions)
+        run = external_runner(name, onnx_path, clip.arch.embed_dim, threads, calibration)
         runners[name] = lambda run=run: torch.from_numpy(run(crops.numpy(), regions.numpy()))
     return runners
 

@@ -13,7 +13,7 @@ The FLOPs of the first two are counted by hand from the architecture: per crop a
 ``2 * T * 12 * W^2`` for the four projections and the MLP (T tokens, width W) and
 ``4 * T^2 * W`` for the two attention products. The script prints each kind's seconds,
 GFLOP/s and ratio to the peak measured in the same run (``latency_measure.matmul_peak``):
-the dtype's own for ``linear``, fp32's and bf16's for ``attention``.
+the dtype's own for ``linear``, fp32's for ``attention`` (the bf16 peak is printed too).
 
     python benchmarks/clip_ops.py --model ovseg-R101c-vitB16 --dtype int8
 """

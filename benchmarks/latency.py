@@ -137,16 +137,20 @@ def external_choice(backend: str) -> str:
     return f"{dtype}/{dict(ort='onnxruntime', ov='openvino')[engine]}"
 
 
+def model_input(model, photo: np.ndarray) -> torch.Tensor:
+    """(3, h, w) uint8: ``photo`` at the model's test size (shortest edge)."""
+    cfg = model.config
+    resized = resize_shortest_edge(photo, cfg.min_size_test, cfg.max_size_test)
+    return torch.from_numpy(np.array(resized, copy=True)).permute(2, 0, 1)
+
+
 def real_calibration(model, args, chunk: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Masked crops of ``--calibrate-on-photos`` other photos (random boxes, as measured),
     ``chunk`` per batch, for a backend's static int8."""
     batches = []
     for index in range(args.photo + 1, args.photo + 1 + args.calibrate_on_photos):
-        photo = load_photo(index)
-        cfg = model.config
-        resized = resize_shortest_edge(photo, cfg.min_size_test, cfg.max_size_test)
-        image = torch.from_numpy(np.array(resized, copy=True)).permute(2, 0, 1)
-        masks = random_box_masks(cfg.num_queries, *image.shape[-2:], seed=index)
+        image = model_input(model, load_photo(index))
+        masks = random_box_masks(model.config.num_queries, *image.shape[-2:], seed=index)
         crops, _, _ = model.clip_crops(image, masks, fast=True)
         for i in range(0, crops.crops.shape[0] - chunk + 1, chunk):
             batches.append((crops.crops[i : i + chunk], crops.region_masks[i : i + chunk]))
@@ -192,7 +196,8 @@ def main(argv=None) -> int:
     options = requested.resolved(device)
     if args.clip_backend != "torch" and options.dtype != "fp32":
         print(
-            "latency.py: --clip-backend runs the exported fp32 graph (int8: quantised by that backend): use --dtype fp32"
+            "latency.py: --clip-backend runs the exported fp32 graph (int8: quantised by "
+            "that backend): use --dtype fp32"
         )
         return 2
     refused = refuse_emulated_bf16(args, options, device)
@@ -219,8 +224,7 @@ def main(argv=None) -> int:
 
     photo = load_photo(args.photo)
     cfg = model.config
-    resized = resize_shortest_edge(photo, cfg.min_size_test, cfg.max_size_test)
-    image = torch.from_numpy(np.array(resized, copy=True)).permute(2, 0, 1).to(device)
+    image = model_input(model, photo).to(device)
     h, w = image.shape[-2:]
     num_masks = args.num_masks or cfg.num_queries
     if args.masks == "boxes" and num_masks != cfg.num_queries:
